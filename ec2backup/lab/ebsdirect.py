@@ -1,0 +1,4 @@
+from __future__ import annotations
+from typing import Any
+def install(handlers: dict[str, Any]) -> None:
+    pass

@@ -1,0 +1,99 @@
+"""Shared fixtures: a real lab AWS endpoint (subprocess, over HTTP) for every test that needs AWS."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@dataclass
+class LabAws:
+    """A running lab endpoint: build boto3 clients against it."""
+
+    url: str
+    dir: Path
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": self.region,
+            "EC2BACKUP_LAB_URL": self.url,
+        }
+
+    def client(self, service: str, region: str | None = None, **creds: str):  # type: ignore[no-untyped-def]
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=region or self.region,
+            aws_access_key_id=creds.get("aws_access_key_id", "testing"),
+            aws_secret_access_key=creds.get("aws_secret_access_key", "testing"),
+            aws_session_token=creds.get("aws_session_token"),
+            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+        )
+
+
+@pytest.fixture(scope="session")
+def lab_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAws]:
+    """The lab AWS endpoint alone (no Temporal), as a subprocess on a free port."""
+    lab_dir = tmp_path_factory.mktemp("lab-aws")
+    port = free_port()
+    log = open(lab_dir / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ec2backup.lab.server", "--dir", str(lab_dir), "--port", str(port),
+         "--snapshot-pending-seconds", "0.5"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_lab/health")
+        yield LabAws(url=url, dir=lab_dir)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def aws_env(lab_aws: LabAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point boto3 (and CLI subprocesses that inherit os.environ) at the lab."""
+    env = lab_aws.env()
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return {**os.environ, **env}
