@@ -22,6 +22,14 @@ THROTTLE_CODES = {
 DEFAULT_THROTTLE = ("ThrottlingException", 400)
 
 
+class ControlError(Exception):
+    """A lab control API error: rendered as JSON `{"error": ...}` with this HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class LabAwsError(Exception):
     """Raised by lab handlers; rendered in the protocol of the request."""
 

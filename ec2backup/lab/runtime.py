@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ec2backup.lab.blockstore import BlockStore
+
 # How long a new EC2 snapshot stays `pending` before `completed`, by default. Long enough
 # that waiters really poll, short enough for tests.
 DEFAULT_SNAPSHOT_PENDING_SECONDS = 1.0
@@ -59,6 +61,8 @@ class LabRuntime:
         self.endpoint_url = ""
         self.temporal_address = ""
         self.config_path = root / "lab-config.json"
+        self.block_store = BlockStore(root)
+        self.blocks_served = 0
         self._load_config()
 
     # -- settings ------------------------------------------------------------------------

@@ -31,6 +31,7 @@ os.environ.setdefault("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "true")
 
 from ec2backup.lab.awserrors import (  # noqa: E402
     DEFAULT_THROTTLE,
+    ControlError,
     THROTTLE_CODES,
     LabAwsError,
     Response,
@@ -49,12 +50,6 @@ ControlHandler = Callable[[str, list[str], dict[str, list[str]], Any], tuple[int
 CONTROL_ROUTES: dict[str, ControlHandler] = {}
 # Handlers for API actions the lab answers itself instead of moto: service -> handler.
 SERVICE_HANDLERS: dict[str, Callable[[AwsRequest], Response]] = {}
-
-
-class ControlError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _respond(start_response: StartResponse, response: Response) -> list[bytes]:
@@ -87,7 +82,7 @@ class LabMiddleware:
 
             control.reset_lab_files()
         req = classify(environ, body)
-        if req is None:
+        if req is None or "x-ec2backup-lab-internal" in req.headers:
             return self.app(environ, start_response)
         with self.runtime.lock:
             self.runtime.api_calls[req.action] += 1

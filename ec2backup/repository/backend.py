@@ -1,0 +1,270 @@
+"""Storage backends: a flat namespace of immutable objects ("data/ab/abcd...", "index/..").
+
+Two implementations with the same small interface:
+- `LocalBackend`: a directory; every write goes to a temporary file, is fsynced and renamed, so
+  an object is either absent or complete (readers never see a torn object);
+- `S3Backend`: a bucket + prefix through boto3 with the standard retry mode; objects larger than
+  `MULTIPART_THRESHOLD` go up in multipart uploads. PUTs are atomic in S3, so the same
+  all-or-nothing property holds. On a versioned bucket a delete leaves a delete marker, which
+  ListObjectsV2 does not return, so deleted objects disappear from listings as required.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from ec2backup.errors import NotFoundError, UserError
+
+# S3 caps a single PUT at 5 GiB, but retries of one big PUT resend everything; above 16 MiB we
+# switch to multipart with 8 MiB parts (S3 and moto require >= 5 MiB for all but the last part).
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+MULTIPART_PART_SIZE = 8 * 1024 * 1024
+
+Buffer = bytes | bytearray | memoryview
+
+
+class ObjectMissing(NotFoundError):
+    """A named object does not exist in the backend."""
+
+
+class Backend(Protocol):
+    url: str
+
+    def put(self, name: str, data: Buffer) -> None: ...
+    def get(self, name: str) -> bytes: ...
+    def get_range(self, name: str, offset: int, length: int) -> bytes: ...
+    def size(self, name: str) -> int: ...
+    def exists(self, name: str) -> bool: ...
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+    def delete(self, name: str) -> None: ...
+    def location(self) -> str: ...
+
+
+class LocalBackend:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+        self._made_dirs: set[Path] = set()
+        self._dirs_lock = threading.Lock()
+
+    def location(self) -> str:
+        return str(self.root)
+
+    def _path(self, name: str) -> Path:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise ValueError(f"bad object name {name!r}")
+        return self.root / name
+
+    def _ensure_dir(self, path: Path) -> None:
+        if path in self._made_dirs:
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        with self._dirs_lock:
+            self._made_dirs.add(path)
+
+    def put(self, name: str, data: Buffer) -> None:
+        path = self._path(name)
+        self._ensure_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)  # the object must be on disk before its name is
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, path)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # make the rename itself durable
+            finally:
+                os.close(dfd)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"object {name} not found in {self.root}") from exc
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"object {name} not found in {self.root}") from exc
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def size(self, name: str) -> int:
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError as exc:
+            raise ObjectMissing(f"object {name} not found in {self.root}") from exc
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for fname in files:
+                if fname.startswith(".tmp-"):
+                    continue  # an in-progress (or crashed) write, not an object
+                full = os.path.join(dirpath, fname)
+                try:
+                    size = os.stat(full).st_size
+                except FileNotFoundError:
+                    continue
+                yield os.path.relpath(full, self.root).replace(os.sep, "/"), size
+
+    def delete(self, name: str) -> None:
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            pass
+
+
+class S3Backend:
+    def __init__(self, bucket: str, prefix: str, client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = client or make_s3_client()
+
+    def location(self) -> str:
+        return self.url
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _missing(self, name: str, exc: Exception) -> ObjectMissing:
+        return ObjectMissing(f"object {name} not found in {self.url}")
+
+    def put(self, name: str, data: Buffer) -> None:
+        key = self._key(name)
+        view = memoryview(data)
+        if len(view) <= MULTIPART_THRESHOLD:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(view))
+            return
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload_id = upload["UploadId"]
+        try:
+            parts = []
+            for number, start in enumerate(range(0, len(view), MULTIPART_PART_SIZE), start=1):
+                chunk = bytes(view[start : start + MULTIPART_PART_SIZE])
+                resp = self.client.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                )
+                parts.append({"ETag": resp["ETag"], "PartNumber": number})
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception:  # best effort; a lifecycle rule removes stragglers
+                pass
+            raise
+
+    def _get(self, name: str, **kwargs: Any) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name), **kwargs)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise self._missing(name, exc) from exc
+            raise
+        body: bytes = resp["Body"].read()
+        return body
+
+    def get(self, name: str) -> bytes:
+        return self._get(name)
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        return self._get(name, Range=f"bytes={offset}-{offset + length - 1}")
+
+    def size(self, name: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            raise self._missing(name, exc) from exc
+        return int(resp["ContentLength"])
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.size(name)
+        except ObjectMissing:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:], int(obj["Size"])
+
+    def delete(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+
+def make_s3_client() -> Any:
+    """boto3 S3 client: standard retries; path-style addressing when an endpoint is configured
+    (the lab and most S3-compatible stores have no virtual-host DNS)."""
+    import boto3
+    from botocore.config import Config
+
+    s3_conf: dict[str, Any] = {}
+    if os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"):
+        s3_conf["addressing_style"] = "path"
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 10},
+        s3=s3_conf,  # type: ignore[arg-type]
+        max_pool_connections=16,
+    )
+    return boto3.client("s3", config=config)
+
+
+def open_backend(url: str) -> Backend:
+    """A directory path (or file:// URL) or s3://bucket/prefix."""
+    if not url:
+        raise UserError("repository URL is empty (use --repo DIR or --repo s3://bucket/prefix)")
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise UserError(f"bad repository URL {url!r}: expected s3://bucket/prefix")
+        return S3Backend(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        return LocalBackend(Path(parsed.path))
+    if parsed.scheme and len(parsed.scheme) > 1:
+        raise UserError(f"bad repository URL {url!r}: only directories and s3:// are supported")
+    return LocalBackend(Path(url).expanduser().absolute())
+
+
+def is_enospc(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC

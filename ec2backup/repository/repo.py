@@ -1,0 +1,386 @@
+"""Opening, creating and reading/writing objects of a repository.
+
+Object namespace (see docs/repository-format.md):
+
+    config                      plaintext JSON: format version, repository id, parameters
+    keys/<id>                   plaintext JSON: master key wrapped by a password or KMS key
+    data/<xx>/<pack id>         packs of encrypted blobs
+    index/<id>                  encrypted: pack -> blobs
+    maps/<xx>/<id>              encrypted: one block-map page
+    restorepoints/<id>          encrypted: a restore point
+    locks/<random id>           encrypted: a lock (rewritten in place to refresh it)
+    checkpoints/<key id>        encrypted: resumable state of an unfinished volume backup
+
+Every encrypted object except locks and checkpoints is named by the BLAKE3 hash of its stored
+bytes, so a reader detects a modified or swapped object by name mismatch before decrypting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import zstandard
+from pydantic import BaseModel, Field, ValidationError
+
+from ec2backup import crypto, keys
+from ec2backup.errors import NotFoundError, UserError
+from ec2backup.repository.backend import Backend, ObjectMissing, open_backend
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, PAGE_BLOCKS, PAGE_BYTES
+from ec2backup.repository.index import Index, IndexFile, IndexPack
+from ec2backup.repository.restorepoint import RestorePoint
+
+if TYPE_CHECKING:
+    from ec2backup.repository.locks import Lock
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config"
+# 32 MiB packs: ~64 blocks per PUT (50x fewer requests than one object per block) and bounded
+# memory (a pack is assembled in RAM); research measured 16-64 MiB as the sweet spot.
+DEFAULT_PACK_SIZE = 32 * 1024 * 1024
+# zstd level 3: 350-420 MB/s per core on text and stores within 1% of level 19 on this data.
+DEFAULT_COMPRESSION_LEVEL = 3
+# Short restore point ids shown to users (like git); any unique prefix of >= 4 hex works.
+SHORT_ID = 12
+MIN_PREFIX = 4
+
+# Prefix of each kind of encrypted object; also the associated data that binds its type.
+KIND_PREFIX = {
+    "index": "index/",
+    "map": "maps/",
+    "restorepoint": "restorepoints/",
+}
+FANOUT_KINDS = {"map"}  # kinds stored under a two-hex-digit subdirectory
+
+
+class CorruptObjectError(UserError):
+    """An object failed verification (hash, authentication, parse): the message names it."""
+
+    exit_code = 4
+
+
+class RepoConfig(BaseModel):
+    version: int = FORMAT_VERSION
+    id: str
+    created: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    block_size: int = EBS_BLOCK_SIZE
+    page_blocks: int = PAGE_BLOCKS
+    cipher: str = "aes-256-gcm"
+    compression: str = "zstd"
+    compression_level: int = DEFAULT_COMPRESSION_LEVEL
+    blob_id: str = "blake3-keyed"
+    object_id: str = "blake3"
+    pack_size: int = DEFAULT_PACK_SIZE
+
+
+def data_name(pack_id: str) -> str:
+    return f"data/{pack_id[:2]}/{pack_id}"
+
+
+def read_password(password_file: str | None) -> bytes | None:
+    """The repository password from --password-file or EC2BACKUP_REPO_PASSWORD (never argv)."""
+    if password_file:
+        try:
+            with open(password_file, "rb") as f:
+                return f.read().rstrip(b"\r\n")
+        except OSError as exc:
+            raise UserError(f"cannot read password file {password_file}: {exc.strerror}") from exc
+    env = os.environ.get("EC2BACKUP_REPO_PASSWORD")
+    return env.encode() if env is not None else None
+
+
+class Repository:
+    """An open repository: backend + config + derived keys."""
+
+    def __init__(self, backend: Backend, config: RepoConfig, master: bytes, key_id: str) -> None:
+        self.backend = backend
+        self.config = config
+        self.key_id = key_id
+        self._master = master
+        self.data_key = crypto.derive_key(master, "ec2backup 2026-11 blob encryption v1")
+        self.meta_key = crypto.derive_key(master, "ec2backup 2026-11 metadata encryption v1")
+        self.id_key = crypto.derive_key(master, "ec2backup 2026-11 blob id v1")
+        self.meta = crypto.Sealer(self.meta_key)
+        self._zc = zstandard.ZstdCompressor(level=DEFAULT_COMPRESSION_LEVEL)
+        self._index: Index | None = None
+
+    # ---- creation and opening -------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        password: bytes | None,
+        kms_key_id: str | None = None,
+        pack_size: int = DEFAULT_PACK_SIZE,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+    ) -> Repository:
+        backend = open_backend(url)
+        if password is None and not kms_key_id:
+            raise UserError(
+                "no password and no KMS key: set EC2BACKUP_REPO_PASSWORD, use --password-file "
+                "or --kms-key-id"
+            )
+        try:
+            exists = backend.exists(CONFIG_NAME) or any(True for _ in backend.list("keys/"))
+        except Exception as exc:
+            raise UserError(f"cannot access {backend.location()}: {keys._short(exc)}") from exc
+        if exists:
+            raise UserError(f"a repository already exists at {backend.location()}")
+        config = RepoConfig(
+            id=secrets.token_hex(32), pack_size=pack_size, compression_level=compression_level
+        )
+        master = crypto.random_key()
+        wrapped: list[keys.KeyFile] = []
+        if kms_key_id:  # first, so a bad KMS key fails before anything is written
+            wrapped.append(keys.wrap_with_kms(master, kms_key_id, config.id))
+        if password is not None:
+            wrapped.append(keys.wrap_with_password(master, password, config.id))
+        key_ids = [_save_key_file(backend, k) for k in wrapped]
+        # config last: a repository "exists" only once it can be opened
+        backend.put(CONFIG_NAME, config.model_dump_json(indent=2).encode())
+        return cls(backend, config, master, key_ids[0])
+
+    @classmethod
+    def open(cls, url: str, password: bytes | None) -> Repository:
+        backend = open_backend(url)
+        try:
+            raw = backend.get(CONFIG_NAME)
+        except ObjectMissing as exc:
+            raise NotFoundError(
+                f"no repository at {backend.location()} (create one with `ec2backup repo init`)"
+            ) from exc
+        except Exception as exc:
+            raise UserError(f"cannot access {backend.location()}: {keys._short(exc)}") from exc
+        try:
+            config = RepoConfig.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"object config is corrupt: {exc.errors()[0]['msg']}") from exc
+        if config.version > FORMAT_VERSION:
+            raise UserError(
+                f"repository format version {config.version} is newer than this program "
+                f"supports ({FORMAT_VERSION}): upgrade ec2backup"
+            )
+        if config.block_size != EBS_BLOCK_SIZE or config.page_blocks != PAGE_BLOCKS:
+            raise CorruptObjectError("object config is corrupt: unsupported block or page size")
+        key_files = list_key_files(backend)
+        if not key_files:
+            raise CorruptObjectError(f"repository {backend.location()} has no key files")
+        reasons: list[str] = []
+        # Password keys first: no network round trip; then KMS wrappings.
+        ordered = sorted(key_files.items(), key=lambda kv: kv[1].kind != "password")
+        if password is None and all(k.kind == "password" for k in key_files.values()):
+            raise UserError(
+                "no password given: set EC2BACKUP_REPO_PASSWORD or use --password-file"
+            )
+        tried_password = False
+        for key_id, kf in ordered:
+            if kf.kind == "password" and password is None:
+                continue
+            if kf.kind == "password" and tried_password and "wrong password" in reasons:
+                pass
+            try:
+                master = keys.unwrap(kf, config.id, password)
+            except keys.KeyUnwrapError as exc:
+                if kf.kind == "password":
+                    tried_password = True
+                if str(exc) not in reasons:
+                    reasons.append(str(exc))
+                continue
+            return cls(backend, config, master, key_id)
+        raise UserError(
+            f"cannot open repository {backend.location()}: {'; '.join(reasons) or 'no usable key'}"
+        )
+
+    # ---- keys ------------------------------------------------------------------------------
+
+    def add_key(self, password: bytes | None = None, kms_key_id: str | None = None) -> str:
+        if (password is None) == (kms_key_id is None):
+            raise UserError("give exactly one of a new password or --kms-key-id")
+        if kms_key_id:
+            kf = keys.wrap_with_kms(self._master, kms_key_id, self.config.id)
+        else:
+            assert password is not None
+            kf = keys.wrap_with_password(self._master, password, self.config.id)
+        return _save_key_file(self.backend, kf)
+
+    def remove_key(self, key_id: str) -> str:
+        files = list_key_files(self.backend)
+        matches = [k for k in files if k.startswith(key_id)]
+        if len(matches) != 1:
+            raise NotFoundError(f"key {key_id!r} not found" if not matches else "ambiguous key id")
+        if len(files) == 1:
+            raise UserError("refusing to remove the last key of the repository")
+        if matches[0] == self.key_id:
+            raise UserError(
+                "refusing to remove the key this command opened the repository with; "
+                "open it with another key first"
+            )
+        self.backend.delete(f"keys/{matches[0]}")
+        return matches[0]
+
+    # ---- encrypted objects ----------------------------------------------------------------
+
+    def object_name(self, kind: str, oid: str) -> str:
+        prefix = KIND_PREFIX[kind]
+        return f"{prefix}{oid[:2]}/{oid}" if kind in FANOUT_KINDS else f"{prefix}{oid}"
+
+    def seal_object(self, kind: str, payload: bytes) -> bytes:
+        comp = self._zc.compress(payload) if len(payload) > 64 else b""
+        body = b"\x01" + comp if comp and len(comp) < len(payload) else b"\x00" + payload
+        return self.meta.seal(body, f"ec2backup:{kind}".encode())
+
+    def open_object(self, kind: str, name: str, data: bytes, aad: str | None = None) -> bytes:
+        try:
+            body = self.meta.open(data, (aad or f"ec2backup:{kind}").encode())
+            if body[:1] == b"\x01":
+                return zstandard.ZstdDecompressor().decompress(body[1:])
+            if body[:1] == b"\x00":
+                return body[1:]
+            raise ValueError("unknown encoding")
+        except (crypto.DecryptionError, zstandard.ZstdError, ValueError) as exc:
+            raise CorruptObjectError(f"object {name} is corrupt: {exc}") from exc
+
+    def save_object(self, kind: str, payload: bytes) -> str:
+        data = self.seal_object(kind, payload)
+        oid = crypto.content_hash(data).hex()
+        self.backend.put(self.object_name(kind, oid), data)
+        return oid
+
+    def load_object(self, kind: str, oid: str) -> bytes:
+        name = self.object_name(kind, oid)
+        data = self.backend.get(name)
+        if crypto.content_hash(data).hex() != oid:
+            raise CorruptObjectError(f"object {name} is corrupt: content hash does not match name")
+        return self.open_object(kind, name, data)
+
+    def list_ids(self, kind: str) -> list[str]:
+        return [name.rsplit("/", 1)[1] for name, _ in self.backend.list(KIND_PREFIX[kind])]
+
+    def save_named(self, name: str, payload: bytes) -> None:
+        """Mutable encrypted object (locks, checkpoints): the name is the associated data."""
+        self.backend.put(name, self.meta.seal(b"\x00" + payload, name.encode()))
+
+    def load_named(self, name: str) -> bytes:
+        return self.open_object("named", name, self.backend.get(name), aad=name)
+
+    # ---- pages -----------------------------------------------------------------------------
+
+    def save_page(self, page: bytes | bytearray) -> str:
+        return self.save_object("map", bytes(page))
+
+    def load_page(self, oid: str) -> bytes:
+        page = self.load_object("map", oid)
+        if len(page) != PAGE_BYTES:
+            raise CorruptObjectError(f"object {self.object_name('map', oid)} is corrupt: size")
+        return page
+
+    # ---- index -----------------------------------------------------------------------------
+
+    def load_index_file(self, oid: str) -> IndexFile:
+        raw = self.load_object("index", oid)
+        try:
+            return IndexFile.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"object index/{oid} is corrupt: bad JSON") from exc
+
+    def load_index(self, refresh: bool = False) -> Index:
+        if self._index is not None and not refresh:
+            return self._index
+        index = Index()
+        ids = self.list_ids("index")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for oid, doc in zip(ids, pool.map(self.load_index_file, ids), strict=True):
+                index.add_file(oid, doc)
+        self._index = index
+        return index
+
+    def save_index(self, packs: list[IndexPack], supersedes: list[str] | None = None) -> str:
+        doc = IndexFile(packs=packs, supersedes=supersedes or [])
+        oid = self.save_object("index", doc.model_dump_json().encode())
+        if self._index is not None:
+            self._index.add_file(oid, doc)
+        return oid
+
+    # ---- restore points --------------------------------------------------------------------
+
+    def save_restore_point(self, rp: RestorePoint) -> str:
+        return self.save_object("restorepoint", rp.model_dump_json().encode())
+
+    def load_restore_point_by_id(self, oid: str) -> RestorePoint:
+        raw = self.load_object("restorepoint", oid)
+        try:
+            return RestorePoint.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"object restorepoints/{oid} is corrupt: bad JSON") from exc
+
+    def resolve_restore_point(self, prefix: str) -> str:
+        prefix = prefix.strip().lower()
+        if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+            raise UserError(f"bad restore point id {prefix!r}: give at least {MIN_PREFIX} hex digits")
+        matches = [i for i in self.list_ids("restorepoint") if i.startswith(prefix)]
+        if not matches:
+            raise NotFoundError(f"restore point {prefix} not found")
+        if len(matches) > 1:
+            raise UserError(f"restore point id {prefix} is ambiguous ({len(matches)} matches)")
+        return matches[0]
+
+    def load_restore_point(self, prefix: str) -> tuple[str, RestorePoint]:
+        oid = self.resolve_restore_point(prefix)
+        return oid, self.load_restore_point_by_id(oid)
+
+    def list_restore_points(self) -> list[tuple[str, RestorePoint]]:
+        ids = self.list_ids("restorepoint")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            rps = list(pool.map(self.load_restore_point_by_id, ids))
+        out = list(zip(ids, rps, strict=True))
+        out.sort(key=lambda x: x[1].time)
+        return out
+
+    def forget(self, prefix: str) -> str:
+        oid = self.resolve_restore_point(prefix)
+        self.backend.delete(self.object_name("restorepoint", oid))
+        return oid
+
+    # ---- packs -----------------------------------------------------------------------------
+
+    def list_packs(self) -> dict[str, int]:
+        return {name.rsplit("/", 1)[1]: size for name, size in self.backend.list("data/")}
+
+    # ---- locks -----------------------------------------------------------------------------
+
+    def lock(self, exclusive: bool, purpose: str, wait: float = 0.0) -> Lock:
+        from ec2backup.repository.locks import Lock
+
+        return Lock.acquire(self, exclusive=exclusive, purpose=purpose, wait=wait)
+
+    def describe(self) -> dict[str, Any]:
+        return {"location": self.backend.location(), "id": self.config.id}
+
+
+def _save_key_file(backend: Backend, kf: keys.KeyFile) -> str:
+    data = kf.model_dump_json(indent=2).encode()
+    kid = crypto.content_hash(data).hex()
+    backend.put(f"keys/{kid}", data)
+    return kid
+
+
+def list_key_files(backend: Backend) -> dict[str, keys.KeyFile]:
+    out: dict[str, keys.KeyFile] = {}
+    for name, _ in backend.list("keys/"):
+        kid = name.rsplit("/", 1)[1]
+        try:
+            out[kid] = keys.KeyFile.model_validate_json(backend.get(name))
+        except (ValidationError, json.JSONDecodeError):
+            continue  # a damaged key file: other wrappings may still open the repository
+    return out
+
+
+def iter_chunks(seq: list[Any], n: int) -> Iterator[list[Any]]:
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
