@@ -44,7 +44,9 @@ _mount()
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -15,17 +15,28 @@ AGENT_MARKER = "# ec2backup-worker-agent v1"
 HOST_TASK_QUEUE_TEMPLATE = "ec2backup-host-{instance_id}"
 
 
-def render_agent_user_data(temporal_address: str, namespace: str = "default",
-                           task_queue: str = HOST_TASK_QUEUE_TEMPLATE) -> str:
-    args = ["ec2backup", "agent", "--task-queue", task_queue,
-            "--temporal-address", temporal_address, "--namespace", namespace]
-    return "\n".join([
-        "#!/bin/bash",
-        AGENT_MARKER,
-        "set -euo pipefail",
-        "exec " + shlex.join(args),
-        "",
-    ])
+def render_agent_user_data(
+    temporal_address: str, namespace: str = "default", task_queue: str = HOST_TASK_QUEUE_TEMPLATE
+) -> str:
+    args = [
+        "ec2backup",
+        "agent",
+        "--task-queue",
+        task_queue,
+        "--temporal-address",
+        temporal_address,
+        "--namespace",
+        namespace,
+    ]
+    return "\n".join(
+        [
+            "#!/bin/bash",
+            AGENT_MARKER,
+            "set -euo pipefail",
+            "exec " + shlex.join(args),
+            "",
+        ]
+    )
 
 
 def parse_agent_command(user_data: str) -> list[str] | None:

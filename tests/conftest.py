@@ -1,4 +1,4 @@
-"""Shared fixtures: a real lab AWS endpoint (subprocess, over HTTP) for every test that needs AWS."""
+"""Shared fixtures: the real lab AWS endpoint (subprocess, over HTTP) and the full lab."""
 
 from __future__ import annotations
 
@@ -73,9 +73,20 @@ def lab_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAws]:
     port = free_port()
     log = open(lab_dir / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ec2backup.lab.server", "--dir", str(lab_dir), "--port", str(port),
-         "--snapshot-pending-seconds", "0.5"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+        [
+            sys.executable,
+            "-m",
+            "ec2backup.lab.server",
+            "--dir",
+            str(lab_dir),
+            "--port",
+            str(port),
+            "--snapshot-pending-seconds",
+            "0.5",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,3 +108,99 @@ def aws_env(lab_aws: LabAws, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return {**os.environ, **env}
+
+
+@dataclass
+class Lab:
+    """A full lab from `ec2backup lab up --detach`: Temporal dev server + AWS endpoint."""
+
+    dir: Path
+    aws_url: str
+    temporal_address: str
+    ui_url: str
+    env: dict[str, str]
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `ec2backup ARGS...` against this lab; returns the completed process."""
+        result = subprocess.run(
+            [sys.executable, "-m", "ec2backup.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO_ROOT,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"ec2backup {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def client(self, service: str, region: str = "us-east-1", **creds: str):  # type: ignore[no-untyped-def]
+        return LabAws(url=self.aws_url, dir=self.dir).client(service, region, **creds)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """One full lab for the test session, started through the real CLI."""
+    lab_dir = tmp_path_factory.mktemp("lab")
+    aws_port, temporal_port, ui_port = free_port(), free_port(), free_port()
+    base_env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TEMPORAL_", "EC2BACKUP_"))
+    }
+    base_env["EC2BACKUP_LAB_DIR"] = str(lab_dir)
+    up = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ec2backup.cli",
+            "lab",
+            "up",
+            "--detach",
+            "--dir",
+            str(lab_dir),
+            "--aws-port",
+            str(aws_port),
+            "--temporal-port",
+            str(temporal_port),
+            "--ui-port",
+            str(ui_port),
+            "--snapshot-pending-seconds",
+            "0.5",
+        ],
+        env=base_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO_ROOT,
+    )
+    assert up.returncode == 0, up.stdout + up.stderr
+    env = {
+        **base_env,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{aws_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+        "EC2BACKUP_LAB_URL": f"http://127.0.0.1:{aws_port}",
+    }
+    try:
+        yield Lab(
+            dir=lab_dir,
+            aws_url=env["AWS_ENDPOINT_URL"],
+            temporal_address=env["TEMPORAL_ADDRESS"],
+            ui_url=f"http://127.0.0.1:{ui_port}",
+            env=env,
+        )
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "ec2backup.cli", "lab", "down", "--dir", str(lab_dir)],
+            env=base_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO_ROOT,
+        )

@@ -9,6 +9,7 @@ the instance stops the process; `lab kill-instance` kills it without warning, li
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import signal
@@ -52,9 +53,12 @@ def _role_credentials(account_id: str, region: str) -> dict[str, str]:
 
     sts = sts_backends[account_id]["aws"]
     role = sts.assume_role(
-        region_name=region, role_session_name="ec2backup-worker",
+        region_name=region,
+        role_session_name="ec2backup-worker",
         role_arn=f"arn:aws:iam::{account_id}:role/{WORKER_ROLE_NAME}",
-        policy="", duration=43200, external_id="",
+        policy="",
+        duration=43200,
+        external_id="",
     )
     return {
         "AWS_ACCESS_KEY_ID": role.access_key_id,
@@ -71,23 +75,28 @@ def maybe_start(backend: Any, instance: Any) -> None:
     inst_dir = runtime.root / "instances" / instance.id
     inst_dir.mkdir(parents=True, exist_ok=True)
     env = {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "EC2BACKUP_", "TEMPORAL_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2BACKUP_", "TEMPORAL_"))
     }
     env.update(_role_credentials(backend.account_id, backend.region_name))
-    env.update({
-        "AWS_ENDPOINT_URL": runtime.endpoint_url,
-        "AWS_DEFAULT_REGION": backend.region_name,
-        "EC2BACKUP_INSTANCE_ID": instance.id,
-        "EC2BACKUP_DEVICE_DIR": str(inst_dir / "devices"),
-        "EC2BACKUP_AGENT_IO_FILE": str(inst_dir / "agent-io.json"),
-        "EC2BACKUP_LAB_URL": runtime.endpoint_url,
-    })
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": runtime.endpoint_url,
+            "AWS_DEFAULT_REGION": backend.region_name,
+            "EC2BACKUP_INSTANCE_ID": instance.id,
+            "EC2BACKUP_DEVICE_DIR": str(inst_dir / "devices"),
+            "EC2BACKUP_AGENT_IO_FILE": str(inst_dir / "agent-io.json"),
+            "EC2BACKUP_LAB_URL": runtime.endpoint_url,
+        }
+    )
     log_file = open(inst_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
         [sys.executable, "-m", "ec2backup.cli", *argv],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        cwd=inst_dir, start_new_session=True,
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=inst_dir,
+        start_new_session=True,
     )
     log_file.close()
     with _lock:
@@ -97,10 +106,8 @@ def maybe_start(backend: Any, instance: Any) -> None:
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop(instance_id: str, kill: bool = False) -> bool:

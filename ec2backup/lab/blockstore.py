@@ -159,8 +159,11 @@ class VolumeData:
                     copied = 0
                     while copied < EBS_BLOCK_SIZE:
                         n = os.copy_file_range(
-                            src.fileno(), out.fileno(), EBS_BLOCK_SIZE - copied,
-                            copied, offset + copied,
+                            src.fileno(),
+                            out.fileno(),
+                            EBS_BLOCK_SIZE - copied,
+                            copied,
+                            offset + copied,
                         )
                         if n == 0:
                             break

@@ -19,10 +19,21 @@ TEXT_SHARE, RANDOM_SHARE = 0.55, 0.40  # the rest are written zero blocks
 CORPUS_BYTES = 8 * 1024 * 1024
 
 _HOSTS = ["web-1", "web-2", "db-primary", "cache-a", "batch-7", "api-3"]
-_PATHS = ["/api/v1/orders", "/login", "/static/app.js", "/healthz", "/api/v2/items?page=",
-          "/metrics", "/checkout", "/images/logo.png"]
-_WORDS = ("backup restore volume snapshot region account replica worker policy schedule "
-          "session block index pack retention archive glacier encryption checksum").split()
+_PATHS = [
+    "/api/v1/orders",
+    "/login",
+    "/static/app.js",
+    "/healthz",
+    "/api/v2/items?page=",
+    "/metrics",
+    "/checkout",
+    "/images/logo.png",
+]
+_WORDS = [
+    "backup", "restore", "volume", "snapshot", "region", "account", "replica", "worker",
+    "policy", "schedule", "session", "block", "index", "pack", "retention", "archive",
+    "glacier", "encryption", "checksum",
+]  # fmt: skip
 
 
 def _corpus(seed: int) -> bytes:
@@ -31,20 +42,28 @@ def _corpus(seed: int) -> bytes:
     size = 0
     while size < CORPUS_BYTES:
         kind = rng.random()
-        ts = f"2026-11-{rng.randint(1, 28):02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}.{rng.randint(0, 999):03d}Z"
+        day, hour, minute = rng.randint(1, 28), rng.randint(0, 23), rng.randint(0, 59)
+        second, milli = rng.randint(0, 59), rng.randint(0, 999)
+        ts = f"2026-11-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
         if kind < 0.5:
-            line = (f"{ts} {rng.choice(_HOSTS)} nginx: 10.{rng.randint(0, 255)}.{rng.randint(0, 255)}."
-                    f"{rng.randint(1, 254)} \"GET {rng.choice(_PATHS)}{rng.randint(1, 99)} HTTP/1.1\" "
-                    f"{rng.choice([200, 200, 200, 304, 404, 500])} {rng.randint(100, 90000)} "
-                    f"rt={rng.random():.3f} req={rng.getrandbits(64):016x}")
+            line = (
+                f"{ts} {rng.choice(_HOSTS)} nginx: 10.{rng.randint(0, 255)}.{rng.randint(0, 255)}."
+                f'{rng.randint(1, 254)} "GET {rng.choice(_PATHS)}{rng.randint(1, 99)} HTTP/1.1" '
+                f"{rng.choice([200, 200, 200, 304, 404, 500])} {rng.randint(100, 90000)} "
+                f"rt={rng.random():.3f} req={rng.getrandbits(64):016x}"
+            )
         elif kind < 0.8:
-            line = (f"{ts} {rng.choice(_HOSTS)} app[{rng.randint(100, 9999)}]: "
-                    f"{rng.choice(['INFO', 'INFO', 'WARN', 'DEBUG', 'ERROR'])} "
-                    + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12)))
-                    + f" id={rng.getrandbits(32):08x}")
+            line = (
+                f"{ts} {rng.choice(_HOSTS)} app[{rng.randint(100, 9999)}]: "
+                f"{rng.choice(['INFO', 'INFO', 'WARN', 'DEBUG', 'ERROR'])} "
+                + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(4, 12)))
+                + f" id={rng.getrandbits(32):08x}"
+            )
         else:
-            line = f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)} = {rng.randint(0, 10**6)}  # " + \
-                " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 8)))
+            line = (
+                f"{rng.choice(_WORDS)}_{rng.choice(_WORDS)} = {rng.randint(0, 10**6)}  # "
+                + " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 8)))
+            )
         lines.append(line)
         size += len(line) + 1
     return ("\n".join(lines) + "\n").encode()
@@ -67,7 +86,7 @@ class ContentGenerator:
         h = int.from_bytes(blake3.blake3(f"t{self.seed}:{key}".encode()).digest(8), "big")
         start = h % (len(self.corpus) - EBS_BLOCK_SIZE)
         header = f"# block {key}\n".encode()
-        return header + self.corpus[start:start + EBS_BLOCK_SIZE - len(header)]
+        return header + self.corpus[start : start + EBS_BLOCK_SIZE - len(header)]
 
     def block(self, key: str, roll: float) -> bytes:
         if roll < TEXT_SHARE:

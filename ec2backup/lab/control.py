@@ -78,9 +78,12 @@ class ChurnRequest(BaseModel):
 
 def _client(service: str, region: str, account: str) -> Any:
     runtime = get_runtime()
-    client = boto3.client(
-        service, endpoint_url=runtime.endpoint_url, region_name=region,
-        aws_access_key_id="lab", aws_secret_access_key="lab",
+    client = boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=runtime.endpoint_url,
+        region_name=region,
+        aws_access_key_id="lab",
+        aws_secret_access_key="lab",
         config=Config(retries={"max_attempts": 1}),
     )
 
@@ -122,17 +125,27 @@ def seed(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any
     out = []
     for n in range(req.instances):
         run = ec2.run_instances(
-            ImageId=LAB_AMI, MinCount=1, MaxCount=1, InstanceType=req.instance_type,
+            ImageId=LAB_AMI,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType=req.instance_type,
             Placement={"AvailabilityZone": zone},
-            TagSpecifications=[{"ResourceType": "instance",
-                                "Tags": [*tags, {"Key": "Name", "Value": f"lab-{n + 1}"}]}],
+            TagSpecifications=[
+                {
+                    "ResourceType": "instance",
+                    "Tags": [*tags, {"Key": "Name", "Value": f"lab-{n + 1}"}],
+                }
+            ],
         )
         instance_id = run["Instances"][0]["InstanceId"]
-        backend: LabEC2Backend = ec2_models.ec2_backends[req.account][req.region]
+        backend: Any = ec2_models.ec2_backends[req.account][req.region]
         volumes = []
         for v in range(req.volumes):
-            params: dict[str, Any] = {"AvailabilityZone": zone, "Size": req.size_gib,
-                                      "VolumeType": "gp3"}
+            params: dict[str, Any] = {
+                "AvailabilityZone": zone,
+                "Size": req.size_gib,
+                "VolumeType": "gp3",
+            }
             if req.encryption != "none":
                 params["Encrypted"] = True
             if kms_key_id:
@@ -152,8 +165,14 @@ def seed(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any
             device = DATA_DEVICES[v]
             ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
             volumes.append({"volume_id": volume_id, "device": device, "size_gib": req.size_gib})
-        out.append({"instance_id": instance_id, "region": req.region, "account": req.account,
-                    "volumes": volumes})
+        out.append(
+            {
+                "instance_id": instance_id,
+                "region": req.region,
+                "account": req.account,
+                "volumes": volumes,
+            }
+        )
     return 200, {"instances": out}
 
 
@@ -189,8 +208,11 @@ def churn(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, An
         key = f"churn:{req.seed}:{req.volume_id}:{index}"
         blocks[index] = gen.text_block(key) if rng.random() < 0.6 else gen.random_block(key)
     data.write_blocks(blocks)
-    return 200, {"volume_id": req.volume_id, "blocks": sorted(blocks),
-                 "bytes": len(blocks) * EBS_BLOCK_SIZE}
+    return 200, {
+        "volume_id": req.volume_id,
+        "blocks": sorted(blocks),
+        "bytes": len(blocks) * EBS_BLOCK_SIZE,
+    }
 
 
 def checksum(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
@@ -199,7 +221,7 @@ def checksum(method: str, parts: list[str], query: Any, body: Any) -> tuple[int,
     resource_id = parts[0]
     digest = hashlib.sha256()
     if resource_id.startswith("vol-"):
-        backend, volume = _find_volume(resource_id)
+        backend, _ = _find_volume(resource_id)
         data = backend.volume_data[resource_id]
         with data.lock, open(data.path, "rb") as f:
             while chunk := f.read(8 * EBS_BLOCK_SIZE):
@@ -298,8 +320,10 @@ def instances(method: str, parts: list[str], query: Any, body: Any) -> tuple[int
                 devices = {}
                 for device, mapping in instance.get_block_device_mapping:
                     data = backend.volume_data.get(mapping.volume_id)  # type: ignore[attr-defined]
-                    devices[device] = {"volume_id": mapping.volume_id,
-                                       "path": str(data.path) if data else None}
+                    devices[device] = {
+                        "volume_id": mapping.volume_id,
+                        "path": str(data.path) if data else None,
+                    }
                 return 200, {"instance_id": instance_id, "devices": devices}
     raise ControlError(404, f"instance '{instance_id}' does not exist in any account or Region")
 
@@ -309,9 +333,14 @@ def volumes(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, 
         raise ControlError(404, "usage: /_lab/volumes/<volume-id>")
     backend, volume = _find_volume(parts[0])
     data = backend.volume_data[parts[0]]
-    return 200, {"volume_id": volume.id, "path": str(data.path), "size_gib": volume.size,
-                 "account": backend.account_id, "region": backend.region_name,
-                 "blocks_written": len(data.snapshot_map())}
+    return 200, {
+        "volume_id": volume.id,
+        "path": str(data.path),
+        "size_gib": volume.size,
+        "account": backend.account_id,
+        "region": backend.region_name,
+        "blocks_written": len(data.snapshot_map()),
+    }
 
 
 def config(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
@@ -349,16 +378,18 @@ def shutdown() -> None:
 
 
 def install(routes: dict[str, Any]) -> None:
-    routes.update({
-        "health": lambda m, p, q, b: (200, {"ok": True}),
-        "config": config,
-        "seed": seed,
-        "churn": churn,
-        "checksum": checksum,
-        "metrics": metrics,
-        "fault": fault,
-        "kill-instance": kill_instance,
-        "instances": instances,
-        "volumes": volumes,
-        "reset": reset,
-    })
+    routes.update(
+        {
+            "health": lambda m, p, q, b: (200, {"ok": True}),
+            "config": config,
+            "seed": seed,
+            "churn": churn,
+            "checksum": checksum,
+            "metrics": metrics,
+            "fault": fault,
+            "kill-instance": kill_instance,
+            "instances": instances,
+            "volumes": volumes,
+            "reset": reset,
+        }
+    )

@@ -34,11 +34,15 @@ def _snapshot(req: AwsRequest, snapshot_id: str) -> Any:
     backend = ec2_models.ec2_backends[req.account_id][req.region]
     snap = backend.snapshots.get(snapshot_id)
     if snap is None:
-        raise LabAwsError("ResourceNotFoundException",
-                          f"The snapshot '{snapshot_id}' does not exist.", 404)
+        raise LabAwsError(
+            "ResourceNotFoundException", f"The snapshot '{snapshot_id}' does not exist.", 404
+        )
     if snap.status != "completed":
-        raise LabAwsError("ValidationException",
-                          f"The snapshot '{snapshot_id}' is not in the completed state.", 400)
+        raise LabAwsError(
+            "ValidationException",
+            f"The snapshot '{snapshot_id}' is not in the completed state.",
+            400,
+        )
     return snap
 
 
@@ -56,14 +60,19 @@ def _page_bounds(req: AwsRequest) -> tuple[int, int]:
     limit = _int_param(req, "maxResults", DEFAULT_RESULTS)
     assert limit is not None
     if not MIN_RESULTS <= limit <= MAX_RESULTS:
-        raise LabAwsError("ValidationException",
-                          f"MaxResults must be between {MIN_RESULTS} and {MAX_RESULTS}", 400)
+        raise LabAwsError(
+            "ValidationException",
+            f"MaxResults must be between {MIN_RESULTS} and {MAX_RESULTS}",
+            400,
+        )
     token = req.param("pageToken")
     if token:
         try:
             start = int(base64.urlsafe_b64decode(token.encode() + b"==").decode())
         except ValueError as exc:
-            raise LabAwsError("ValidationException", "The pagination token is invalid", 400) from exc
+            raise LabAwsError(
+                "ValidationException", "The pagination token is invalid", 400
+            ) from exc
     else:
         start = _int_param(req, "startingBlockIndex", 0) or 0
     if start < 0:
@@ -105,8 +114,9 @@ def list_changed_blocks(req: AwsRequest) -> Response:
     second = _snapshot(req, req.route["snap"])
     first_id = req.param("firstSnapshotId")
     if not first_id:
-        raise LabAwsError("ValidationException",
-                          "FirstSnapshotId is required with SecondSnapshotId", 400)
+        raise LabAwsError(
+            "ValidationException", "FirstSnapshotId is required with SecondSnapshotId", 400
+        )
     first = _snapshot(req, first_id)
     if first.lineage != second.lineage:
         raise LabAwsError(
@@ -139,22 +149,30 @@ def get_snapshot_block(req: AwsRequest) -> Response:
     token = req.param("blockToken") or ""
     digest = snap.block_map.get(index)
     if digest is None:
-        raise LabAwsError("ResourceNotFoundException",
-                          f"Block {index} of snapshot '{snap.id}' does not exist.", 404)
+        raise LabAwsError(
+            "ResourceNotFoundException",
+            f"Block {index} of snapshot '{snap.id}' does not exist.",
+            404,
+        )
     if token != block_token(snap.id, index, digest):
-        raise LabAwsError("ValidationException",
-                          f"The block token for block {index} is invalid.", 400)
+        raise LabAwsError(
+            "ValidationException", f"The block token for block {index} is invalid.", 400
+        )
     runtime = get_runtime()
     data = runtime.block_store.read(digest)
     checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
     with runtime.lock:
         runtime.blocks_served += 1
-    return 200, [
-        ("Content-Type", "application/octet-stream"),
-        ("x-amz-Data-Length", str(len(data))),
-        ("x-amz-Checksum", checksum),
-        ("x-amz-Checksum-Algorithm", "SHA256"),
-    ], data
+    return (
+        200,
+        [
+            ("Content-Type", "application/octet-stream"),
+            ("x-amz-Data-Length", str(len(data))),
+            ("x-amz-Checksum", checksum),
+            ("x-amz-Checksum-Algorithm", "SHA256"),
+        ],
+        data,
+    )
 
 
 HANDLERS = {
@@ -168,8 +186,9 @@ def handle(req: AwsRequest) -> Response:
     handler = HANDLERS.get(req.action)
     if handler is None:
         # StartSnapshot / PutSnapshotBlock / CompleteSnapshot: not modelled by the lab yet.
-        raise LabAwsError("ValidationException",
-                          f"The lab does not implement EBS direct {req.action} yet.", 400)
+        raise LabAwsError(
+            "ValidationException", f"The lab does not implement EBS direct {req.action} yet.", 400
+        )
     return handler(req)
 
 

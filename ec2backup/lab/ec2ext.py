@@ -50,14 +50,21 @@ class _PhantomVolume:
 class Snapshot(MotoSnapshot):
     """A snapshot whose data is a point-in-time block map, `pending` for a while when new."""
 
-    def __init__(self, *args: Any, block_map: dict[int, str] | None = None,
-                 lineage: str = "", pending_seconds: float | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        block_map: dict[int, str] | None = None,
+        lineage: str = "",
+        pending_seconds: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._status_override: str | None = None
         super().__init__(*args, **kwargs)
         self.block_map: dict[int, str] = block_map or {}
         self.lineage = lineage or uuid.uuid4().hex
-        seconds = get_runtime().snapshot_pending_seconds if pending_seconds is None else pending_seconds
+        seconds = (
+            get_runtime().snapshot_pending_seconds if pending_seconds is None else pending_seconds
+        )
         self._completed_at = time.monotonic() + seconds
         self._pending_seconds = seconds
 
@@ -119,17 +126,25 @@ class LabEC2Backend(EC2Backend):
         return moto.ec2.urls
 
     # -- volumes -------------------------------------------------------------------------
-    def create_volume(self, size: int, zone_name: str, snapshot_id: str | None = None,
-                      encrypted: bool = False, kms_key_id: str | None = None,
-                      **kwargs: Any) -> Volume:
+    def create_volume(  # type: ignore[override]
+        self,
+        size: int,
+        zone_name: str,
+        snapshot_id: str | None = None,
+        encrypted: bool = False,
+        kms_key_id: str | None = None,
+        **kwargs: Any,
+    ) -> Volume:
         if not zone_name or self.get_zone_by_name(zone_name) is None:
-            raise LabClientError("InvalidParameterValue",
-                                 f"Invalid availability zone: [{zone_name}]")
+            raise LabClientError(
+                "InvalidParameterValue", f"Invalid availability zone: [{zone_name}]"
+            )
         snapshot = self.get_snapshot(snapshot_id) if snapshot_id else None
         if snapshot is not None:
             if snapshot.status != "completed":
-                raise LabClientError("IncorrectState",
-                                     f"Snapshot '{snapshot.id}' is not 'completed'.")
+                raise LabClientError(
+                    "IncorrectState", f"Snapshot '{snapshot.id}' is not 'completed'."
+                )
             if size is not None and int(size) < snapshot.volume_size:
                 raise LabClientError(
                     "InvalidParameterValue",
@@ -144,8 +159,9 @@ class LabEC2Backend(EC2Backend):
         if kms_key_id:
             encrypted = True
             self._check_kms_key(kms_key_id)
-        volume = super().create_volume(size, zone_name, snapshot_id, encrypted, kms_key_id,
-                                       **kwargs)
+        volume = super().create_volume(
+            size, zone_name, snapshot_id, encrypted, kms_key_id, **kwargs
+        )
         data = VolumeData(_store(), _volume_path(self, volume.id), int(volume.size))
         if snapshot is not None:
             data.materialize(snapshot.block_map)
@@ -164,8 +180,9 @@ class LabEC2Backend(EC2Backend):
         try:
             kms.describe_key(key_id)
         except Exception as exc:
-            raise LabClientError("InvalidParameterValue",
-                                 f"Invalid KMS key id or alias: '{key_id}'") from exc
+            raise LabClientError(
+                "InvalidParameterValue", f"Invalid KMS key id or alias: '{key_id}'"
+            ) from exc
 
     def delete_volume(self, volume_id: str) -> Volume:
         volume = super().delete_volume(volume_id)
@@ -174,19 +191,26 @@ class LabEC2Backend(EC2Backend):
             data.delete()
         return volume
 
-    def modify_volume(self, volume_id: str, target_size: int | None = None,
-                      *args: Any, **kwargs: Any) -> Volume:
+    def modify_volume(
+        self, volume_id: str, target_size: int | None = None, *args: Any, **kwargs: Any
+    ) -> Volume:
         volume = self.get_volume(volume_id)
         if target_size is not None and int(target_size) < volume.size:
-            raise LabClientError("InvalidParameterValue",
-                                 "New size cannot be smaller than existing size")
+            raise LabClientError(
+                "InvalidParameterValue", "New size cannot be smaller than existing size"
+            )
         volume = super().modify_volume(volume_id, target_size, *args, **kwargs)
         if target_size:
             self.volume_data[volume_id].grow(int(target_size))
         return volume
 
-    def attach_volume(self, volume_id: str, instance_id: str, device_path: str,
-                      delete_on_termination: bool = False) -> VolumeAttachment | None:
+    def attach_volume(
+        self,
+        volume_id: str,
+        instance_id: str,
+        device_path: str,
+        delete_on_termination: bool = False,
+    ) -> VolumeAttachment | None:
         volume = self.get_volume(volume_id)
         instance = self.get_instance(instance_id)
         if volume.attachment is not None:
@@ -195,8 +219,9 @@ class LabEC2Backend(EC2Backend):
                 f"{volume_id} is already attached to an instance",
             )
         if instance.state in ("terminated", "shutting-down"):
-            raise LabClientError("IncorrectState",
-                                 f"The instance '{instance_id}' is not in a valid state.")
+            raise LabClientError(
+                "IncorrectState", f"The instance '{instance_id}' is not in a valid state."
+            )
         if volume.zone.name != instance.availability_zone:
             raise LabClientError(
                 "InvalidVolume.ZoneMismatch",
@@ -204,27 +229,32 @@ class LabEC2Backend(EC2Backend):
                 f"'{instance_id}'",
             )
         if not device_path or not _DEVICE_RE.match(device_path):
-            raise LabClientError("InvalidParameterValue",
-                                 f"Value ({device_path}) for parameter device is invalid.")
+            raise LabClientError(
+                "InvalidParameterValue", f"Value ({device_path}) for parameter device is invalid."
+            )
         if device_path in instance.block_device_mapping:
             raise LabClientError(
                 "InvalidParameterValue",
                 f"Invalid value '{device_path}' for unixDevice. Attachment point "
                 f"{device_path} is already in use",
             )
-        attachment = super().attach_volume(volume_id, instance_id, device_path,
-                                           delete_on_termination)
+        attachment = super().attach_volume(
+            volume_id, instance_id, device_path, delete_on_termination
+        )
         link = device_link(instance_id, device_path)
         link.parent.mkdir(parents=True, exist_ok=True)
         link.unlink(missing_ok=True)
         link.symlink_to(self.volume_data[volume_id].path)
         return attachment
 
-    def detach_volume(self, volume_id: str, instance_id: str | None,
-                      device_path: str | None) -> VolumeAttachment:
+    def detach_volume(
+        self, volume_id: str, instance_id: str | None, device_path: str | None
+    ) -> VolumeAttachment:
         volume = self.get_volume(volume_id)
         if volume.attachment is None:
-            raise LabClientError("IncorrectState", f"Volume '{volume_id}' is in the 'available' state.")
+            raise LabClientError(
+                "IncorrectState", f"Volume '{volume_id}' is in the 'available' state."
+            )
         if not instance_id:  # optional on AWS; moto crashes with a 500 without it
             instance_id = volume.attachment.instance.id
         elif instance_id != volume.attachment.instance.id:
@@ -238,31 +268,48 @@ class LabEC2Backend(EC2Backend):
         return attachment
 
     # -- snapshots -----------------------------------------------------------------------
-    def create_snapshot(self, volume_id: str, description: str, owner_id: str | None = None,
-                        from_ami: str | None = None) -> Snapshot:
+    def create_snapshot(
+        self,
+        volume_id: str,
+        description: str,
+        owner_id: str | None = None,
+        from_ami: str | None = None,
+    ) -> Snapshot:
         volume = self.get_volume(volume_id)
         data = self.volume_data.get(volume_id)
         block_map = data.snapshot_map() if data is not None else {}
         snapshot = Snapshot(
-            self, random_snapshot_id(), volume, description,
-            encrypted=volume.encrypted, kms_key_id=volume.kms_key_id,
-            owner_id=owner_id, from_ami=from_ami,
-            block_map=block_map, lineage=getattr(volume, "lab_lineage", ""),
+            self,
+            random_snapshot_id(),
+            volume,
+            description,
+            encrypted=volume.encrypted,
+            kms_key_id=volume.kms_key_id,
+            owner_id=owner_id,
+            from_ami=from_ami,
+            block_map=block_map,
+            lineage=getattr(volume, "lab_lineage", ""),
         )
         self.snapshots[snapshot.id] = snapshot
         return snapshot
 
-    def create_snapshots(self, instance_spec: dict[str, Any], description: str,
-                         tags: dict[str, str], copy_tags_from_source: str | None = None
-                         ) -> list[Snapshot]:
+    def create_snapshots(  # type: ignore[override]
+        self,
+        instance_spec: dict[str, Any],
+        description: str,
+        tags: dict[str, str],
+        copy_tags_from_source: str | None = None,
+    ) -> list[Snapshot]:
         instance = self.get_instance(instance_spec["InstanceId"])
         if instance.state in ("terminated", "shutting-down"):
-            raise LabClientError("IncorrectState",
-                                 f"The instance '{instance.id}' is not in a valid state.")
+            raise LabClientError(
+                "IncorrectState", f"The instance '{instance.id}' is not in a valid state."
+            )
         exclude_boot = str(instance_spec.get("ExcludeBootVolume", False)).lower() == "true"
         excluded = set(instance_spec.get("ExcludeDataVolumeIds") or [])
         volume_ids = [
-            m.volume_id for device, m in instance.get_block_device_mapping
+            m.volume_id
+            for device, m in instance.get_block_device_mapping
             if not (exclude_boot and device == instance.root_device_name)
             and m.volume_id not in excluded
         ]
@@ -278,12 +325,17 @@ class LabEC2Backend(EC2Backend):
                 lock.release()
         for snapshot, volume in zip(snapshots, volumes, strict=True):
             if copy_tags_from_source == "volume":
-                snapshot.add_tags({t["key"]: t["value"] for t in volume.get_tags()
-                                   if not t["key"].startswith("aws:")})
+                snapshot.add_tags(
+                    {
+                        t["key"]: t["value"]
+                        for t in volume.get_tags()
+                        if not t["key"].startswith("aws:")
+                    }
+                )
             snapshot.add_tags(tags)
         return snapshots
 
-    def _find_snapshot(self, snapshot_id: str, region: str | None = None) -> Snapshot | None:
+    def _find_snapshot(self, snapshot_id: str, region: str | None = None) -> Any:
         """A snapshot this account may use: its own, or one shared with it (same Region)."""
         region = region or self.region_name
         own = ec2_models.ec2_backends[self.account_id][region].snapshots.get(snapshot_id)
@@ -306,8 +358,14 @@ class LabEC2Backend(EC2Backend):
             raise InvalidSnapshotIdError()
         return snapshot
 
-    def copy_snapshot(self, source_snapshot_id: str, source_region: str, description: str,
-                      kms_key_id: str | None, encrypted: bool = False) -> Snapshot:
+    def copy_snapshot(
+        self,
+        source_snapshot_id: str,
+        source_region: str,
+        description: str,
+        kms_key_id: str | None,
+        encrypted: bool = False,
+    ) -> Snapshot:
         source = self._find_snapshot(source_snapshot_id, source_region)
         if source is None:
             raise LabClientError(
@@ -315,10 +373,10 @@ class LabEC2Backend(EC2Backend):
                 f"The snapshot '{source_snapshot_id}' does not exist in {source_region}.",
             )
         if source.status != "completed":
-            raise LabClientError("IncorrectState",
-                                 f"Snapshot '{source_snapshot_id}' is not 'completed'.")
-        if source.owner_id != self.account_id and source.encrypted and \
-                _is_default_ebs_key(source):
+            raise LabClientError(
+                "IncorrectState", f"Snapshot '{source_snapshot_id}' is not 'completed'."
+            )
+        if source.owner_id != self.account_id and source.encrypted and _is_default_ebs_key(source):
             raise LabClientError(
                 "InvalidParameterValue",
                 f"Snapshot '{source_snapshot_id}' is encrypted with the AWS managed key "
@@ -331,23 +389,28 @@ class LabEC2Backend(EC2Backend):
             # AWS: an encrypted copy without KmsKeyId uses the destination's default EBS key.
             kms_key_id = self.default_kms_key_id or self._create_default_encryption_key()
         snapshot = Snapshot(
-            self, random_snapshot_id(),
-            _PhantomVolume("vol-ffffffff", source.volume_size), description,
-            encrypted=encrypted, kms_key_id=kms_key_id,
-            block_map=dict(source.block_map), lineage=source.lineage,
+            self,
+            random_snapshot_id(),
+            _PhantomVolume("vol-ffffffff", source.volume_size),
+            description,
+            encrypted=encrypted,
+            kms_key_id=kms_key_id,
+            block_map=dict(source.block_map),
+            lineage=source.lineage,
         )
         self.snapshots[snapshot.id] = snapshot
         return snapshot
 
-    def visible_snapshots(self, owner_ids: list[str], restorable_by: list[str]) -> list[Snapshot]:
+    def visible_snapshots(self, owner_ids: list[str], restorable_by: list[str]) -> list[Any]:
         """DescribeSnapshots' default view: own snapshots plus those shared with this account."""
         own = list(self.snapshots.values())
-        shared: list[Snapshot] = []
+        shared: list[Any] = []
         for backend in all_ec2_backends():
             if backend.region_name != self.region_name or backend.account_id == self.account_id:
                 continue
             shared.extend(
-                s for s in backend.snapshots.values()
+                s
+                for s in backend.snapshots.values()
                 if self.account_id in s.create_volume_permission_userids
                 or "all" in s.create_volume_permission_groups
             )
@@ -357,17 +420,27 @@ class LabEC2Backend(EC2Backend):
             result = [s for s in result if s.owner_id in wanted]
         if restorable_by:
             wanted = {self.account_id if r == "self" else r for r in restorable_by}
-            result = [s for s in result
-                      if s.owner_id in wanted and s in own
-                      or wanted & s.create_volume_permission_userids
-                      or "all" in s.create_volume_permission_groups]
+            result = [
+                s
+                for s in result
+                if (s.owner_id in wanted and s in own)
+                or wanted & s.create_volume_permission_userids
+                or "all" in s.create_volume_permission_groups
+            ]
         return result
 
     # -- instances -----------------------------------------------------------------------
-    def run_instances(self, image_id: str, count: int, user_data: Any,
-                      security_group_names: list[str], **kwargs: Any) -> Any:
-        reservation = super().run_instances(image_id, count, user_data, security_group_names,
-                                            **kwargs)
+    def run_instances(
+        self,
+        image_id: str,
+        count: int,
+        user_data: Any,
+        security_group_names: list[str],
+        **kwargs: Any,
+    ) -> Any:
+        reservation = super().run_instances(
+            image_id, count, user_data, security_group_names, **kwargs
+        )
         from ec2backup.lab import agents
 
         for instance in reservation.instances:
@@ -415,17 +488,28 @@ def _create_snapshots(self: ElasticBlockStore) -> ActionResult:
     tags = self._parse_tag_specification().get("snapshot", {})
     copy_tags = self._get_param("CopyTagsFromSource")
     self.error_on_dryrun()
-    snapshots = self.ec2_backend.create_snapshots(instance_spec, description, tags,
-                                                  copy_tags_from_source=copy_tags)
-    return ActionResult({"Snapshots": [
+    snapshots = self.ec2_backend.create_snapshots(
+        instance_spec, description, tags, copy_tags_from_source=copy_tags
+    )
+    return ActionResult(
         {
-            "SnapshotId": s.id, "VolumeId": s.volume.id, "State": s.status,
-            "StartTime": s.start_time, "Progress": s.progress, "OwnerId": s.owner_id,
-            "Encrypted": s.encrypted, "VolumeSize": s.volume_size,
-            "Description": s.description, "Tags": s.tag_set,
+            "Snapshots": [
+                {
+                    "SnapshotId": s.id,
+                    "VolumeId": s.volume.id,
+                    "State": s.status,
+                    "StartTime": s.start_time,
+                    "Progress": s.progress,
+                    "OwnerId": s.owner_id,
+                    "Encrypted": s.encrypted,
+                    "VolumeSize": s.volume_size,
+                    "Description": s.description,
+                    "Tags": s.tag_set,
+                }
+                for s in snapshots
+            ]
         }
-        for s in snapshots
-    ]})
+    )
 
 
 def _copy_snapshot(self: ElasticBlockStore) -> ActionResult:
@@ -437,8 +521,11 @@ def _copy_snapshot(self: ElasticBlockStore) -> ActionResult:
     encrypted = self._get_bool_param("Encrypted", False)
     self.error_on_dryrun()
     snapshot = self.ec2_backend.copy_snapshot(
-        source_snapshot_id=source_snapshot_id, source_region=source_region,
-        description=description, kms_key_id=kms_key_id, encrypted=encrypted,
+        source_snapshot_id=source_snapshot_id,
+        source_region=source_region,
+        description=description,
+        kms_key_id=kms_key_id,
+        encrypted=encrypted,
     )
     snapshot.add_tags(snapshot_tags)
     return ActionResult({"SnapshotId": snapshot.id, "Tags": snapshot.tag_set})
@@ -474,8 +561,9 @@ def _modify_snapshot_attribute(self: ElasticBlockStore) -> ActionResult:
     if add_users or add_groups:
         backend.add_create_volume_permission(snapshot_id, user_ids=add_users, groups=add_groups)
     if remove_users or remove_groups:
-        backend.remove_create_volume_permission(snapshot_id, user_ids=remove_users,
-                                                groups=remove_groups)
+        backend.remove_create_volume_permission(
+            snapshot_id, user_ids=remove_users, groups=remove_groups
+        )
     return EmptyResult()
 
 
@@ -491,8 +579,9 @@ def _describe_snapshots(self: ElasticBlockStore) -> ActionResult:
         found = [backend._find_snapshot(s) for s in snapshot_ids]
         if any(s is None for s in found):
             missing = [i for i, s in zip(snapshot_ids, found, strict=True) if s is None]
-            raise LabClientError("InvalidSnapshot.NotFound",
-                                 f"The snapshot '{missing[0]}' does not exist.")
+            raise LabClientError(
+                "InvalidSnapshot.NotFound", f"The snapshot '{missing[0]}' does not exist."
+            )
         snapshots = [s for s in found if s is not None]
     else:
         snapshots = backend.visible_snapshots(owner_ids, restorable_by)
@@ -507,11 +596,13 @@ def _describe_snapshots(self: ElasticBlockStore) -> ActionResult:
     if max_results:
         limit = int(max_results)
         if snapshot_ids:
-            raise LabClientError("InvalidParameterCombination",
-                                 "MaxResults cannot be combined with SnapshotIds")
+            raise LabClientError(
+                "InvalidParameterCombination", "MaxResults cannot be combined with SnapshotIds"
+            )
         if not 5 <= limit <= 1000:
-            raise LabClientError("InvalidParameterValue",
-                                 f"Value ({limit}) for parameter maxResults is invalid.")
+            raise LabClientError(
+                "InvalidParameterValue", f"Value ({limit}) for parameter maxResults is invalid."
+            )
         if len(page) > limit:
             result["NextToken"] = str(start + limit)
         page = page[:limit]
@@ -525,10 +616,15 @@ def _detach_volume(self: ElasticBlockStore) -> ActionResult:
     device_path = self._get_param("Device")
     self.error_on_dryrun()
     attachment = self.ec2_backend.detach_volume(volume_id, instance_id, device_path)
-    return ActionResult({
-        "VolumeId": attachment.volume.id, "InstanceId": attachment.instance.id,
-        "Device": attachment.device, "State": "detaching", "AttachTime": attachment.attach_time,
-    })
+    return ActionResult(
+        {
+            "VolumeId": attachment.volume.id,
+            "InstanceId": attachment.instance.id,
+            "Device": attachment.device,
+            "State": "detaching",
+            "AttachTime": attachment.attach_time,
+        }
+    )
 
 
 def _delete_volume(self: ElasticBlockStore) -> ActionResult:

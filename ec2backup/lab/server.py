@@ -29,17 +29,17 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 # Cross-account snapshot copies are part of the product; moto's S3 must not refuse them either.
 os.environ.setdefault("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "true")
 
-from ec2backup.lab.awserrors import (  # noqa: E402
+from ec2backup.lab.awserrors import (
     DEFAULT_THROTTLE,
-    ControlError,
     THROTTLE_CODES,
+    ControlError,
     LabAwsError,
     Response,
     default_status,
     render_error,
 )
-from ec2backup.lab.requests import AwsRequest, classify  # noqa: E402
-from ec2backup.lab.runtime import LabRuntime, get_runtime, set_runtime  # noqa: E402
+from ec2backup.lab.requests import AwsRequest, classify
+from ec2backup.lab.runtime import LabRuntime, get_runtime, set_runtime
 
 log = logging.getLogger("ec2backup.lab")
 
@@ -98,7 +98,9 @@ class LabMiddleware:
             try:
                 return _respond(start_response, handler(req))
             except LabAwsError as exc:
-                return _respond(start_response, render_error(req, exc.code, exc.message, exc.status))
+                return _respond(
+                    start_response, render_error(req, exc.code, exc.message, exc.status)
+                )
             except NotImplementedError:
                 pass  # fall through to moto
             except Exception as exc:  # never a bare 500 page: an AWS-shaped InternalError
@@ -149,16 +151,20 @@ def build_app(root: Path) -> LabMiddleware:
 
 
 class LabServer:
-    """The lab endpoint on a background thread (for embedding); `serve` runs it in the foreground."""
+    """The lab endpoint, on a background thread (`start`) or in the foreground (`serve_forever`)."""
 
     def __init__(self, root: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
         from werkzeug.serving import make_server
 
         self.app = build_app(root)
-        self._server = make_server(host, port, self.app, threaded=True,
-                                   request_handler=MotoRequestHandler)
-        self.host, self.port = str(self._server.server_address[0]), int(self._server.server_address[1])
+        self._server = make_server(
+            host, port, self.app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self.host, self.port = (
+            str(self._server.server_address[0]),
+            int(self._server.server_address[1]),
+        )
         self.url = f"http://{self.host}:{self.port}"
         get_runtime().endpoint_url = self.url
         self._thread: threading.Thread | None = None
