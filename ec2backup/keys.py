@@ -63,7 +63,9 @@ def wrap_with_password(master: bytes, password: bytes, repo_id: str) -> KeyFile:
     salt = os.urandom(SALT_SIZE)
     params = ScryptParams(salt=b64e(salt))
     kek = crypto.password_kek(password, salt, params.n, params.r, params.p)
-    return KeyFile(kind="password", scrypt=params, data=b64e(crypto.seal(kek, master, _aad(repo_id))))
+    return KeyFile(
+        kind="password", scrypt=params, data=b64e(crypto.seal(kek, master, _aad(repo_id)))
+    )
 
 
 def kms_client(key_id: str) -> Any:

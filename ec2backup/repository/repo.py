@@ -175,9 +175,7 @@ class Repository:
         # Password keys first: no network round trip; then KMS wrappings.
         ordered = sorted(key_files.items(), key=lambda kv: kv[1].kind != "password")
         if password is None and all(k.kind == "password" for k in key_files.values()):
-            raise UserError(
-                "no password given: set EC2BACKUP_REPO_PASSWORD or use --password-file"
-            )
+            raise UserError("no password given: set EC2BACKUP_REPO_PASSWORD or use --password-file")
         tried_password = False
         for key_id, kf in ordered:
             if kf.kind == "password" and password is None:
@@ -322,7 +320,9 @@ class Repository:
     def resolve_restore_point(self, prefix: str) -> str:
         prefix = prefix.strip().lower()
         if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
-            raise UserError(f"bad restore point id {prefix!r}: give at least {MIN_PREFIX} hex digits")
+            raise UserError(
+                f"bad restore point id {prefix!r}: give at least {MIN_PREFIX} hex digits"
+            )
         matches = [i for i in self.list_ids("restorepoint") if i.startswith(prefix)]
         if not matches:
             raise NotFoundError(f"restore point {prefix} not found")

@@ -55,8 +55,10 @@ class RestorePoint(BaseModel):
         if selector is None:
             if len(self.volumes) != 1:
                 names = ", ".join(f"{v.index}:{v.name}" for v in self.volumes)
-                raise UserError(f"restore point has {len(self.volumes)} volumes ({names}): "
-                                "choose one with --volume")
+                raise UserError(
+                    f"restore point has {len(self.volumes)} volumes ({names}): "
+                    "choose one with --volume"
+                )
             return self.volumes[0]
         for v in self.volumes:
             if v.name == selector or (selector.isdigit() and v.index == int(selector)):
