@@ -7,6 +7,7 @@ like real logs), so no Python loop runs per byte.
 
 from __future__ import annotations
 
+import functools
 import random
 
 import blake3
@@ -16,7 +17,7 @@ from ec2backup.lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK
 # Share of written blocks of each kind, close to what the benchmark data set measured on real
 # root volumes: mostly compressible text, a good share of incompressible data, a few zero runs.
 TEXT_SHARE, RANDOM_SHARE = 0.55, 0.40  # the rest are written zero blocks
-CORPUS_BYTES = 8 * 1024 * 1024
+CORPUS_BYTES = 2 * 1024 * 1024
 
 _HOSTS = ["web-1", "web-2", "db-primary", "cache-a", "batch-7", "api-3"]
 _PATHS = [
@@ -36,6 +37,7 @@ _WORDS = [
 ]  # fmt: skip
 
 
+@functools.lru_cache(maxsize=4)
 def _corpus(seed: int) -> bytes:
     rng = random.Random(seed)
     lines: list[str] = []
@@ -97,22 +99,18 @@ class ContentGenerator:
 
 
 def layout(rng: random.Random, blocks_total: int, fill: float) -> list[tuple[int, int]]:
-    """Extents (start, length) covering about `fill` of the volume, like a filesystem's files."""
-    target = int(blocks_total * fill)
-    if target <= 0:
-        return []
-    extents: list[tuple[int, int]] = []
-    taken = 0
-    # Mean run of ~12 blocks (6 MiB), as measured on the benchmark image.
-    gap_budget = blocks_total - target
-    cursor = 0
-    while taken < target and cursor < blocks_total:
-        run = min(target - taken, max(1, int(rng.expovariate(1 / 12))), blocks_total - cursor)
-        gap = int(rng.random() * 2 * gap_budget / max(1, (target - taken) / 12))
-        gap = min(gap, blocks_total - cursor - run)
-        cursor += max(0, gap)
+    """Extents (start, length) covering `fill` of the volume, like a filesystem's files."""
+    target = min(blocks_total, round(blocks_total * fill))
+    runs: list[int] = []
+    while sum(runs) < target:
+        # Mean run of ~12 blocks (6 MiB), as measured on the benchmark image.
+        runs.append(min(target - sum(runs), 1 + int(rng.expovariate(1 / 11))))
+    weights = [rng.random() for _ in range(len(runs) + 1)]
+    free, scale = blocks_total - target, sum(weights) or 1.0
+    gaps = [int(free * w / scale) for w in weights]
+    extents, cursor = [], 0
+    for gap, run in zip(gaps, runs, strict=False):
+        cursor += gap
         extents.append((cursor, run))
         cursor += run
-        taken += run
-        gap_budget = max(0, blocks_total - cursor - (target - taken))
     return extents

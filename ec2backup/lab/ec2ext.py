@@ -26,6 +26,8 @@ from moto.ec2.utils import random_snapshot_id
 from ec2backup.lab.blockstore import BlockStore, VolumeData
 from ec2backup.lab.runtime import get_runtime
 
+# What moto's handler passes when the caller gave no ClientToken.
+MOTO_DEFAULT_CLIENT_TOKEN = "ABCDE"
 _DEVICE_RE = re.compile(r"^/dev/(sd[a-z]\d*|xvd[a-z]{1,2}\d*|nvme\d+n\d+)$|^xvd[a-z]{1,2}$")
 
 
@@ -438,9 +440,15 @@ class LabEC2Backend(EC2Backend):
         security_group_names: list[str],
         **kwargs: Any,
     ) -> Any:
+        # AWS: a repeated ClientToken returns the first call's reservation (idempotent retry).
+        token = kwargs.get("client_token")
+        if token and token != MOTO_DEFAULT_CLIENT_TOKEN and token in self.client_tokens:
+            return self.reservations[self.client_tokens[token]]
         reservation = super().run_instances(
             image_id, count, user_data, security_group_names, **kwargs
         )
+        if token and token != MOTO_DEFAULT_CLIENT_TOKEN:
+            self.client_tokens[token] = reservation.id
         from ec2backup.lab import agents
 
         for instance in reservation.instances:
