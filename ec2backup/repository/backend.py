@@ -11,7 +11,6 @@ Two implementations with the same small interface:
 
 from __future__ import annotations
 
-import errno
 import os
 import tempfile
 import threading
@@ -28,6 +27,8 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
+# An object's content: one buffer, or a list of chunks written back to back (packs).
+Content = Buffer | list[bytes]
 
 
 class ObjectMissing(NotFoundError):
@@ -37,7 +38,7 @@ class ObjectMissing(NotFoundError):
 class Backend(Protocol):
     url: str
 
-    def put(self, name: str, data: Buffer) -> None: ...
+    def put(self, name: str, data: Content) -> None: ...
     def get(self, name: str) -> bytes: ...
     def get_range(self, name: str, offset: int, length: int) -> bytes: ...
     def size(self, name: str) -> int: ...
@@ -69,15 +70,17 @@ class LocalBackend:
         with self._dirs_lock:
             self._made_dirs.add(path)
 
-    def put(self, name: str, data: Buffer) -> None:
+    def put(self, name: str, data: Content) -> None:
         path = self._path(name)
         self._ensure_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            chunks = data if isinstance(data, list) else [data]
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
             os.fsync(fd)  # the object must be on disk before its name is
             os.close(fd)
             fd = -1
@@ -159,9 +162,9 @@ class S3Backend:
     def _missing(self, name: str, exc: Exception) -> ObjectMissing:
         return ObjectMissing(f"object {name} not found in {self.url}")
 
-    def put(self, name: str, data: Buffer) -> None:
+    def put(self, name: str, data: Content) -> None:
         key = self._key(name)
-        view = memoryview(data)
+        view = memoryview(b"".join(data) if isinstance(data, list) else data)
         if len(view) <= MULTIPART_THRESHOLD:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(view))
             return
@@ -265,6 +268,3 @@ def open_backend(url: str) -> Backend:
         raise UserError(f"bad repository URL {url!r}: only directories and s3:// are supported")
     return LocalBackend(Path(url).expanduser().absolute())
 
-
-def is_enospc(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC

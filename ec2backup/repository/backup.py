@@ -272,8 +272,8 @@ class BackupWriter:
         if not self.builder.entries:
             return
         pack_id, buf, entries = self.builder.finish(self.repo.meta)
+        ipack = index_pack(pack_id, self.builder.size, entries)
         self.builder = PackBuilder()
-        ipack = index_pack(pack_id, len(buf), entries)
         while len(self.uploads) >= MAX_INFLIGHT_UPLOADS:
             self._reap_upload()
         fut = self.upload_pool.submit(self.repo.backend.put, data_name(pack_id), buf)

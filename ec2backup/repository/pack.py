@@ -21,6 +21,7 @@ import struct
 import threading
 from dataclasses import dataclass
 
+import blake3
 import zstandard
 
 from ec2backup import crypto
@@ -159,23 +160,33 @@ def parse_pack(data: bytes, meta: crypto.Sealer) -> list[PackEntry]:
 
 
 class PackBuilder:
-    """Accumulates encoded blobs in memory until the pack is large enough to upload."""
+    """Accumulates encoded blobs until the pack is large enough to upload.
+
+    Blobs are kept as a list of chunks (no growing buffer to copy); the pack id is hashed
+    incrementally and the backend writes the chunks with one gathered write.
+    """
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.chunks: list[bytes] = []
+        self.size = 0
         self.entries: list[PackEntry] = []
+        self._hasher = blake3.blake3(max_threads=1)
 
     def add(self, blob_id: bytes, ciphertext: bytes, comp: int, raw_length: int) -> None:
         self.entries.append(
-            PackEntry(blob_id, BLOB_DATA, comp, len(self.buf), len(ciphertext), raw_length)
+            PackEntry(blob_id, BLOB_DATA, comp, self.size, len(ciphertext), raw_length)
         )
-        self.buf += ciphertext
+        self.chunks.append(ciphertext)
+        self._hasher.update(ciphertext)
+        self.size += len(ciphertext)
 
     def __len__(self) -> int:
-        return len(self.buf)
+        return self.size
 
-    def finish(self, meta: crypto.Sealer) -> tuple[str, bytearray, list[PackEntry]]:
-        """(pack id, bytes, entries); the id is the content hash of the whole pack."""
-        self.buf += encode_header(self.entries, meta)
-        pack_id = crypto.content_hash(self.buf).hex()
-        return pack_id, self.buf, self.entries
+    def finish(self, meta: crypto.Sealer) -> tuple[str, list[bytes], list[PackEntry]]:
+        """(pack id, chunks, entries); the id is the content hash of the whole pack."""
+        header = encode_header(self.entries, meta)
+        self.chunks.append(header)
+        self._hasher.update(header)
+        self.size += len(header)
+        return self._hasher.hexdigest(), self.chunks, self.entries

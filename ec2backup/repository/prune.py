@@ -106,8 +106,8 @@ def prune(
             return
         pack_id, buf, entries = builder.finish(repo.meta)
         repo.backend.put(data_name(pack_id), buf)
-        new_packs.append(index_pack(pack_id, len(buf), entries))
-        report.bytes_freed -= len(buf)
+        new_packs.append(index_pack(pack_id, builder.size, entries))
+        report.bytes_freed -= builder.size
         builder = PackBuilder()
 
     for ipack, kept in repack:
