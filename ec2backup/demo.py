@@ -62,7 +62,7 @@ def main() -> None:
     )
     console.print(f"lab {'started' if fresh else 'already running'} in {state.dir}")
     cfg = Config(retries={"mode": "standard"})
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "endpoint_url": state.aws_url,
         "region_name": manager.LAB_REGION,
         "aws_access_key_id": manager.LAB_ACCESS_KEY,

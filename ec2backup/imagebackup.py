@@ -1,0 +1,106 @@
+"""Control-plane side of an image-level backup: plan it against the repository, and commit the
+restore point once every volume's blocks are durable.
+
+CBT base: the latest restore point of the same instance that holds this volume names the
+snapshot it was read from. If that snapshot still exists (same lineage), the next session asks
+EBS only for the blocks changed since; otherwise it reads every written block and relies on
+dedup against the repository.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ec2backup import aws, workers
+from ec2backup.models import ImageBackupSpec, ImagePlan, SnapshotSet
+from ec2backup.repository.backup import BackupWriter, commit_restore_point
+from ec2backup.repository.repo import Repository
+from worker_agent.transfer import checkpoint_key
+
+
+def _latest_records(repo: Repository, instance_id: str) -> tuple[str | None, dict[Any, Any]]:
+    """(restore point id, {source volume id: volume record}) of the instance's newest point."""
+    candidates = [
+        (rid, rp)
+        for rid, rp in repo.list_restore_points()
+        if rp.source.get("instance_id") == instance_id and rp.source.get("kind") == "ec2-instance"
+    ]
+    if not candidates:
+        return None, {}
+    rid, rp = max(candidates, key=lambda c: c[1].time)
+    return rid, {v.metadata.get("source_volume_id"): v for v in rp.volumes}
+
+
+def _snapshot_usable(ec2: Any, snapshot_id: str) -> bool:
+    try:
+        snaps = ec2.describe_snapshots(SnapshotIds=[snapshot_id])["Snapshots"]
+    except Exception as exc:
+        if aws.error_code(exc).startswith("InvalidSnapshot"):
+            return False
+        raise
+    return bool(snaps) and snaps[0]["State"] == "completed"
+
+
+def prepare(
+    session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str
+) -> ImagePlan:
+    backup_account = aws.caller_account(snapshot_set.region)
+    plan = workers.build_plan(session_id, snapshot_set, spec, backup_account)
+    repo = Repository.open(spec.repository, password.encode())
+    parent_id, records = _latest_records(repo, snapshot_set.instance_id)
+    ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
+    for vp in plan.volumes:
+        record = records.get(vp.source_volume_id)
+        if record is None:
+            vp.cbt_reason = (
+                "first backup of this volume: reading its written blocks"
+                if parent_id is None or not records
+                else "volume not in the previous restore point: reading written blocks"
+            )
+            continue
+        vp.parent_restore_point_id = parent_id
+        base = record.metadata.get("snapshot_id")
+        if base and _snapshot_usable(ec2, base):
+            vp.parent_snapshot_id = base
+            vp.cbt_reason = f"changed blocks since {base}"
+        else:
+            vp.cbt_reason = (
+                f"CBT base {base or '(none)'} is gone: reading every written "
+                "block, dedup against the repository"
+            )
+    workers.share_snapshots(plan, snapshot_set, backup_account)
+    workers.put_session_secret(session_id, plan, password)
+    return plan
+
+
+def commit(
+    session_id: str, snapshot_set: SnapshotSet, plan: ImagePlan, policy_name: str, password: str
+) -> str:
+    repo = Repository.open(plan.repository, password.encode())
+    keys = [checkpoint_key(session_id, vp.source_volume_id) for vp in plan.volumes]
+    with repo.lock(exclusive=False, purpose=f"commit {session_id}", wait=300):
+        records = []
+        for key, vp in zip(keys, plan.volumes, strict=True):
+            writer = BackupWriter.resume(repo, key)
+            record = writer.finish()
+            record.device = vp.device
+            records.append(record)
+        parents = {vp.parent_restore_point_id for vp in plan.volumes} - {None}
+        source = {
+            "kind": "ec2-instance",
+            "instance_id": snapshot_set.instance_id,
+            "region": snapshot_set.region,
+            "account": snapshot_set.account,
+            "availability_zone": snapshot_set.availability_zone,
+            "snapshot_set_id": snapshot_set.set_id,
+            "session_id": session_id,
+            "placement": plan.placement,
+        }
+        return commit_restore_point(
+            repo,
+            records,
+            parent=next(iter(parents), None),
+            source=source,
+            tags={"policy": policy_name},
+            checkpoint_keys=keys,
+        )

@@ -1,0 +1,413 @@
+"""Worker instances for image-level backups: plan, provision, release, and the janitor's sweep.
+
+Every resource a session creates carries `ec2backup:session=<workflow id>` and
+`ec2backup:role=worker`, so cleanup (release, janitor) finds it by tag and never depends on
+return values that a cancellation may have lost.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ec2backup import aws, tagcodec
+from ec2backup.errors import UserError
+from ec2backup.models import (
+    ImageBackupSpec,
+    ImagePlan,
+    ReleaseWorkerOutput,
+    SnapshotSet,
+    VolumePlan,
+    WorkerHandle,
+    WorkerVolume,
+)
+from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
+
+GIB = 1024**3
+EBS_BLOCK_SIZE = 512 * 1024
+ROLE_KEY = "ec2backup:role"
+SOURCE_VOLUME_KEY = "ec2backup:source-volume"
+WORKER_ROLE = "worker"
+# Default transfer range: 8 GiB per activity keeps history small (a 16 TiB volume = 2,048
+# ranges) while a lost host re-reads at most one range. Override: EC2BACKUP_RANGE_BLOCKS.
+DEFAULT_RANGE_BLOCKS = 8 * GIB // EBS_BLOCK_SIZE
+# Worker sizing after Veeam's defaults (vCPUs for compression/encryption by data size).
+WORKER_TYPES = [(1024, "c5.large"), (16 * 1024, "c5.2xlarge"), (None, "c5.4xlarge")]
+# gp3 baseline and ceilings; volume copies read faster with more throughput.
+GP3_BASE_IOPS, GP3_MAX_IOPS = 3000, 16000
+GP3_BASE_THROUGHPUT, GP3_MAX_THROUGHPUT = 125, 1000
+# Above this size one volume copy cannot be read fast enough within a backup window: give the
+# worker a second copy and split ranges between them.
+SECOND_COPY_GIB = 2048
+WORKER_DEVICES = [f"/dev/sd{c}" for c in "fghijklmnopqrstuvwxyz"]
+SESSION_SECRET_PREFIX = "ec2backup/session/"
+DEFAULT_WORKER_AMI = "ami-0ec2backup0worker1"
+WAIT_POLL_SECONDS = 0.5
+
+
+class WorkerError(UserError):
+    pass
+
+
+# ---- planning (pure) ---------------------------------------------------------------------------
+def plan_instance_type(total_gib: int, requested: str | None = None) -> str:
+    if requested:
+        return requested
+    for limit, instance_type in WORKER_TYPES:
+        if limit is None or total_gib < limit:
+            return instance_type
+    raise AssertionError("unreachable")
+
+
+def plan_volume(size_gib: int) -> tuple[str, int, int, int]:
+    """(volume type, iops, throughput MiB/s, copies) for a worker's copy of a volume."""
+    copies = 2 if size_gib > SECOND_COPY_GIB else 1
+    throughput = min(GP3_MAX_THROUGHPUT, max(GP3_BASE_THROUGHPUT, size_gib // 4))
+    # gp3 allows at most 0.25 MiB/s per provisioned IOPS: raise IOPS with throughput.
+    iops = min(GP3_MAX_IOPS, max(GP3_BASE_IOPS, throughput * 4))
+    return "gp3", iops, throughput, copies
+
+
+def choose_placement(
+    spec_placement: str, snapshot_set: SnapshotSet, backup_account: str
+) -> tuple[str, str]:
+    """(placement, reason): where the worker runs and why."""
+    same_account = snapshot_set.account == backup_account
+    default_key = [m.volume_id for m in snapshot_set.members if m.default_key]
+    if spec_placement == "production":
+        return "production", "requested"
+    if same_account:
+        return "backup", f"instance is in the backup account {backup_account}"
+    if default_key:
+        if spec_placement == "backup":
+            raise WorkerError(
+                f"volumes {', '.join(default_key)} use the AWS managed key aws/ebs, whose "
+                "snapshots cannot be shared with the backup account: use placement "
+                "'production' or 'auto'"
+            )
+        return "production", (
+            f"volumes {', '.join(default_key)} are encrypted with the default aws/ebs key, "
+            "which cannot be shared across accounts"
+        )
+    return "backup", "default placement (snapshots shared with the backup account)"
+
+
+def range_blocks() -> int:
+    return int(os.environ.get("EC2BACKUP_RANGE_BLOCKS") or DEFAULT_RANGE_BLOCKS)
+
+
+def volume_plans(snapshot_set: SnapshotSet) -> list[VolumePlan]:
+    plans = []
+    devices = iter(WORKER_DEVICES)
+    for m in snapshot_set.members:
+        vtype, iops, throughput, copies = plan_volume(m.size_gib)
+        worker_devices = [next(devices) for _ in range(copies)]
+        plans.append(
+            VolumePlan(
+                source_volume_id=m.volume_id,
+                snapshot_id=m.snapshot_id,
+                device=m.device,
+                worker_device=worker_devices[0],
+                size_gib=m.size_gib,
+                volume_type=vtype,
+                iops=iops,
+                throughput=throughput,
+                blocks_total=m.size_gib * GIB // EBS_BLOCK_SIZE,
+                copies=copies,
+                worker_devices=worker_devices,
+            )
+        )
+    return plans
+
+
+def session_secret_name(session_id: str) -> str:
+    return SESSION_SECRET_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+
+def build_plan(
+    session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, backup_account: str
+) -> ImagePlan:
+    placement, reason = choose_placement(spec.worker.placement, snapshot_set, backup_account)
+    total = sum(m.size_gib for m in snapshot_set.members)
+    return ImagePlan(
+        repository=spec.repository,
+        placement=placement,  # type: ignore[arg-type]
+        placement_reason=reason,
+        worker_role_arn=snapshot_set.account_role_arn if placement == "production" else None,
+        snapshot_role_arn=snapshot_set.account_role_arn,
+        region=snapshot_set.region,
+        availability_zone=snapshot_set.availability_zone,
+        subnet_id=spec.worker.subnet_id,
+        instance_type=plan_instance_type(total, spec.worker.instance_type),
+        range_blocks=range_blocks(),
+        volumes=volume_plans(snapshot_set),
+        secret_name=session_secret_name(session_id),
+    )
+
+
+# ---- secrets for the agent ---------------------------------------------------------------------
+def put_session_secret(session_id: str, plan: ImagePlan, password: str) -> None:
+    """Hand the repository password to the worker through Secrets Manager in the worker's
+    account (read by the agent with its instance role), never through user-data or payloads."""
+    sm = aws.client("secretsmanager", plan.region, plan.worker_role_arn)
+    value = json.dumps({"repository": plan.repository, "password": password})
+    try:
+        sm.create_secret(
+            Name=plan.secret_name,
+            SecretString=value,
+            Tags=_session_tags(session_id),
+        )
+    except sm.exceptions.ResourceExistsException:
+        sm.put_secret_value(SecretId=plan.secret_name, SecretString=value)
+
+
+def read_session_secret(secret_name: str, region: str) -> dict[str, str]:
+    sm = aws.client("secretsmanager", region)
+    return dict(json.loads(sm.get_secret_value(SecretId=secret_name)["SecretString"]))
+
+
+def share_snapshots(plan: ImagePlan, snapshot_set: SnapshotSet, backup_account: str) -> None:
+    if plan.placement != "backup" or snapshot_set.account == backup_account:
+        return
+    ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
+    for m in snapshot_set.members:
+        ec2.modify_snapshot_attribute(
+            SnapshotId=m.snapshot_id,
+            Attribute="createVolumePermission",
+            CreateVolumePermission={"Add": [{"UserId": backup_account}]},
+        )
+
+
+# ---- provisioning ------------------------------------------------------------------------------
+def _session_tags(session_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    tags = {
+        tagcodec.SESSION_KEY: session_id,
+        ROLE_KEY: WORKER_ROLE,
+        "Name": f"ec2backup-worker {session_id}"[:255],
+        **(extra or {}),
+    }
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+
+def _wait(
+    check: Callable[[], bool],
+    what: str,
+    timeout: float = 600.0,
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise WorkerError(f"timed out waiting for {what}")
+        heartbeat(what)
+        time.sleep(WAIT_POLL_SECONDS)
+
+
+def client_token(session_id: str, attempt: int) -> str:
+    """RunInstances idempotency token (<= 64 ASCII chars) for one provisioning attempt."""
+    return hashlib.sha256(f"{session_id}#{attempt}".encode()).hexdigest()[:64]
+
+
+def provision(
+    session_id: str,
+    plan: ImagePlan,
+    attempt: int,
+    temporal_address: str,
+    namespace: str,
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> WorkerHandle:
+    ec2 = aws.client("ec2", plan.region, plan.worker_role_arn)
+    params: dict[str, Any] = {
+        "ImageId": os.environ.get("EC2BACKUP_WORKER_AMI", DEFAULT_WORKER_AMI),
+        "InstanceType": plan.instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": client_token(session_id, attempt),
+        "UserData": render_agent_user_data(temporal_address, namespace),
+        "Placement": {"AvailabilityZone": plan.availability_zone},
+        "TagSpecifications": [
+            {
+                "ResourceType": "instance",
+                "Tags": _session_tags(session_id, {"ec2backup:attempt": str(attempt)}),
+            }
+        ],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+    }
+    if plan.subnet_id:
+        params["SubnetId"] = plan.subnet_id
+    profile = os.environ.get("EC2BACKUP_WORKER_INSTANCE_PROFILE")
+    if profile:
+        params["IamInstanceProfile"] = {"Name": profile}
+    instance_id = ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+    heartbeat(f"instance {instance_id} launched")
+    volumes: list[WorkerVolume] = []
+    existing = {
+        (
+            tagcodec.tag_value(v.get("Tags"), SOURCE_VOLUME_KEY),
+            tagcodec.tag_value(v.get("Tags"), "ec2backup:device"),
+        ): v
+        for v in _session_volumes(ec2, session_id)
+    }
+    for vp in plan.volumes:
+        for device in vp.worker_devices:
+            found = existing.get((vp.source_volume_id, device))
+            if found is None:
+                create: dict[str, Any] = {
+                    "SnapshotId": vp.snapshot_id,
+                    "AvailabilityZone": plan.availability_zone,
+                    "VolumeType": vp.volume_type,
+                    "TagSpecifications": [
+                        {
+                            "ResourceType": "volume",
+                            "Tags": _session_tags(
+                                session_id,
+                                {
+                                    SOURCE_VOLUME_KEY: vp.source_volume_id,
+                                    "ec2backup:device": device,
+                                },
+                            ),
+                        }
+                    ],
+                }
+                if vp.iops:
+                    create["Iops"] = vp.iops
+                if vp.throughput:
+                    create["Throughput"] = vp.throughput
+                volume_id = ec2.create_volume(**create)["VolumeId"]
+                state, attached_to = "creating", None
+            else:
+                volume_id = found["VolumeId"]
+                state = found["State"]
+                attached_to = (found.get("Attachments") or [{}])[0].get("InstanceId")
+            _wait(
+                functools.partial(_volume_in, ec2, volume_id, ("available", "in-use")),
+                f"volume {volume_id}",
+                heartbeat=heartbeat,
+            )
+            if attached_to != instance_id:
+                if state == "in-use" and attached_to:
+                    ec2.detach_volume(VolumeId=volume_id, Force=True)
+                    _wait(
+                        functools.partial(_volume_in, ec2, volume_id, ("available",)),
+                        f"detach of {volume_id}",
+                        heartbeat=heartbeat,
+                    )
+                ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+            volumes.append(
+                WorkerVolume(
+                    source_volume_id=vp.source_volume_id, volume_id=volume_id, device=device
+                )
+            )
+    return WorkerHandle(
+        instance_id=instance_id,
+        task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id),
+        region=plan.region,
+        role_arn=plan.worker_role_arn,
+        volumes=volumes,
+    )
+
+
+def _volume_state(ec2: Any, volume_id: str) -> str:
+    vols = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    return str(vols[0]["State"]) if vols else "deleted"
+
+
+def _volume_in(ec2: Any, volume_id: str, states: tuple[str, ...]) -> bool:
+    return _volume_state(ec2, volume_id) in states
+
+
+def _session_filter(session_id: str | None) -> list[dict[str, Any]]:
+    filters: list[dict[str, Any]] = [{"Name": f"tag:{ROLE_KEY}", "Values": [WORKER_ROLE]}]
+    if session_id is not None:
+        filters.append({"Name": f"tag:{tagcodec.SESSION_KEY}", "Values": [session_id]})
+    return filters
+
+
+def _session_volumes(ec2: Any, session_id: str | None) -> list[dict[str, Any]]:
+    return list(ec2.describe_volumes(Filters=_session_filter(session_id))["Volumes"])
+
+
+def _session_instances(ec2: Any, session_id: str | None) -> list[dict[str, Any]]:
+    filters = [
+        *_session_filter(session_id),
+        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+    ]
+    reservations = ec2.describe_instances(Filters=filters)["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def release(
+    session_id: str,
+    region: str,
+    role_arn: str | None,
+    secret_name: str | None = None,
+    only_instance_id: str | None = None,
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> ReleaseWorkerOutput:
+    """Terminate the session's workers and delete their volumes (and the session secret).
+    Idempotent: what is already gone is skipped."""
+    ec2 = aws.client("ec2", region, role_arn)
+    out = ReleaseWorkerOutput()
+    instances = [
+        i
+        for i in _session_instances(ec2, session_id)
+        if only_instance_id is None or i["InstanceId"] == only_instance_id
+    ]
+    if instances:
+        ids = [i["InstanceId"] for i in instances]
+        ec2.terminate_instances(InstanceIds=ids)
+        out.instances_terminated = ids
+    for volume in _session_volumes(ec2, session_id):
+        attached = [a.get("InstanceId") for a in volume.get("Attachments", [])]
+        if only_instance_id is not None and only_instance_id not in attached:
+            continue
+        volume_id = volume["VolumeId"]
+        if _volume_state(ec2, volume_id) == "in-use":
+            try:
+                ec2.detach_volume(VolumeId=volume_id, Force=True)
+            except Exception as exc:
+                if not aws.error_code(exc).startswith("IncorrectState"):
+                    raise
+        _wait(
+            functools.partial(_volume_in, ec2, volume_id, ("available", "deleted")),
+            f"detach of {volume_id}",
+            heartbeat=heartbeat,
+        )
+        try:
+            ec2.delete_volume(VolumeId=volume_id)
+        except Exception as exc:
+            if aws.error_code(exc) != "InvalidVolume.NotFound":
+                raise
+        out.volumes_deleted.append(volume_id)
+    if secret_name and only_instance_id is None:
+        delete_secret(region, role_arn, secret_name)
+    return out
+
+
+def delete_secret(region: str, role_arn: str | None, secret_name: str) -> bool:
+    sm = aws.client("secretsmanager", region, role_arn)
+    try:
+        sm.delete_secret(SecretId=secret_name, ForceDeleteWithoutRecovery=True)
+    except sm.exceptions.ResourceNotFoundException:
+        return False
+    return True
+
+
+def sessions_with_resources(region: str, role_arn: str | None) -> dict[str, list[str]]:
+    """Session id -> worker instance and volume ids still present (for the janitor)."""
+    ec2 = aws.client("ec2", region, role_arn)
+    found: dict[str, list[str]] = {}
+    for inst in _session_instances(ec2, None):
+        sid = tagcodec.tag_value(inst.get("Tags"), tagcodec.SESSION_KEY)
+        if sid:
+            found.setdefault(sid, []).append(inst["InstanceId"])
+    for vol in _session_volumes(ec2, None):
+        sid = tagcodec.tag_value(vol.get("Tags"), tagcodec.SESSION_KEY)
+        if sid:
+            found.setdefault(sid, []).append(vol["VolumeId"])
+    return found

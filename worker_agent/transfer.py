@@ -1,0 +1,166 @@
+"""Move one range of one volume's blocks from the attached device into the repository.
+
+Which blocks: `ListChangedBlocks(parent snapshot, snapshot)` when the plan has a usable CBT
+base, else `ListSnapshotBlocks(snapshot)` (only written blocks). Blocks are read from the
+worker's copy of the volume (the attached device), not through GetSnapshotBlock, and fed to the
+repository's `BackupWriter` in increasing order. The writer's checkpoint in the repository
+(`checkpoint_key(session, volume)`) is the durable cursor: a retried, resumed or re-provisioned
+range continues from it, so a lost host re-reads at most one checkpoint interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ec2backup import aws
+from ec2backup.ebs import LIST_PAGE_SIZE
+from ec2backup.models import TransferRangeInput, TransferRangeOutput, VolumePlan
+from ec2backup.repository.backend import ObjectMissing
+from ec2backup.repository.backup import BackupWriter, checkpoint_name
+from ec2backup.repository.blockmap import ZERO_BLOCK
+from ec2backup.repository.repo import Repository
+from ec2backup.workers import read_session_secret
+from worker_agent.devices import DeviceReader
+
+# Make progress durable (checkpoint + heartbeat) at least this often: bounds what a lost host
+# re-reads (256 blocks = 128 MiB) and how stale the cursor in the workflow can be.
+CHECKPOINT_EVERY_BLOCKS = 256
+CHECKPOINT_EVERY_SECONDS = 10.0
+EBS_LIST_MIN_RESULTS = 100
+
+
+@dataclass
+class Progress:
+    cursor: int
+    blocks_listed: int = 0
+    blocks_read: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+
+
+def checkpoint_key(session_id: str, source_volume_id: str) -> str:
+    return f"session:{session_id}:{source_volume_id}"
+
+
+def changed_blocks(
+    ebs: Any, volume: VolumePlan, start: int, end: int
+) -> Iterator[tuple[int, bool]]:
+    """(block index, present in the new snapshot) for blocks to (re)write in [start, end)."""
+    if volume.parent_snapshot_id:
+        kwargs: dict[str, Any] = {
+            "FirstSnapshotId": volume.parent_snapshot_id,
+            "SecondSnapshotId": volume.snapshot_id,
+        }
+        key, present = "ChangedBlocks", "SecondBlockToken"
+        call = ebs.list_changed_blocks
+    else:
+        kwargs = {"SnapshotId": volume.snapshot_id}
+        key, present = "Blocks", "BlockToken"
+        call = ebs.list_snapshot_blocks
+    kwargs.update(
+        MaxResults=max(EBS_LIST_MIN_RESULTS, min(LIST_PAGE_SIZE, end - start)),
+        StartingBlockIndex=start,
+    )
+    while True:
+        page = call(**kwargs)
+        for block in page.get(key, []):
+            index = block["BlockIndex"]
+            if index >= end:
+                return
+            if index >= start:
+                yield index, present in block
+        token = page.get("NextToken")
+        if not token:
+            return
+        kwargs.pop("StartingBlockIndex", None)
+        kwargs["NextToken"] = token
+
+
+def _parent_record(repo: Repository, volume: VolumePlan) -> Any:
+    if not volume.parent_restore_point_id:
+        return None
+    _, rp = repo.load_restore_point(volume.parent_restore_point_id)
+    for record in rp.volumes:
+        if record.metadata.get("source_volume_id") == volume.source_volume_id:
+            return record
+    return None
+
+
+def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
+    key = checkpoint_key(req.session_id, req.volume.source_volume_id)
+    try:
+        repo.backend.get(checkpoint_name(key))
+    except ObjectMissing:
+        pass
+    else:
+        return BackupWriter.resume(repo, key)
+    parent = _parent_record(repo, req.volume)
+    return BackupWriter(
+        repo,
+        name=req.volume.source_volume_id,
+        size=req.volume.size_gib * 1024**3,
+        parent=parent,
+        inherit=bool(req.volume.parent_snapshot_id) and parent is not None,
+        device=req.volume.device,
+        checkpoint_key=key,
+        metadata={
+            "source_volume_id": req.volume.source_volume_id,
+            "snapshot_id": req.volume.snapshot_id,
+            "parent_snapshot_id": req.volume.parent_snapshot_id,
+            "cbt_reason": req.volume.cbt_reason,
+        },
+    )
+
+
+def transfer_range(
+    req: TransferRangeInput, heartbeat: Callable[[Progress], None], should_stop: Callable[[], bool]
+) -> TransferRangeOutput:
+    secret = read_session_secret(req.secret_name, req.secret_region)
+    repo = Repository.open(req.repository, secret["password"].encode())
+    ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
+    with repo.lock(exclusive=False, purpose=f"backup {req.session_id}", wait=300):
+        writer = open_writer(repo, req)
+        try:
+            start = max(req.start_block, req.cursor, writer.position)
+            progress = Progress(cursor=start)
+            stored0 = writer.stats.bytes_new_stored
+            last_cp, last_cp_time = 0, time.monotonic()
+            stopped = False
+            with DeviceReader(req.worker_device) as device:
+                for index, present in changed_blocks(ebs, req.volume, start, req.end_block):
+                    progress.blocks_listed += 1
+                    if present:
+                        data = device.read_block(index)
+                        progress.blocks_read += 1
+                        progress.bytes_read += len(data)
+                    else:  # only in the parent snapshot: the block reads as zeros now
+                        data = ZERO_BLOCK
+                    writer.add(index, data)
+                    if (
+                        progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
+                        or time.monotonic() - last_cp_time > CHECKPOINT_EVERY_SECONDS
+                    ):
+                        progress.cursor = writer.checkpoint(position=index + 1)
+                        progress.bytes_stored = writer.stats.bytes_new_stored - stored0
+                        last_cp, last_cp_time = progress.blocks_listed, time.monotonic()
+                        heartbeat(progress)
+                        if should_stop():  # pause: stop here, everything before is durable
+                            stopped = True
+                            break
+            if not stopped:
+                progress.cursor = writer.checkpoint(position=req.end_block)
+                progress.bytes_stored = writer.stats.bytes_new_stored - stored0
+                heartbeat(progress)
+        finally:
+            writer.close()
+    return TransferRangeOutput(
+        cursor=progress.cursor,
+        blocks_listed=progress.blocks_listed,
+        blocks_read=progress.blocks_read,
+        bytes_read=progress.bytes_read,
+        bytes_stored=progress.bytes_stored,
+        stopped=stopped,
+    )
