@@ -11,6 +11,7 @@ Two implementations with the same small interface:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -93,10 +94,8 @@ class LocalBackend:
         except BaseException:
             if fd >= 0:
                 os.close(fd)
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
             raise
 
     def get(self, name: str) -> bytes:
@@ -140,10 +139,8 @@ class LocalBackend:
                 yield os.path.relpath(full, self.root).replace(os.sep, "/"), size
 
     def delete(self, name: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self._path(name).unlink()
-        except FileNotFoundError:
-            pass
 
 
 class S3Backend:
@@ -182,10 +179,9 @@ class S3Backend:
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
         except BaseException:
-            try:
+            # best effort; a lifecycle rule (AbortIncompleteMultipartUpload) removes stragglers
+            with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-            except Exception:  # best effort; a lifecycle rule removes stragglers
-                pass
             raise
 
     def _get(self, name: str, **kwargs: Any) -> bytes:
@@ -267,4 +263,3 @@ def open_backend(url: str) -> Backend:
     if parsed.scheme and len(parsed.scheme) > 1:
         raise UserError(f"bad repository URL {url!r}: only directories and s3:// are supported")
     return LocalBackend(Path(url).expanduser().absolute())
-

@@ -122,7 +122,9 @@ def verify_pack(repo: Repository, codec: BlobCodec, ipack: IndexPack) -> list[st
             errors.append(f"object {name} is corrupt: blob {b.id[:16]} differs from the index")
             continue
         try:
-            plain = codec.decode(bid, view[e.offset : e.offset + e.length], e.compression, e.raw_length)
+            plain = codec.decode(
+                bid, view[e.offset : e.offset + e.length], e.compression, e.raw_length
+            )
         except Exception as exc:
             errors.append(f"object {name} is corrupt: blob {b.id[:16]}: {_err(exc)}")
             continue

@@ -20,12 +20,13 @@ from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
 from ec2backup.repository.repo import SHORT_ID, Repository, read_password
 
-repo_app = typer.Typer(help="Manage a backup repository (directory or s3://bucket/prefix).",
-                       no_args_is_help=True)
-image_app = typer.Typer(help="Back up and restore raw disk images and block devices.",
-                        no_args_is_help=True)
-key_app = typer.Typer(help="Manage the key files that unlock the repository.",
-                      no_args_is_help=True)
+repo_app = typer.Typer(
+    help="Manage a backup repository (directory or s3://bucket/prefix).", no_args_is_help=True
+)
+image_app = typer.Typer(
+    help="Back up and restore raw disk images and block devices.", no_args_is_help=True
+)
+key_app = typer.Typer(help="Manage the key files that unlock the repository.", no_args_is_help=True)
 repo_app.add_typer(key_app, name="key")
 
 RepoOpt = Annotated[
@@ -34,7 +35,9 @@ RepoOpt = Annotated[
 ]
 PasswordFileOpt = Annotated[
     str | None,
-    typer.Option("--password-file", help="File holding the password (else $EC2BACKUP_REPO_PASSWORD)."),
+    typer.Option(
+        "--password-file", help="File holding the password (else $EC2BACKUP_REPO_PASSWORD)."
+    ),
 ]
 LockWaitOpt = Annotated[
     float, typer.Option("--lock-wait", help="Seconds to wait for a conflicting lock.")
@@ -238,7 +241,9 @@ def repo_check(
 def repo_unlock(
     repo: RepoOpt,
     password_file: PasswordFileOpt = None,
-    remove_all: Annotated[bool, typer.Option("--remove-all", help="Also remove live locks.")] = False,
+    remove_all: Annotated[
+        bool, typer.Option("--remove-all", help="Also remove live locks.")
+    ] = False,
 ) -> None:
     """Remove stale locks (left by crashed processes)."""
     from ec2backup.repository.locks import unlock
@@ -373,7 +378,11 @@ def image_backup(
         f"new {st.blocks_new} blocks -> {human_bytes(st.bytes_new_stored)} stored, "
         f"{st.pages_written} map pages, {dt:.2f}s, "
         f"{st.bytes_read / dt / 1e6:.0f} MB/s read, {res.volume.size / dt / 1e6:.0f} MB/s logical"
-        + (f"; adopted {res.packs_adopted} packs of an interrupted run" if res.packs_adopted else "")
+        + (
+            f"; adopted {res.packs_adopted} packs of an interrupted run"
+            if res.packs_adopted
+            else ""
+        )
     )
     print(res.restore_point)
 

@@ -10,6 +10,7 @@ process on this host (a `kill -9`ed backup must not block prune for half an hour
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import random
@@ -60,7 +61,10 @@ class LockInfo(BaseModel):
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
-        return f"{kind} lock for {self.purpose} by pid {self.pid} on {self.hostname} since {self.time:%Y-%m-%d %H:%M:%S}Z"
+        return (
+            f"{kind} lock for {self.purpose} by pid {self.pid} on {self.hostname} "
+            f"since {self.time:%Y-%m-%d %H:%M:%S}Z"
+        )
 
 
 def list_locks(repo: Repository) -> list[tuple[str, LockInfo | None]]:
@@ -116,19 +120,16 @@ class Lock:
     def _refresh_loop(self) -> None:
         while not self._stop.wait(REFRESH_EVERY):
             self.info = self.info.model_copy(update={"time": dt.datetime.now(dt.UTC)})
-            try:
+            # a failed refresh is retried at the next tick; the TTL leaves two more chances
+            with contextlib.suppress(Exception):
                 self.repo.save_named(self.name, self.info.model_dump_json().encode())
-            except Exception:
-                pass  # retried at the next tick; the TTL leaves two more chances
 
     def release(self) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
-        try:
+        with contextlib.suppress(Exception):  # a leftover lock goes stale after LOCK_TTL
             self.repo.backend.delete(self.name)
-        except Exception:
-            pass  # a leftover lock goes stale after LOCK_TTL
 
     def __enter__(self) -> Lock:
         return self

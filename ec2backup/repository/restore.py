@@ -10,6 +10,7 @@ written.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -79,9 +80,7 @@ def plan_runs(repo: Repository, volume: VolumeRecord) -> Iterator[Run]:
         yield run
 
 
-def _fetch_run(
-    repo: Repository, codec: BlobCodec, run: Run, size: int, write: WriteFn
-) -> int:
+def _fetch_run(repo: Repository, codec: BlobCodec, run: Run, size: int, write: WriteFn) -> int:
     name = data_name(run.pack_id)
     try:
         data = repo.backend.get_range(name, run.offset, run.length)
@@ -181,7 +180,5 @@ def restore_image(
         if fd >= 0:
             os.close(fd)
         if not ok:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass

@@ -31,7 +31,9 @@ def test_kill9_during_backup_then_rerun(init_repo: str, tmp_path: Path) -> None:
         start = len(_packs(init_repo))
         proc = subprocess.Popen(
             cli_cmd("image", "backup", img, "--repo", init_repo),
-            cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         if extra == 0:
             time.sleep(rng.uniform(0.0, 0.7))
@@ -76,7 +78,10 @@ def test_two_backups_at_once(init_repo: str, tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             cli_cmd("image", "backup", p, "--repo", init_repo),
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for p in (a, b)
     ]

@@ -117,7 +117,9 @@ def test_kms_repository(lab_aws, aws_env, kms_key: str, tmp_path: Path) -> None:
     assert list_objects(url) == before
 
 
-def test_kms_wrapping_added_to_password_repo(init_repo: str, lab_aws, aws_env, kms_key: str) -> None:  # type: ignore[no-untyped-def]
+def test_kms_wrapping_added_to_password_repo(
+    init_repo: str, lab_aws, aws_env, kms_key: str
+) -> None:  # type: ignore[no-untyped-def]
     assert run_inproc("repo", "key", "add", "--kms-key-id", kms_key, "--repo", init_repo).code == 0
     os.environ.pop("EC2BACKUP_REPO_PASSWORD")
     res = run_inproc("repo", "key", "list", "--repo", init_repo)
