@@ -176,17 +176,12 @@ class Repository:
         ordered = sorted(key_files.items(), key=lambda kv: kv[1].kind != "password")
         if password is None and all(k.kind == "password" for k in key_files.values()):
             raise UserError("no password given: set EC2BACKUP_REPO_PASSWORD or use --password-file")
-        tried_password = False
         for key_id, kf in ordered:
             if kf.kind == "password" and password is None:
                 continue
-            if kf.kind == "password" and tried_password and "wrong password" in reasons:
-                pass
             try:
                 master = keys.unwrap(kf, config.id, password)
             except keys.KeyUnwrapError as exc:
-                if kf.kind == "password":
-                    tried_password = True
                 if str(exc) not in reasons:
                     reasons.append(str(exc))
                 continue
