@@ -402,6 +402,48 @@ def commit_restore_point(
     return rp_id
 
 
+def merge_volume_parts(repo: Repository, parts: list[tuple[range, VolumeRecord]]) -> VolumeRecord:
+    """One volume record from writers that each covered a page-aligned block range.
+
+    Lets several workers back up one volume in parallel: each runs a BackupWriter (same size,
+    same parent) fed only the blocks of its range, whose bounds must be multiples of
+    PAGE_BLOCKS (the last may end at the volume end). Pages are taken from the part owning them.
+    """
+    if not parts:
+        raise ValueError("no parts")
+    first = parts[0][1]
+    root: list[str | None] = list(first.pages)
+    stats = VolumeStats(blocks_total=first.stats.blocks_total)
+    for blocks, vol in parts:
+        if vol.size != first.size:
+            raise ValueError("parts of one volume must have the same size")
+        if blocks.start % PAGE_BLOCKS or (
+            blocks.stop % PAGE_BLOCKS and blocks.stop < blocks_for(vol.size)
+        ):
+            raise ValueError(f"range {blocks} is not aligned to {PAGE_BLOCKS}-block pages")
+        for p in range(blocks.start // PAGE_BLOCKS, -(-blocks.stop // PAGE_BLOCKS)):
+            root[p] = vol.pages[p]
+        for field in (
+            "blocks_read",
+            "blocks_new",
+            "bytes_read",
+            "bytes_new_raw",
+            "bytes_new_stored",
+            "pages_written",
+        ):
+            setattr(stats, field, getattr(stats, field) + getattr(vol.stats, field))
+        stats.seconds = max(stats.seconds, vol.stats.seconds)
+    allocated = 0
+    for pid in root:
+        if pid is not None:
+            page = repo.load_page(pid)
+            allocated += sum(
+                1 for s in range(PAGE_BLOCKS) if page[s * ID_SIZE : (s + 1) * ID_SIZE] != ZERO_ID
+            )
+    stats.blocks_allocated = allocated
+    return first.model_copy(update={"pages": root, "stats": stats})
+
+
 def recover_unindexed_packs(repo: Repository) -> int:
     """Index packs that exist but no index names (left by a crashed backup), so a rerun reuses
     them instead of uploading the same blobs again. Returns the number of packs adopted."""

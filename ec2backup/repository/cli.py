@@ -205,20 +205,28 @@ def repo_check(
         bool, typer.Option("--read-data", help="Read and verify every pack.")
     ] = False,
     read_data_subset: Annotated[
-        float | None,
-        typer.Option("--read-data-subset", help="Read and verify a random PERCENT of packs."),
+        str | None,
+        typer.Option(
+            "--read-data-subset", help="Read and verify a random PERCENT of packs (e.g. 10%)."
+        ),
     ] = None,
 ) -> None:
     """Verify the repository structure (and data); exit non-zero naming broken objects."""
     from ec2backup.repository.check import check
 
+    subset: float | None = None
+    if read_data_subset is not None:
+        try:
+            subset = float(read_data_subset.strip().rstrip("%"))
+        except ValueError as exc:
+            raise UserError(f"--read-data-subset: not a percentage: {read_data_subset!r}") from exc
     r = _open(repo, password_file)
     t0 = time.monotonic()
     with r.lock(exclusive=False, purpose="check", wait=60), progress_bar("read data") as bar:
         rep = check(
             r,
             read_data=read_data,
-            subset_percent=read_data_subset,
+            subset_percent=subset,
             progress=bar.advance,
             on_start=bar.set_total,
         )

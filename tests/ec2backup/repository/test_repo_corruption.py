@@ -60,7 +60,7 @@ def test_check_structure_without_read_data(init_repo: str, tmp_path: Path) -> No
     make_image(img, 4, seed=8, zero=0.0)
     backup_image(open_repo(init_repo), img)
     assert run_inproc("repo", "check", "--repo", init_repo).code == 0
-    assert run_inproc("repo", "check", "--read-data-subset", "50", "--repo", init_repo).code == 0
+    assert run_inproc("repo", "check", "--read-data-subset", "50%", "--repo", init_repo).code == 0
     repo = open_repo(init_repo)
     pack_id = next(iter(repo.load_index().packs))
     repo.backend.delete(f"data/{pack_id[:2]}/{pack_id}")
