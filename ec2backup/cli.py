@@ -33,7 +33,10 @@ def _mount() -> None:
     else:
         app.add_typer(repo_app, name="repo")
         app.add_typer(image_app, name="image")
+    from ec2backup.session_cli import register as register_sessions
     from worker_agent.cli import register as register_agent
+
+    register_sessions(app)
 
     register_agent(app)
 

@@ -186,6 +186,9 @@ class ImagePlan(BaseModel):
     range_blocks: int
     volumes: list[VolumePlan]
     secret_name: str
+    # Dead-host detection for transfer ranges (set by the orchestrator's configuration).
+    heartbeat_timeout_seconds: float = 60.0
+    boot_timeout_seconds: float = 600.0
 
 
 class PrepareImageInput(BaseModel):

@@ -46,6 +46,10 @@ GP3_BASE_THROUGHPUT, GP3_MAX_THROUGHPUT = 125, 1000
 SECOND_COPY_GIB = 2048
 WORKER_DEVICES = [f"/dev/sd{c}" for c in "fghijklmnopqrstuvwxyz"]
 SESSION_SECRET_PREFIX = "ec2backup/session/"
+# A dead worker is noticed after this long without a heartbeat from its transfer range.
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0
+# A worker boots in about a minute on EC2; past this it is presumed lost and replaced.
+DEFAULT_BOOT_TIMEOUT = 600.0
 DEFAULT_WORKER_AMI = "ami-0ec2backup0worker1"
 WAIT_POLL_SECONDS = 0.5
 
@@ -147,6 +151,12 @@ def build_plan(
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
         secret_name=session_secret_name(session_id),
+        heartbeat_timeout_seconds=float(
+            os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or DEFAULT_HEARTBEAT_TIMEOUT
+        ),
+        boot_timeout_seconds=float(
+            os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or DEFAULT_BOOT_TIMEOUT
+        ),
     )
 
 

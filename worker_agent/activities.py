@@ -13,7 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio import activity
+from temporalio.exceptions import CancelledError
 
+from ec2backup.models import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
 
 
@@ -78,3 +80,64 @@ def digest_blocks(req: DigestBlocksInput) -> DigestBlocksOutput:
 
 
 ALL: list[Callable[..., Any]] = [describe_host, digest_blocks]
+
+
+# ---- the data transfer ---------------------------------------------------------------
+# Set by the agent at start-up: the client and loop used to ask the session whether it is paused.
+AGENT_CLIENT: Any = None
+AGENT_LOOP: Any = None
+# How often a running range asks its session whether it was paused.
+PAUSE_POLL_SECONDS = 2.0
+
+
+def _session_paused(workflow_id: str) -> bool:
+    if AGENT_CLIENT is None or AGENT_LOOP is None:
+        return False
+    import asyncio
+
+    from ec2backup.models import ProgressInput, SessionProgress
+
+    async def ask() -> bool:
+        handle = AGENT_CLIENT.get_workflow_handle(workflow_id)
+        progress = await handle.query("progress", ProgressInput(), result_type=SessionProgress)
+        return bool(progress.paused)
+
+    try:
+        return asyncio.run_coroutine_threadsafe(ask(), AGENT_LOOP).result(timeout=10)
+    except Exception:  # the orchestrator may be restarting: keep going, ask again later
+        return False
+
+
+@activity.defn(name="agent_transfer_range")
+def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
+    """One range of one volume into the repository; heartbeats a durable cursor; stops early
+    (returning `stopped`) when its session is paused, raises when it is cancelled."""
+    import time
+
+    from activities.common import classify
+    from worker_agent import transfer
+
+    workflow_id = activity.info().workflow_id or ""
+    last_poll = [time.monotonic()]
+
+    def heartbeat(progress: transfer.Progress) -> None:
+        activity.heartbeat({"cursor": progress.cursor, "blocks_read": progress.blocks_read})
+
+    def should_stop() -> bool:
+        if activity.is_cancelled():
+            return True
+        if time.monotonic() - last_poll[0] < PAUSE_POLL_SECONDS:
+            return False
+        last_poll[0] = time.monotonic()
+        return _session_paused(workflow_id)
+
+    try:
+        result = transfer.transfer_range(req, heartbeat, should_stop)
+    except Exception as exc:
+        raise classify(exc) from exc
+    if activity.is_cancelled():
+        raise CancelledError("range cancelled after a durable checkpoint")
+    return result
+
+
+ALL.append(transfer_range)

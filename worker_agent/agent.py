@@ -48,6 +48,8 @@ async def run_agent(task_queue: str, address: str | None, namespace: str | None)
     if "{instance_id}" in task_queue:
         task_queue = task_queue.replace("{instance_id}", instance_id())
     client = await connect(address, namespace)
+    activities.AGENT_CLIENT = client
+    activities.AGENT_LOOP = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

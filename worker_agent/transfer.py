@@ -29,6 +29,9 @@ from worker_agent.devices import DeviceReader
 # re-reads (256 blocks = 128 MiB) and how stale the cursor in the workflow can be.
 CHECKPOINT_EVERY_BLOCKS = 256
 CHECKPOINT_EVERY_SECONDS = 10.0
+# Heartbeat (the last durable cursor) more often than the shortest heartbeat timeout, so a
+# live host is never taken for dead and a cancel or pause is noticed within about a second.
+HEARTBEAT_EVERY_SECONDS = 1.0
 EBS_LIST_MIN_RESULTS = 100
 
 
@@ -47,8 +50,9 @@ def checkpoint_key(session_id: str, source_volume_id: str) -> str:
 
 def changed_blocks(
     ebs: Any, volume: VolumePlan, start: int, end: int
-) -> Iterator[tuple[int, bool]]:
-    """(block index, present in the new snapshot) for blocks to (re)write in [start, end)."""
+) -> Iterator[tuple[int, bool | None]]:
+    """(block index, present in the new snapshot) for blocks to (re)write in [start, end),
+    then `(first index >= end, None)` if the list goes on: empty ranges can be skipped."""
     if volume.parent_snapshot_id:
         kwargs: dict[str, Any] = {
             "FirstSnapshotId": volume.parent_snapshot_id,
@@ -69,6 +73,7 @@ def changed_blocks(
         for block in page.get(key, []):
             index = block["BlockIndex"]
             if index >= end:
+                yield index, None
                 return
             if index >= start:
                 yield index, present in block
@@ -128,9 +133,16 @@ def transfer_range(
             progress = Progress(cursor=start)
             stored0 = writer.stats.bytes_new_stored
             last_cp, last_cp_time = 0, time.monotonic()
+            last_beat = last_cp_time
             stopped = False
+            # Where to go on after this range: the next listed block (skipping empty ranges)
+            # or the end of the volume when nothing follows.
+            resume_at = req.volume.blocks_total
             with DeviceReader(req.worker_device) as device:
                 for index, present in changed_blocks(ebs, req.volume, start, req.end_block):
+                    if present is None:
+                        resume_at = index
+                        break
                     progress.blocks_listed += 1
                     if present:
                         data = device.read_block(index)
@@ -139,19 +151,27 @@ def transfer_range(
                     else:  # only in the parent snapshot: the block reads as zeros now
                         data = ZERO_BLOCK
                     writer.add(index, data)
-                    if (
+                    now = time.monotonic()
+                    if now - last_beat < HEARTBEAT_EVERY_SECONDS and not (
                         progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
-                        or time.monotonic() - last_cp_time > CHECKPOINT_EVERY_SECONDS
+                        or now - last_cp_time > CHECKPOINT_EVERY_SECONDS
+                    ):
+                        continue
+                    stop = should_stop()
+                    if stop or (
+                        progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
+                        or now - last_cp_time > CHECKPOINT_EVERY_SECONDS
                     ):
                         progress.cursor = writer.checkpoint(position=index + 1)
                         progress.bytes_stored = writer.stats.bytes_new_stored - stored0
-                        last_cp, last_cp_time = progress.blocks_listed, time.monotonic()
-                        heartbeat(progress)
-                        if should_stop():  # pause: stop here, everything before is durable
-                            stopped = True
-                            break
+                        last_cp, last_cp_time = progress.blocks_listed, now
+                    heartbeat(progress)  # only ever a durable cursor
+                    last_beat = now
+                    if stop:  # pause or cancel: everything before the cursor is durable
+                        stopped = True
+                        break
             if not stopped:
-                progress.cursor = writer.checkpoint(position=req.end_block)
+                progress.cursor = writer.checkpoint(position=max(resume_at, req.end_block))
                 progress.bytes_stored = writer.stats.bytes_new_stored - stored0
                 heartbeat(progress)
         finally:

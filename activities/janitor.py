@@ -1,0 +1,73 @@
+"""The janitor: remove worker instances, volumes and session secrets whose session has closed.
+
+A terminated workflow runs no cleanup code; this sweep (the `Janitor` workflow, on a schedule)
+finds what sessions left by tag and asks Temporal whether each session is still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.common import classify
+from ec2backup import aws, workers
+from ec2backup.models import JanitorInput, JanitorOutput
+
+
+async def _session_open(session_id: str) -> bool:
+    try:
+        desc = await activity.client().get_workflow_handle(session_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return desc.status == WorkflowExecutionStatus.RUNNING
+
+
+def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
+    """Session id -> secret name of every per-session secret still present."""
+    sm = aws.client("secretsmanager", region, role_arn)
+    found: dict[str, str] = {}
+    kwargs: dict[str, object] = {}
+    while True:
+        page = sm.list_secrets(**kwargs)
+        for secret in page.get("SecretList", []):
+            if not secret["Name"].startswith(workers.SESSION_SECRET_PREFIX):
+                continue
+            tags = {t["Key"]: t["Value"] for t in secret.get("Tags", [])}
+            sid = tags.get("ec2backup:session")
+            if sid:
+                found[sid] = secret["Name"]
+        if not page.get("NextToken"):
+            return found
+        kwargs["NextToken"] = page["NextToken"]
+
+
+@activity.defn(name="janitor_sweep")
+async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
+    out = JanitorOutput()
+    try:
+        for region in req.regions:
+            for role_arn in req.role_arns:
+                resources = await asyncio.to_thread(
+                    workers.sessions_with_resources, region, role_arn
+                )
+                secrets = await asyncio.to_thread(_session_secrets, region, role_arn)
+                for session_id in sorted(set(resources) | set(secrets)):
+                    out.sessions_checked += 1
+                    activity.heartbeat(session_id)
+                    if await _session_open(session_id):
+                        continue
+                    released = await asyncio.to_thread(
+                        workers.release, session_id, region, role_arn, secrets.get(session_id)
+                    )
+                    out.instances_terminated += released.instances_terminated
+                    out.volumes_deleted += released.volumes_deleted
+                    if session_id in secrets:
+                        out.secrets_deleted.append(secrets[session_id])
+    except Exception as exc:
+        raise classify(exc) from exc
+    return out

@@ -1,0 +1,135 @@
+"""Control-plane activities of a backup session (task queue `ec2backup`).
+
+Thin adapters: the work is in `ec2backup.snapshots`, `.replication`, `.workers` and
+`.imagebackup`; these add heartbeats and error classification. All are idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.common import adapter
+from ec2backup import imagebackup, installation, replication, snapshots, workers
+from ec2backup.models import (
+    CommitRestorePointInput,
+    CommitRestorePointOutput,
+    ImagePlan,
+    PrepareImageInput,
+    ProvisionWorkerInput,
+    ReleaseWorkerInput,
+    ReleaseWorkerOutput,
+    ReplicateInput,
+    ReplicateOutput,
+    SnapshotInstanceInput,
+    SnapshotSet,
+    WaitSnapshotsInput,
+    WaitSnapshotsOutput,
+    WorkerHandle,
+)
+from ec2backup.temporal import temporal_address
+
+
+def _heartbeat(detail: str) -> None:
+    activity.heartbeat(detail)
+
+
+def repository_password() -> str:
+    """The orchestrator's repository password (never in payloads): EC2BACKUP_REPO_PASSWORD."""
+    password = os.environ.get("EC2BACKUP_REPO_PASSWORD")
+    if not password:
+        raise ApplicationError(
+            "the orchestrator has no repository password (set EC2BACKUP_REPO_PASSWORD for "
+            "`ec2backup worker`)",
+            type="RepositoryPasswordMissing",
+            non_retryable=True,
+        )
+    return password
+
+
+@activity.defn(name="snapshot_instance")
+@adapter
+def snapshot_instance(req: SnapshotInstanceInput) -> SnapshotSet:
+    return snapshots.create_snapshot_set(
+        session_id=req.session_id,
+        instance_id=req.instance_id,
+        region=req.region,
+        role_arn=req.account_role_arn,
+        policy_name=req.policy_name,
+        installation_key=installation.installation_key(),
+    )
+
+
+@activity.defn(name="wait_snapshots")
+@adapter
+def wait_snapshots(req: WaitSnapshotsInput) -> WaitSnapshotsOutput:
+    def on_poll(done: int, total: int) -> None:
+        activity.heartbeat(f"{done}/{total} snapshots completed")
+
+    done = snapshots.wait_completed(req.region, req.account_role_arn, req.snapshot_ids, on_poll)
+    return WaitSnapshotsOutput(completed=done)
+
+
+@activity.defn(name="replicate_snapshots")
+@adapter
+def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
+    return replication.replicate_set(
+        session_id=req.session_id,
+        snapshot_set=req.snapshot_set,
+        target=req.target,
+        installation_key=installation.installation_key(),
+        heartbeat=_heartbeat,
+    )
+
+
+@activity.defn(name="prepare_image_backup")
+@adapter
+def prepare_image_backup(req: PrepareImageInput) -> ImagePlan:
+    return imagebackup.prepare(req.session_id, req.snapshot_set, req.spec, repository_password())
+
+
+@activity.defn(name="provision_worker")
+@adapter
+def provision_worker(req: ProvisionWorkerInput) -> WorkerHandle:
+    address = os.environ.get("EC2BACKUP_AGENT_TEMPORAL_ADDRESS") or temporal_address()
+    namespace = activity.info().workflow_namespace or "default"
+    return workers.provision(
+        req.session_id, req.plan, req.attempt, address, namespace, heartbeat=_heartbeat
+    )
+
+
+@activity.defn(name="release_worker")
+@adapter
+def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
+    return workers.release(
+        req.session_id,
+        req.region,
+        req.role_arn,
+        req.secret_name,
+        req.only_instance_id,
+        heartbeat=_heartbeat,
+    )
+
+
+@activity.defn(name="commit_restore_point")
+@adapter
+def commit_restore_point(req: CommitRestorePointInput) -> CommitRestorePointOutput:
+    rp_id = imagebackup.commit(
+        req.session_id, req.snapshot_set, req.plan, req.policy_name, repository_password()
+    )
+    return CommitRestorePointOutput(restore_point_id=rp_id)
+
+
+ALL: list[Callable[..., Any]] = [
+    snapshot_instance,
+    wait_snapshots,
+    replicate_snapshots,
+    prepare_image_backup,
+    provision_worker,
+    release_worker,
+    commit_restore_point,
+]

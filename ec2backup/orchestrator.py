@@ -1,0 +1,80 @@
+"""`ec2backup worker`: the orchestrator, polling task queue `ec2backup` for workflows and
+control-plane activities. Any number may run; they share nothing but Temporal and AWS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+)
+from temporalio.worker import Worker
+
+from activities import janitor as janitor_activities
+from activities import session as session_activities
+from ec2backup.models import JanitorInput
+from ec2backup.temporal import TASK_QUEUE, connect
+from workflows.agent_probe import AgentProbe
+from workflows.backup_session import BackupSession
+from workflows.janitor import Janitor
+
+log = logging.getLogger("ec2backup.worker")
+
+JANITOR_SCHEDULE_ID = "ec2backup-janitor"
+JANITOR_INTERVAL = timedelta(minutes=15)
+# Threads for sync (boto3) activities: they block on AWS, not on CPU.
+ACTIVITY_THREADS = 16
+
+
+async def ensure_janitor_schedule(client: Client, regions: list[str]) -> None:
+    """Create the janitor's schedule if it is missing (idempotent across workers)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            Janitor.run,
+            JanitorInput(regions=regions),
+            id=JANITOR_SCHEDULE_ID,
+            task_queue=TASK_QUEUE,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=JANITOR_INTERVAL)]),
+        policy=SchedulePolicy(catchup_window=timedelta(minutes=30)),
+        state=ScheduleState(note="sweeps what terminated backup sessions left behind"),
+    )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(JANITOR_SCHEDULE_ID, schedule)
+
+
+async def run_worker(
+    address: str | None, namespace: str | None, regions: list[str], install_schedules: bool = True
+) -> None:
+    client = await connect(address, namespace)
+    if install_schedules:
+        await ensure_janitor_schedule(client, regions)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(ACTIVITY_THREADS) as executor:
+        worker = Worker(
+            client,
+            task_queue=TASK_QUEUE,
+            workflows=[BackupSession, Janitor, AgentProbe],
+            activities=[*session_activities.ALL, janitor_activities.janitor_sweep],
+            activity_executor=executor,
+            max_concurrent_activities=ACTIVITY_THREADS,
+            graceful_shutdown_timeout=timedelta(seconds=5),
+        )
+        print(f"orchestrator polling task queue {TASK_QUEUE}", flush=True)
+        async with worker:
+            await stop.wait()

@@ -1,0 +1,380 @@
+"""`BackupSession`: one EC2 instance's backup, as a durable workflow.
+
+    snapshot_instance -> wait_snapshots -> [replicate_snapshots]
+    -> [prepare_image_backup -> provision_worker -> agent_transfer_range x N -> commit]
+    finally (shielded): release_worker            (worker + volumes + session secret, by tag)
+
+Transfers run in rounds: each round runs one range of every unfinished volume concurrently
+(ranges of one volume are sequential: one block map writer per volume). Round boundaries are
+where pause takes effect, where a lost host is replaced (the new worker resumes from the
+repository checkpoint) and where continue-as-new happens when the server suggests it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from ec2backup.models import (
+        BackupSessionInput,
+        BackupSessionOutput,
+        CommitRestorePointInput,
+        CommitRestorePointOutput,
+        ImagePlan,
+        PauseInput,
+        PrepareImageInput,
+        ProgressInput,
+        ProvisionWorkerInput,
+        ReleaseWorkerInput,
+        ReleaseWorkerOutput,
+        ReplicateInput,
+        ReplicateOutput,
+        ResumeInput,
+        SessionCarry,
+        SessionProgress,
+        SnapshotInstanceInput,
+        SnapshotSet,
+        TransferRangeInput,
+        TransferRangeOutput,
+        VolumeCounters,
+        VolumePlan,
+        VolumeProgress,
+        WaitSnapshotsInput,
+        WaitSnapshotsOutput,
+        WorkerHandle,
+    )
+
+# Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
+# with backoff, a bounded number of times, so a misconfiguration fails instead of hanging.
+CONTROL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=12,
+)
+CONTROL_TIMEOUT = timedelta(minutes=10)
+# Snapshots of large, busy volumes can stay pending for hours.
+SNAPSHOT_WAIT_TIMEOUT = timedelta(hours=24)
+SNAPSHOT_HEARTBEAT_TIMEOUT = timedelta(minutes=2)
+# One transfer range moves at most a few GiB; hours is generous even for slow volumes.
+RANGE_TIMEOUT = timedelta(hours=6)
+# Ranges that fail with a retryable error on a live host are retried this many times before the
+# session gives up; a lost host (timeout) is replaced instead, up to MAX_WORKERS times.
+MAX_RANGE_ERRORS = 5
+MAX_WORKERS = 4
+CLEANUP_TIMEOUT = timedelta(minutes=15)
+
+
+@workflow.defn(name="BackupSession")
+class BackupSession:
+    @workflow.init
+    def __init__(self, req: BackupSessionInput) -> None:
+        self._req = req
+        self._carry = req.carry or SessionCarry()
+        self._phase = "starting"
+        self._paused = False
+
+    # ---- signals and queries -------------------------------------------------------------
+    @workflow.signal(name="pause")
+    def pause(self, req: PauseInput | None = None) -> None:
+        self._paused = True
+
+    @workflow.signal(name="resume")
+    def resume(self, req: ResumeInput | None = None) -> None:
+        self._paused = False
+
+    @workflow.query(name="progress")
+    def progress(self, req: ProgressInput | None = None) -> SessionProgress:
+        plan = self._carry.plan
+        volumes = []
+        counters = {c.volume_id: c for c in self._carry.volumes}
+        for vp in plan.volumes if plan else []:
+            c = counters.get(vp.source_volume_id)
+            volumes.append(
+                VolumeProgress(
+                    volume_id=vp.source_volume_id,
+                    device=vp.device,
+                    blocks_total=vp.blocks_total,
+                    blocks_done=min(
+                        vp.blocks_total, self._carry.cursors.get(vp.source_volume_id, 0)
+                    ),
+                    bytes_read=c.bytes_read if c else 0,
+                    bytes_stored=c.bytes_stored if c else 0,
+                )
+            )
+        worker = self._carry.worker
+        return SessionProgress(
+            phase=self._phase,
+            paused=self._paused,
+            worker_instance_id=worker.instance_id if worker else None,
+            volumes=volumes,
+        )
+
+    # ---- the session ---------------------------------------------------------------------
+    @workflow.run
+    async def run(self, req: BackupSessionInput) -> BackupSessionOutput:
+        session_id = workflow.info().workflow_id
+        try:
+            snapshot_set = await self._snapshots(session_id)
+            if req.replication and not self._carry.replica_ids:
+                self._phase = "replicating"
+                replicas: ReplicateOutput = await workflow.execute_activity(
+                    "replicate_snapshots",
+                    ReplicateInput(
+                        session_id=session_id, snapshot_set=snapshot_set, target=req.replication
+                    ),
+                    result_type=ReplicateOutput,
+                    start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
+                    heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
+                    retry_policy=CONTROL_RETRY,
+                )
+                self._carry.replica_ids = replicas.replica_ids
+            restore_point_id = None
+            if req.image_backup:
+                restore_point_id = await self._image_backup(session_id, snapshot_set)
+            self._phase = "completed"
+            plan = self._carry.plan
+            return BackupSessionOutput(
+                status="completed",
+                snapshot_set_id=snapshot_set.set_id,
+                snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
+                replica_ids=self._carry.replica_ids,
+                restore_point_id=restore_point_id,
+                placement=plan.placement if plan else None,
+                placement_reason=plan.placement_reason if plan else None,
+                workers_provisioned=self._carry.workers_provisioned,
+                volumes=self._carry.volumes,
+            )
+        finally:
+            if req.image_backup and not self._continuing:
+                self._phase = "cleaning up"
+                await _run_to_completion(self._release(session_id, None))
+
+    _continuing = False
+
+    async def _snapshots(self, session_id: str) -> SnapshotSet:
+        if self._carry.snapshot_set is not None:
+            return self._carry.snapshot_set
+        req = self._req
+        self._phase = "snapshotting"
+        snapshot_set: SnapshotSet = await workflow.execute_activity(
+            "snapshot_instance",
+            SnapshotInstanceInput(
+                session_id=session_id,
+                instance_id=req.instance_id,
+                region=req.region,
+                account_role_arn=req.account_role_arn,
+                policy_name=req.policy_name,
+            ),
+            result_type=SnapshotSet,
+            start_to_close_timeout=CONTROL_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+        self._phase = "waiting for snapshots"
+        await workflow.execute_activity(
+            "wait_snapshots",
+            WaitSnapshotsInput(
+                region=req.region,
+                account_role_arn=req.account_role_arn,
+                snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
+            ),
+            result_type=WaitSnapshotsOutput,
+            start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
+            heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+        self._carry.snapshot_set = snapshot_set
+        return snapshot_set
+
+    async def _image_backup(self, session_id: str, snapshot_set: SnapshotSet) -> str:
+        spec = self._req.image_backup
+        assert spec is not None
+        if self._carry.plan is None:
+            self._phase = "planning"
+            self._carry.plan = await workflow.execute_activity(
+                "prepare_image_backup",
+                PrepareImageInput(session_id=session_id, snapshot_set=snapshot_set, spec=spec),
+                result_type=ImagePlan,
+                start_to_close_timeout=CONTROL_TIMEOUT,
+                retry_policy=CONTROL_RETRY,
+            )
+            self._carry.volumes = [
+                VolumeCounters(
+                    volume_id=vp.source_volume_id,
+                    device=vp.device,
+                    cbt_used=vp.parent_snapshot_id is not None,
+                    cbt_reason=vp.cbt_reason,
+                )
+                for vp in self._carry.plan.volumes
+            ]
+        plan = self._carry.plan
+        errors = 0
+        while True:
+            todo = [
+                vp
+                for vp in plan.volumes
+                if self._carry.cursors.get(vp.source_volume_id, 0) < vp.blocks_total
+            ]
+            if not todo:
+                break
+            if self._paused:
+                self._phase = "paused"
+                await workflow.wait_condition(lambda: not self._paused)
+            if workflow.info().is_continue_as_new_suggested():
+                self._continuing = True
+                workflow.continue_as_new(self._req.model_copy(update={"carry": self._carry}))
+            if self._carry.worker is None:
+                if self._carry.workers_provisioned >= MAX_WORKERS:
+                    raise ApplicationError(
+                        f"{MAX_WORKERS} workers were lost; giving up",
+                        type="WorkersLost",
+                        non_retryable=True,
+                    )
+                self._phase = "provisioning worker"
+                self._carry.worker = await workflow.execute_activity(
+                    "provision_worker",
+                    ProvisionWorkerInput(
+                        session_id=session_id, plan=plan, attempt=self._carry.workers_provisioned
+                    ),
+                    result_type=WorkerHandle,
+                    start_to_close_timeout=CONTROL_TIMEOUT,
+                    heartbeat_timeout=timedelta(minutes=2),
+                    retry_policy=CONTROL_RETRY,
+                )
+                self._carry.workers_provisioned += 1
+            self._phase = "transferring"
+            worker = self._carry.worker
+            results = await asyncio.gather(
+                *(self._range(session_id, plan, worker, vp) for vp in todo), return_exceptions=True
+            )
+            lost = False
+            for vp, result in zip(todo, results, strict=True):
+                if isinstance(result, BaseException):
+                    if _host_lost(result):
+                        lost = True
+                        continue
+                    if (
+                        isinstance(result, ActivityError)
+                        and _retryable(result)
+                        and errors < MAX_RANGE_ERRORS
+                    ):
+                        errors += 1
+                        continue
+                    raise result
+                self._account(vp, result)
+            if lost:
+                workflow.logger.warning(
+                    "worker %s lost; provisioning a new one", worker.instance_id
+                )
+                await _run_to_completion(self._release(session_id, worker.instance_id))
+                self._carry.worker = None
+        self._phase = "committing"
+        out: CommitRestorePointOutput = await workflow.execute_activity(
+            "commit_restore_point",
+            CommitRestorePointInput(
+                session_id=session_id,
+                repository=plan.repository,
+                snapshot_set=snapshot_set,
+                plan=plan,
+                policy_name=self._req.policy_name,
+            ),
+            result_type=CommitRestorePointOutput,
+            start_to_close_timeout=CONTROL_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+        return out.restore_point_id
+
+    async def _range(
+        self, session_id: str, plan: ImagePlan, worker: WorkerHandle, vp: VolumePlan
+    ) -> TransferRangeOutput:
+        cursor = self._carry.cursors.get(vp.source_volume_id, 0)
+        start = cursor - cursor % plan.range_blocks
+        end = min(vp.blocks_total, start + plan.range_blocks)
+        range_no = start // plan.range_blocks
+        device = (
+            vp.worker_devices[range_no % len(vp.worker_devices)]
+            if vp.worker_devices
+            else vp.worker_device
+        )
+        result: TransferRangeOutput = await workflow.execute_activity(
+            "agent_transfer_range",
+            TransferRangeInput(
+                session_id=session_id,
+                repository=plan.repository,
+                secret_name=plan.secret_name,
+                secret_region=plan.region,
+                snapshot_role_arn=plan.snapshot_role_arn,
+                region=plan.region,
+                volume=vp,
+                worker_device=device,
+                start_block=start,
+                end_block=end,
+                cursor=cursor,
+                last_range=end >= vp.blocks_total,
+            ),
+            result_type=TransferRangeOutput,
+            task_queue=worker.task_queue,
+            start_to_close_timeout=RANGE_TIMEOUT,
+            schedule_to_start_timeout=timedelta(seconds=plan.boot_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        return result
+
+    def _account(self, vp: VolumePlan, result: TransferRangeOutput) -> None:
+        self._carry.cursors[vp.source_volume_id] = result.cursor
+        for c in self._carry.volumes:
+            if c.volume_id == vp.source_volume_id:
+                c.blocks_listed += result.blocks_listed
+                c.blocks_read += result.blocks_read
+                c.bytes_read += result.bytes_read
+                c.bytes_stored += result.bytes_stored
+
+    async def _release(self, session_id: str, only_instance_id: str | None) -> None:
+        plan = self._carry.plan
+        if plan is None:
+            return  # nothing provisioned; a secret a cancelled prepare wrote is the janitor's
+        await workflow.execute_activity(
+            "release_worker",
+            ReleaseWorkerInput(
+                session_id=session_id,
+                region=plan.region,
+                role_arn=plan.worker_role_arn,
+                secret_name=plan.secret_name,
+                only_instance_id=only_instance_id,
+            ),
+            result_type=ReleaseWorkerOutput,
+            start_to_close_timeout=CLEANUP_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+
+
+def _host_lost(exc: BaseException) -> bool:
+    """A range timed out (heartbeat: the host died; schedule-to-start: it never came up)."""
+    return isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError)
+
+
+def _retryable(exc: ActivityError) -> bool:
+    cause = exc.cause
+    return isinstance(cause, ApplicationError) and not cause.non_retryable
+
+
+async def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
+    """Run cleanup to the end even if a cancellation arrives meanwhile (it is not repeated)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await task
+        raise
+
+
+__all__ = ["BackupSession", "CancelledError"]
