@@ -53,6 +53,12 @@ class Sealer:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, aad)
 
+    def seal_with_nonce(self, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """Deterministic sealing: the caller MUST derive `nonce` from the plaintext with a
+        keyed hash (so equal messages give equal ciphertexts and distinct ones distinct nonces)."""
+        assert len(nonce) == NONCE_SIZE
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
     def open(self, data: bytes | memoryview, aad: bytes) -> bytes:
         if len(data) < OVERHEAD:
             raise DecryptionError("ciphertext too short")

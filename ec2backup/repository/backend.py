@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -26,6 +27,7 @@ from ec2backup.errors import NotFoundError, UserError
 # switch to multipart with 8 MiB parts (S3 and moto require >= 5 MiB for all but the last part).
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
+MULTIPART_CONCURRENCY = 4
 
 Buffer = bytes | bytearray | memoryview
 # An object's content: one buffer, or a list of chunks written back to back (packs).
@@ -168,13 +170,21 @@ class S3Backend:
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
         upload_id = upload["UploadId"]
         try:
-            parts = []
-            for number, start in enumerate(range(0, len(view), MULTIPART_PART_SIZE), start=1):
-                chunk = bytes(view[start : start + MULTIPART_PART_SIZE])
+
+            def part(number: int, start: int) -> dict[str, Any]:
                 resp = self.client.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=bytes(view[start : start + MULTIPART_PART_SIZE]),
                 )
-                parts.append({"ETag": resp["ETag"], "PartNumber": number})
+                return {"ETag": resp["ETag"], "PartNumber": number}
+
+            starts = range(0, len(view), MULTIPART_PART_SIZE)
+            # parts go up in parallel: one S3 connection rarely exceeds ~100 MB/s
+            with ThreadPoolExecutor(max_workers=MULTIPART_CONCURRENCY) as pool:
+                parts = list(pool.map(part, range(1, len(starts) + 1), starts))
             self.client.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )

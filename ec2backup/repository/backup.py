@@ -305,14 +305,10 @@ class BackupWriter:
         if buf == ZERO_PAGE:
             self.root[p] = None
             return
-        parent_id = (
-            self.parent_pages[p] if self.parent_pages and p < len(self.parent_pages) else None
-        )
-        if parent_id is not None and self.repo.load_page(parent_id) == buf:
-            self.root[p] = parent_id  # same as the parent's page: reuse, write nothing
-            return
-        self.root[p] = self.repo.save_page(buf)
-        self.stats.pages_written += 1
+        # equal pages seal to equal objects (deterministic nonce): a page equal to the parent's
+        # (or to any stored page) gets that page's id back and nothing is written
+        self.root[p], written = self.repo.save_page(buf)
+        self.stats.pages_written += written
 
     def _drain(self) -> None:
         """Make everything fed so far durable: encode, pack, upload, index, write pages."""

@@ -105,6 +105,7 @@ class Repository:
         self.data_key = crypto.derive_key(master, "ec2backup 2026-11 blob encryption v1")
         self.meta_key = crypto.derive_key(master, "ec2backup 2026-11 metadata encryption v1")
         self.id_key = crypto.derive_key(master, "ec2backup 2026-11 blob id v1")
+        self.page_nonce_key = crypto.derive_key(master, "ec2backup 2026-11 map page nonce v1")
         self.meta = crypto.Sealer(self.meta_key)
         self._zc = zstandard.ZstdCompressor(level=DEFAULT_COMPRESSION_LEVEL)
         self._index: Index | None = None
@@ -223,10 +224,16 @@ class Repository:
         prefix = KIND_PREFIX[kind]
         return f"{prefix}{oid[:2]}/{oid}" if kind in FANOUT_KINDS else f"{prefix}{oid}"
 
-    def seal_object(self, kind: str, payload: bytes) -> bytes:
+    def seal_object(self, kind: str, payload: bytes, deterministic: bool = False) -> bytes:
         comp = self._zc.compress(payload) if len(payload) > 64 else b""
         body = b"\x01" + comp if comp and len(comp) < len(payload) else b"\x00" + payload
-        return self.meta.seal(body, f"ec2backup:{kind}".encode())
+        aad = f"ec2backup:{kind}".encode()
+        if deterministic:
+            # SIV-style: nonce = keyed hash of the body, so an identical page (same blocks in
+            # another volume or run) gets the identical object and name: stored once.
+            nonce = crypto.keyed_hash(self.page_nonce_key, body)[: crypto.NONCE_SIZE]
+            return self.meta.seal_with_nonce(nonce, body, aad)
+        return self.meta.seal(body, aad)
 
     def open_object(self, kind: str, name: str, data: bytes, aad: str | None = None) -> bytes:
         try:
@@ -239,11 +246,18 @@ class Repository:
         except (crypto.DecryptionError, zstandard.ZstdError, ValueError) as exc:
             raise CorruptObjectError(f"object {name} is corrupt: {exc}") from exc
 
-    def save_object(self, kind: str, payload: bytes) -> str:
-        data = self.seal_object(kind, payload)
+    def save_object(self, kind: str, payload: bytes, deterministic: bool = False) -> str:
+        return self._save_object(kind, payload, deterministic)[0]
+
+    def _save_object(self, kind: str, payload: bytes, deterministic: bool) -> tuple[str, bool]:
+        """(object id, whether it was written)."""
+        data = self.seal_object(kind, payload, deterministic)
         oid = crypto.content_hash(data).hex()
-        self.backend.put(self.object_name(kind, oid), data)
-        return oid
+        name = self.object_name(kind, oid)
+        if deterministic and self.backend.exists(name):
+            return oid, False  # the same page is already stored
+        self.backend.put(name, data)
+        return oid, True
 
     def load_object(self, kind: str, oid: str) -> bytes:
         name = self.object_name(kind, oid)
@@ -264,8 +278,9 @@ class Repository:
 
     # ---- pages -----------------------------------------------------------------------------
 
-    def save_page(self, page: bytes | bytearray) -> str:
-        return self.save_object("map", bytes(page))
+    def save_page(self, page: bytes | bytearray) -> tuple[str, bool]:
+        """(page id, whether it was written): equal pages have equal ids (stored once)."""
+        return self._save_object("map", bytes(page), deterministic=True)
 
     def load_page(self, oid: str) -> bytes:
         page = self.load_object("map", oid)
