@@ -1,27 +1,35 @@
-"""`make demo`: bring the lab up, seed an instance, and show a snapshot round trip through the
-EBS direct APIs (full read, churn, changed-block read), each checked byte for byte."""
+"""`make demo`: the main job on the embedded lab, checked byte for byte.
+
+lab up -> repository in the lab's S3 -> orchestrator worker -> seed an instance ->
+full backup session -> churn 1% -> incremental session (changed blocks only) ->
+restore every volume from the repository and compare with the snapshot -> report.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ec2backup import ebs as ebsapi
 from ec2backup.lab import manager
 
 console = Console()
-DEMO_VOLUME_GIB = 2
-DEMO_FILL = 0.25
+DEMO_BUCKET = "ec2backup-demo"
+DEMO_REPO = f"s3://{DEMO_BUCKET}/repo"
+DEMO_VOLUMES, DEMO_VOLUME_GIB, DEMO_FILL = 2, 2, 0.25
+GIB = 1024**3
 
 
 def _lab_call(state: manager.LabState, method: str, path: str, body: Any = None) -> Any:
@@ -31,117 +39,185 @@ def _lab_call(state: manager.LabState, method: str, path: str, body: Any = None)
         return json.load(r)
 
 
-def _read_snapshot(ebs: Any, snapshot_id: str, size_bytes: int, label: str) -> tuple[str, int]:
-    """Rebuild the whole logical image from the EBS direct API; its sha256 and blocks read."""
-    refs = {ref.index: ref for ref in ebsapi.list_snapshot_blocks(ebs, snapshot_id)}
-    digest = hashlib.sha256()
-    zero = bytes(ebsapi.EBS_BLOCK_SIZE)
-    with Progress(
-        TextColumn(label),
-        BarColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(label, total=len(refs) * ebsapi.EBS_BLOCK_SIZE)
-        for index in range(size_bytes // ebsapi.EBS_BLOCK_SIZE):
-            ref = refs.get(index)
-            if ref is None:
-                digest.update(zero)
-                continue
-            digest.update(ebsapi.get_block(ebs, snapshot_id, ref))
-            progress.advance(task, ebsapi.EBS_BLOCK_SIZE)
-    return digest.hexdigest(), len(refs)
+def _password(state: manager.LabState) -> str:
+    """The demo repository's password, kept in a 0600 file in the lab directory."""
+    path = Path(state.dir) / "demo-repo-password"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _ensure_repository(password: str) -> None:
+    from ec2backup.errors import NotFoundError
+    from ec2backup.repository.repo import Repository
+
+    s3 = boto3.client("s3")
+    try:
+        s3.head_bucket(Bucket=DEMO_BUCKET)
+    except Exception:
+        s3.create_bucket(Bucket=DEMO_BUCKET)
+        s3.put_bucket_versioning(Bucket=DEMO_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    try:
+        Repository.open(DEMO_REPO, password.encode())
+    except NotFoundError:
+        Repository.create(DEMO_REPO, password.encode())
+        console.print(f"created repository {DEMO_REPO}")
+
+
+def _session(instance_id: str, label: str) -> tuple[dict[str, Any], float]:
+    """Run one session through the CLI with live progress; returns (result, seconds)."""
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ec2backup.cli",
+            "backup",
+            instance_id,
+            "--repo",
+            DEMO_REPO,
+            "--wait",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"{label} session failed:\n{out.stdout}")
+    text = out.stdout
+    return json.loads(text[text.index("{") :]), time.monotonic() - t0
+
+
+def _metrics(state: manager.LabState) -> dict[str, Any]:
+    return dict(_lab_call(state, "GET", "metrics"))
+
+
+def _restore_check(
+    result: dict[str, Any], password: str, state: manager.LabState
+) -> list[tuple[str, bool, float]]:
+    from ec2backup.repository.repo import Repository
+    from ec2backup.repository.restore import restore_image
+
+    repo = Repository.open(DEMO_REPO, password.encode())
+    _, rp = repo.load_restore_point(result["restore_point_id"])
+    checks = []
+    for snapshot_id, record in zip(result["snapshot_ids"], rp.volumes, strict=True):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "volume.img"
+            t0 = time.monotonic()
+            restore_image(repo, record, out)
+            seconds = time.monotonic() - t0
+            digest = hashlib.sha256()
+            with open(out, "rb") as f:
+                while chunk := f.read(8 << 20):
+                    digest.update(chunk)
+        expected = _lab_call(state, "GET", f"checksum/{snapshot_id}")["sha256"]
+        checks.append((f"{record.name} {record.device}", digest.hexdigest() == expected, seconds))
+    return checks
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
 
 
 def main() -> None:
     started = time.monotonic()
-    console.rule("[bold]ec2backup demo: the lab")
+    console.rule("[bold]ec2backup demo")
     state, fresh = manager.up(
         None, manager.DEFAULT_AWS_PORT, manager.DEFAULT_TEMPORAL_PORT, manager.DEFAULT_UI_PORT
     )
-    console.print(f"lab {'started' if fresh else 'already running'} in {state.dir}")
-    cfg = Config(retries={"mode": "standard"})
-    kwargs: dict[str, Any] = {
-        "endpoint_url": state.aws_url,
-        "region_name": manager.LAB_REGION,
-        "aws_access_key_id": manager.LAB_ACCESS_KEY,
-        "aws_secret_access_key": manager.LAB_SECRET_KEY,
-        "config": cfg,
-    }
-    ec2, ebs = boto3.client("ec2", **kwargs), boto3.client("ebs", **kwargs)
-
-    with console.status(f"seeding one instance with a {DEMO_VOLUME_GIB} GiB data volume"):
-        seeded = _lab_call(
-            state,
-            "POST",
-            "seed",
-            {
-                "instances": 1,
-                "volumes": 1,
-                "size_gib": DEMO_VOLUME_GIB,
-                "fill": DEMO_FILL,
-                "tags": {"app": "demo"},
-            },
-        )
-    instance = seeded["instances"][0]
-    volume = instance["volumes"][0]
     console.print(
-        f"instance {instance['instance_id']} with {volume['volume_id']} at {volume['device']}"
+        f"lab {'started' if fresh else 'already running'} in {state.dir}: "
+        f"AWS {state.aws_url}, Temporal {state.temporal_address}"
     )
-
-    t0 = time.monotonic()
-    snaps = ec2.create_snapshots(
-        InstanceSpecification={"InstanceId": instance["instance_id"], "ExcludeBootVolume": True},
-        CopyTagsFromSource="volume",
-        Description="ec2backup demo",
-    )["Snapshots"]
-    first = snaps[0]["SnapshotId"]
-    console.print(f"CreateSnapshots -> {first} ({snaps[0]['State']})")
-    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[first], WaiterConfig={"Delay": 1})
-    snap_seconds = time.monotonic() - t0
-    size = DEMO_VOLUME_GIB * 1024**3
-    t0 = time.monotonic()
-    full_sha, full_blocks = _read_snapshot(ebs, first, size, "full read  ")
-    full_seconds = time.monotonic() - t0
-    lab_sha = _lab_call(state, "GET", f"checksum/{first}")["sha256"]
-
-    churned = _lab_call(
-        state, "POST", "churn", {"volume_id": volume["volume_id"], "fraction": 0.01, "seed": 7}
+    os.environ.update(state.env())
+    password = _password(state)
+    os.environ["EC2BACKUP_REPO_PASSWORD"] = password
+    _ensure_repository(password)
+    log = open(Path(state.dir) / "worker.log", "ab")  # noqa: SIM115 - closed in finally
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ec2backup.cli", "worker"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
     )
-    second = ec2.create_snapshot(VolumeId=volume["volume_id"])["SnapshotId"]
-    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[second], WaiterConfig={"Delay": 1})
-    t0 = time.monotonic()
-    changed = list(ebsapi.list_changed_blocks(ebs, first, second))
-    changed_indexes = sorted(c.index if isinstance(c, ebsapi.BlockRef) else c for c in changed)
-    for ref in changed:
-        if isinstance(ref, ebsapi.BlockRef):
-            ebsapi.get_block(ebs, second, ref)
-    incr_seconds = time.monotonic() - t0
+    try:
+        with console.status(
+            f"seeding an instance with {DEMO_VOLUMES} x {DEMO_VOLUME_GIB} GiB data volumes"
+        ):
+            seeded = _lab_call(
+                state,
+                "POST",
+                "seed",
+                {
+                    "instances": 1,
+                    "volumes": DEMO_VOLUMES,
+                    "size_gib": DEMO_VOLUME_GIB,
+                    "fill": DEMO_FILL,
+                    "tags": {"app": "demo"},
+                },
+            )
+        instance = seeded["instances"][0]
+        console.print(
+            f"instance {instance['instance_id']}: "
+            + ", ".join(f"{v['volume_id']} at {v['device']}" for v in instance["volumes"])
+        )
 
-    table = Table(title="snapshot round trip through the EBS direct APIs")
+        console.rule("full backup session")
+        m0 = _metrics(state)
+        full, full_s = _session(instance["instance_id"], "full")
+        m1 = _metrics(state)
+        churned = 0
+        for v in instance["volumes"]:
+            churned += _lab_call(
+                state, "POST", "churn", {"volume_id": v["volume_id"], "fraction": 0.01, "seed": 7}
+            )["bytes"]
+        console.rule("incremental session (changed block tracking)")
+        incr, incr_s = _session(instance["instance_id"], "incremental")
+        m2 = _metrics(state)
+        console.rule("restore check")
+        checks = _restore_check(incr, password, state)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        log.close()
+
+    table = Table(title="what the demo did")
     table.add_column("step")
     table.add_column("result")
-    table.add_row("snapshot (pending -> completed)", f"{snap_seconds:.1f}s")
+    data_bytes = int(DEMO_VOLUMES * DEMO_VOLUME_GIB * GIB * DEMO_FILL)
+    for name, result, seconds, before, after in (
+        ("full session", full, full_s, m0, m1),
+        ("incremental session", incr, incr_s, m1, m2),
+    ):
+        read = after["agent_bytes_read_total"] - before["agent_bytes_read_total"]
+        stored = sum(v["bytes_stored"] for v in result["volumes"])
+        table.add_row(
+            name,
+            f"{seconds:.1f}s; read {_mib(read)} from volumes, stored "
+            f"{_mib(stored)}; worker placement {result['placement']}; "
+            f"restore point {result['restore_point_id'][:12]}",
+        )
     table.add_row(
-        "full read (ListSnapshotBlocks + GetSnapshotBlock)",
-        f"{full_blocks} blocks in {full_seconds:.1f}s",
+        "data on the instance",
+        f"{_mib(data_bytes)} written of "
+        f"{DEMO_VOLUMES * DEMO_VOLUME_GIB} GiB; churned {_mib(churned)}",
     )
-    table.add_row("image sha256 == lab checksum", "yes" if full_sha == lab_sha else "NO")
-    table.add_row("churned blocks", str(len(churned["blocks"])))
-    table.add_row(
-        "ListChangedBlocks == churned", "yes" if changed_indexes == churned["blocks"] else "NO"
-    )
-    table.add_row("incremental read", f"{len(changed)} blocks in {incr_seconds:.2f}s")
+    table.add_row("CBT", "; ".join(f"{v['device']}: {v['cbt_reason']}" for v in incr["volumes"]))
+    for label, ok, seconds in checks:
+        table.add_row(f"restore {label}", f"{'byte-exact' if ok else 'MISMATCH'} ({seconds:.1f}s)")
+    leftovers = m2["running_instances"] - 1  # the seeded instance itself
+    table.add_row("workers left running", str(max(0, leftovers)))
     console.print(table)
     console.print(
-        f"Temporal Web UI: [link]{state.ui_url}[/link]   "
-        f'(environment: eval "$(ec2backup lab env --dir {Path(state.dir)})"; '
-        "stop with `ec2backup lab down`)"
+        f"Temporal Web UI: {state.ui_url}  (sessions are the BackupSession "
+        f'workflows). Environment: eval "$(ec2backup lab env --dir {state.dir})"; '
+        "stop the lab with `ec2backup lab down`."
     )
     console.print(f"demo finished in {time.monotonic() - started:.1f}s")
-    if full_sha != lab_sha or changed_indexes != churned["blocks"]:
-        raise SystemExit("demo check failed")
+    if not all(ok for _, ok, _ in checks):
+        raise SystemExit("demo check failed: a restore did not match its snapshot")
 
 
 if __name__ == "__main__":
