@@ -34,7 +34,7 @@ session_app = typer.Typer(help="Watch and control backup sessions.", no_args_is_
 snapshots_app = typer.Typer(
     help="Cloud-native restore points (from snapshot tags).", no_args_is_help=True
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 EBS_BLOCK_SIZE = 512 * 1024
 SESSION_WORKFLOW = "BackupSession"
 WATCH_POLL_SECONDS = 1.0
@@ -68,6 +68,17 @@ async def _progress(handle: WorkflowHandle[Any, Any]) -> SessionProgress | None:
         return await handle.query("progress", ProgressInput(), result_type=SessionProgress)
     except Exception:
         return None
+
+
+def failure_message(exc: BaseException) -> str:
+    """The innermost cause of a workflow failure (e.g. the activity's own message)."""
+    message = str(exc)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if str(cause):
+            message = str(cause)
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return message
 
 
 async def _result(handle: WorkflowHandle[Any, Any]) -> BackupSessionOutput:
@@ -215,7 +226,7 @@ def register(app: typer.Typer) -> None:
                 try:
                     await _result(handle)
                 except Exception as exc:
-                    data["error"] = str(getattr(exc, "cause", None) or exc)
+                    data["error"] = failure_message(exc)
             return data
 
         data = _run(fetch())
@@ -344,10 +355,8 @@ def _watch(session_id: str, exit_code: bool) -> None:
         try:
             await _result(handle)
         except Exception as exc:
-            cause = getattr(exc, "cause", None)
-            console.print(
-                f"session {session_id} {desc.status.name if desc.status else ''}: {cause or exc}"
-            )
+            status = desc.status.name if desc.status else ""
+            console.print(f"session {session_id} {status}: {failure_message(exc)}")
         return 1
 
     started = time.monotonic()
