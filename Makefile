@@ -20,13 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy ec2backup
+	$(BIN)/mypy ec2backup workflows activities worker_agent
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy ec2backup
+	$(BIN)/mypy ec2backup workflows activities worker_agent
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
