@@ -75,10 +75,13 @@ def test_cli_roundtrip_and_ls_stats(init_repo: str, tmp_path: Path) -> None:
     """The CLI path end to end (subprocess): backup prints the id, restore, ls --json, stats."""
     img = tmp_path / "img"
     digest = make_image(img, 12, seed=11, tail=4096)
-    res = run_sub("image", "backup", img, "--repo", init_repo)
+    res = run_sub(
+        "image", "backup", img, "--repo", init_repo, env={**os.environ, "EC2BACKUP_PROGRESS": "1"}
+    )
     assert res.code == 0, res.err
     rp = res.last_line
     assert len(rp) == 64
+    assert "eta" in res.err and "MiB" in res.err  # the progress bar (forced on: no terminal)
     assert "restore point" in res.err and "MB/s" in res.err  # the final summary
     out = tmp_path / "out"
     res = run_sub("image", "restore", rp[:10], "--repo", init_repo, "--output", out)
