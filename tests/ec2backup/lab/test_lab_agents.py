@@ -81,7 +81,6 @@ class Probes:
             AgentProbeInput(task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id)),
             id=f"lab-test-probe-{uuid.uuid4().hex}",
             task_queue=self.task_queue,
-            result_type=AgentProbeOutput,
             execution_timeout=timedelta(seconds=90),
         )
 
@@ -95,7 +94,6 @@ class Probes:
             ),
             id=f"lab-test-digest-{uuid.uuid4().hex}",
             task_queue=self.task_queue,
-            result_type=DigestBlocksOutput,
             execution_timeout=timedelta(seconds=90),
         )
 

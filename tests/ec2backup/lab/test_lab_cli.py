@@ -17,6 +17,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,6 +186,16 @@ def test_fault_errors_then_success(lab: Any, no_faults: None) -> None:
         assert error_of(exc.value) == ("InternalError", 500)
     assert ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["VolumeId"] == volume_id
 
+    # EBS direct faults come back in the EBS protocol.
+    ebs = client(lab, "ebs")
+    lab.cli("lab", "fault", "--api", "ListSnapshotBlocks", "--error", "InternalServerException")
+    with pytest.raises(ClientError) as exc:
+        ebs.list_snapshot_blocks(SnapshotId="snap-0123456789abcdef0")
+    assert error_of(exc.value) == ("InternalServerException", 500)
+    with pytest.raises(ClientError) as exc:  # the fault was used up: the real answer again
+        ebs.list_snapshot_blocks(SnapshotId="snap-0123456789abcdef0")
+    assert error_of(exc.value) == ("ResourceNotFoundException", 404)
+
 
 def test_fault_throttle_and_clear(lab: Any, no_faults: None) -> None:
     volume_id = seed_volume(lab, fill=0.01, seed_value=46)
@@ -196,15 +207,34 @@ def test_fault_throttle_and_clear(lab: Any, no_faults: None) -> None:
         get_block(ebs, snapshot_id, block["BlockIndex"], block["BlockToken"])
 
     lab.cli("lab", "fault", "--throttle", "2", "--api", "GetSnapshotBlock")
-    throttled = 0
-    for _ in range(10):
+    outcomes = []
+    started = time.monotonic()
+    for _ in range(20):
         try:
             get()
+            outcomes.append(True)
         except ClientError as exc:
             assert error_of(exc) == ("RequestThrottledException", 400)
-            throttled += 1
-    assert 5 <= throttled <= 9  # a burst of about 2 passes, the rest is throttled
+            outcomes.append(False)
+    elapsed = time.monotonic() - started
+    # A token bucket of 2 calls/s: a burst of 2, then about 2 more per second.
+    assert outcomes[0] and not all(outcomes)
+    assert sum(outcomes) <= 2 + 2 * elapsed + 1
     list_blocks(ebs, snapshot_id)  # other APIs are not throttled
+
+    # Without --api every AWS API is throttled, each with its service's code.
+    lab.cli("lab", "fault", "--throttle", "1")
+    for call, code, status in (
+        (lambda: ec2.describe_volumes(VolumeIds=[volume_id]), "RequestLimitExceeded", 503),
+        (lambda: list_blocks(ebs, snapshot_id), "RequestThrottledException", 400),
+    ):
+        errors = []
+        for _ in range(5):
+            try:
+                call()
+            except ClientError as exc:
+                errors.append(error_of(exc))
+        assert errors and set(errors) == {(code, status)}
 
     lab.cli(
         "lab", "fault", "--api", "DescribeSnapshots", "--error", "InternalError", "--times", "5"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from lab_helpers import (
     BLOCK,
     GIB,
@@ -39,7 +39,7 @@ def disk_usage(path: Path) -> int:
 
 
 def test_snapshot_of_8gib_volume_with_2gib_of_data_is_cheap(
-    lab: Any, record_property: pytest.RecordProperty
+    lab: Any, record_property: Callable[[str, object], None]
 ) -> None:
     pid = lab_aws_pid(lab)
     blocks_dir = Path(lab.dir) / "blocks"
