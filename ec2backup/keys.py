@@ -93,11 +93,12 @@ def wrap_with_kms(master: bytes, key_id: str, repo_id: str) -> KeyFile:
             KeyId=key_id, Plaintext=master, EncryptionContext=_kms_context(repo_id)
         )
     except (ClientError, BotoCoreError) as exc:
-        raise UserError(f"cannot use KMS key {key_id}: {_short(exc)}") from exc
+        raise UserError(f"cannot use KMS key {key_id}: {short_error(exc)}") from exc
     return KeyFile(kind="kms", kms_key_id=key_id, data=b64e(resp["CiphertextBlob"]))
 
 
-def _short(exc: Exception) -> str:
+def short_error(exc: Exception) -> str:
+    """First line of an exception message (botocore messages can be long)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -125,7 +126,7 @@ def unwrap(key_file: KeyFile, repo_id: str, password: bytes | None) -> bytes:
                 EncryptionContext=_kms_context(repo_id),
             )
         except (ClientError, BotoCoreError) as exc:
-            raise KeyUnwrapError(f"KMS key {key_file.kms_key_id}: {_short(exc)}") from exc
+            raise KeyUnwrapError(f"KMS key {key_file.kms_key_id}: {short_error(exc)}") from exc
         master = bytes(resp["Plaintext"])
     if len(master) != crypto.KEY_SIZE:
         raise KeyUnwrapError("unwrapped key has the wrong length")

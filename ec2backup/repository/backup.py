@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -541,6 +542,9 @@ def backup_image(
     except OSError as exc:
         raise UserError(f"cannot open {path}: {exc.strerror}") from exc
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UserError(f"{path} is not a regular file or block device")
         size = image_size(fd)
         with repo.lock(exclusive=False, purpose=f"backup of {path}", wait=lock_wait):
             adopted = recover_unindexed_packs(repo)
@@ -560,15 +564,13 @@ def backup_image(
                     if n > blocks_for(parent_vol.size)
                     else range(0)
                 )
-                blocks: Iterable[int] = sorted(set(wanted) | set(grown))
-                total = len(blocks)  # type: ignore[arg-type]
+                blocks = sorted(set(wanted) | set(grown))
                 inherit = True
             else:
                 blocks = list(allocated_blocks(fd, size))
-                total = len(blocks)  # type: ignore[arg-type]
                 inherit = False
             if on_start is not None:
-                on_start(total * EBS_BLOCK_SIZE)
+                on_start(len(blocks) * EBS_BLOCK_SIZE)
             writer = BackupWriter(
                 repo, name=str(path), size=size, parent=parent_vol, inherit=inherit
             )

@@ -130,7 +130,7 @@ class Repository:
         try:
             exists = backend.exists(CONFIG_NAME) or any(True for _ in backend.list("keys/"))
         except Exception as exc:
-            raise UserError(f"cannot access {backend.location()}: {keys._short(exc)}") from exc
+            raise UserError(f"cannot access {backend.location()}: {keys.short_error(exc)}") from exc
         if exists:
             raise UserError(f"a repository already exists at {backend.location()}")
         config = RepoConfig(
@@ -157,7 +157,7 @@ class Repository:
                 f"no repository at {backend.location()} (create one with `ec2backup repo init`)"
             ) from exc
         except Exception as exc:
-            raise UserError(f"cannot access {backend.location()}: {keys._short(exc)}") from exc
+            raise UserError(f"cannot access {backend.location()}: {keys.short_error(exc)}") from exc
         try:
             config = RepoConfig.model_validate_json(raw)
         except ValidationError as exc:
@@ -368,9 +368,6 @@ class Repository:
         from ec2backup.repository.locks import Lock
 
         return Lock.acquire(self, exclusive=exclusive, purpose=purpose, wait=wait)
-
-    def describe(self) -> dict[str, Any]:
-        return {"location": self.backend.location(), "id": self.config.id}
 
 
 def _save_key_file(backend: Backend, kf: keys.KeyFile) -> str:

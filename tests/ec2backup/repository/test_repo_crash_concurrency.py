@@ -95,7 +95,7 @@ def test_two_backups_at_once(init_repo: str, tmp_path: Path) -> None:
     assert check(open_repo(init_repo), read_data=True).ok
 
 
-def test_prune_refuses_or_waits_while_backup_holds_lock(init_repo: str) -> None:
+def test_prune_refuses_or_waits_while_backup_holds_lock(init_repo: str, tmp_path: Path) -> None:
     repo = open_repo(init_repo)
     lock = repo.lock(exclusive=False, purpose="backup (test)")
     try:
@@ -112,7 +112,9 @@ def test_prune_refuses_or_waits_while_backup_holds_lock(init_repo: str) -> None:
     # and a backup waits for / refuses a running prune
     excl = repo.lock(exclusive=True, purpose="prune (test)")
     try:
-        res = run_inproc("image", "backup", "/dev/null", "--repo", init_repo, "--lock-wait", "0")
+        img = tmp_path / "img"
+        img.write_bytes(b"x" * 1000)
+        res = run_inproc("image", "backup", img, "--repo", init_repo, "--lock-wait", "0")
         assert res.code == 5 and "prune (test)" in res.err
     finally:
         excl.release()

@@ -318,3 +318,35 @@ def test_parallel_parts_of_one_volume(tmp_path: Path) -> None:
         assert f.read(BS) == bytes(BS)
     with pytest.raises(ValueError):
         merge_volume_parts(repo, [(range(1, 5), vol)])
+
+
+def test_backup_input_errors(init_repo: str, tmp_path: Path) -> None:
+    """Bad inputs are one-line errors with a non-zero exit, never tracebacks."""
+    img = tmp_path / "img"
+    img.write_bytes(b"a" * 100)
+    changed = tmp_path / "changed.json"
+    changed.write_text('{"not": "a list"}')
+    cases = [
+        (["image", "backup", tmp_path / "missing", "--repo", init_repo], "cannot open"),
+        (["image", "backup", tmp_path, "--repo", init_repo], "not a regular file"),
+        (
+            [
+                "image",
+                "backup",
+                img,
+                "--repo",
+                init_repo,
+                "--changed-blocks",
+                changed,
+                "--parent",
+                "abcd",
+            ],
+            "JSON array",
+        ),
+        (["image", "backup", img, "--repo", init_repo, "--parent", "abcd"], "not found"),
+        (["image", "backup", img, "--repo", str(tmp_path / "nope")], "no repository"),
+    ]
+    for args, message in cases:
+        res = run_inproc(*args)
+        assert res.code != 0 and res.err.startswith("error: ") and message in res.err, res.err
+        assert res.err.count("\n") == 1
