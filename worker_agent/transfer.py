@@ -19,7 +19,11 @@ from ec2backup import aws
 from ec2backup.ebs import LIST_PAGE_SIZE
 from ec2backup.models import TransferRangeInput, TransferRangeOutput, VolumePlan
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.backup import BackupWriter, checkpoint_name
+from ec2backup.repository.backup import (
+    BackupWriter,
+    checkpoint_name,
+    recover_unindexed_packs,
+)
 from ec2backup.repository.blockmap import ZERO_BLOCK
 from ec2backup.repository.repo import Repository
 from ec2backup.workers import read_session_secret
@@ -128,6 +132,10 @@ def transfer_range(
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
     with repo.lock(exclusive=False, purpose=f"backup {req.session_id}", wait=300):
         writer = open_writer(repo, req)
+        if writer.position > req.cursor:
+            # The previous attempt got further than the workflow knows: it died after a
+            # checkpoint. Adopt packs it uploaded after that checkpoint instead of re-sending.
+            recover_unindexed_packs(repo)
         try:
             start = max(req.start_block, req.cursor, writer.position)
             progress = Progress(cursor=start)
