@@ -21,6 +21,7 @@ from ec2backup.models import TransferRangeInput, TransferRangeOutput, VolumePlan
 from ec2backup.repository.backend import ObjectMissing
 from ec2backup.repository.backup import (
     BackupWriter,
+    Checkpoint,
     checkpoint_name,
     recover_unindexed_packs,
 )
@@ -101,10 +102,14 @@ def _parent_record(repo: Repository, volume: VolumePlan) -> Any:
 def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
     key = checkpoint_key(req.session_id, req.volume.source_volume_id)
     try:
-        repo.backend.get(checkpoint_name(key))
+        saved = Checkpoint.model_validate_json(repo.load_named(checkpoint_name(key)))
     except ObjectMissing:
         pass
     else:
+        if saved.position > req.cursor:
+            # The previous attempt got further than the workflow knows: it died after a
+            # checkpoint. Adopt packs it uploaded since, instead of sending them again.
+            recover_unindexed_packs(repo)
         return BackupWriter.resume(repo, key)
     parent = _parent_record(repo, req.volume)
     return BackupWriter(
@@ -132,10 +137,6 @@ def transfer_range(
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
     with repo.lock(exclusive=False, purpose=f"backup {req.session_id}", wait=300):
         writer = open_writer(repo, req)
-        if writer.position > req.cursor:
-            # The previous attempt got further than the workflow knows: it died after a
-            # checkpoint. Adopt packs it uploaded after that checkpoint instead of re-sending.
-            recover_unindexed_packs(repo)
         try:
             start = max(req.start_block, req.cursor, writer.position)
             progress = Progress(cursor=start)
