@@ -46,6 +46,9 @@ _mount()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors become one line on stderr and an exit code."""
+    from typer import exceptions as typer_exc
+    from typer._click import exceptions as click_exc
+
     try:
         rc = app(args=argv, standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -53,18 +56,18 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except typer.Abort:
+    except typer_exc.Abort:
         print("aborted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+    except typer_exc.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_exc.NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click_exc.ClickException as exc:
+        # Usage errors (bad option values, missing arguments): one line, click's exit code.
+        print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ class LabAws:
             aws_access_key_id=creds.get("aws_access_key_id", "testing"),
             aws_secret_access_key=creds.get("aws_secret_access_key", "testing"),
             aws_session_token=creds.get("aws_session_token"),
-            config=Config(retries={"max_attempts": 1}, s3={"addressing_style": "path"}),
+            config=Config(retries={"total_max_attempts": 1}, s3={"addressing_style": "path"}),
         )
 
 

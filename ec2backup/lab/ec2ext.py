@@ -16,7 +16,7 @@ from typing import Any
 import moto.ec2.models as ec2_models
 import moto.ec2.urls
 from moto.core.responses import ActionResult, EmptyResult
-from moto.ec2.exceptions import EC2ClientError, InvalidSnapshotIdError, InvalidVolumeIdError
+from moto.ec2.exceptions import EC2ClientError, InvalidVolumeIdError
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.models.elastic_block_store import Volume, VolumeAttachment
@@ -34,6 +34,12 @@ _DEVICE_RE = re.compile(r"^/dev/(sd[a-z]\d*|xvd[a-z]{1,2}\d*|nvme\d+n\d+)$|^xvd[
 class LabClientError(EC2ClientError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
+
+
+def snapshot_not_found(snapshot_id: str) -> LabClientError:
+    return LabClientError(
+        "InvalidSnapshot.NotFound", f"The snapshot '{snapshot_id}' does not exist."
+    )
 
 
 def _store() -> BlockStore:
@@ -357,8 +363,23 @@ class LabEC2Backend(EC2Backend):
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
         snapshot = self._find_snapshot(snapshot_id)
         if snapshot is None:
-            raise InvalidSnapshotIdError()
-        return snapshot
+            raise snapshot_not_found(snapshot_id)
+        return snapshot  # type: ignore[no-any-return]
+
+    def delete_snapshot(self, snapshot_id: str) -> Snapshot:
+        if snapshot_id not in self.snapshots:
+            raise snapshot_not_found(snapshot_id)
+        return super().delete_snapshot(snapshot_id)  # type: ignore[return-value]
+
+    def describe_volumes(
+        self, volume_ids: list[str] | None = None, filters: Any = None
+    ) -> list[Volume]:
+        missing = [v for v in volume_ids or [] if v not in self.volumes]
+        if missing:  # moto prints a Python set into the message
+            raise LabClientError(
+                "InvalidVolume.NotFound", f"The volume '{missing[0]}' does not exist."
+            )
+        return super().describe_volumes(volume_ids, filters)
 
     def copy_snapshot(
         self,
@@ -549,7 +570,7 @@ def _modify_snapshot_attribute(self: ElasticBlockStore) -> ActionResult:
     backend = self.ec2_backend
     snapshot = backend.snapshots.get(snapshot_id)
     if snapshot is None:
-        raise InvalidSnapshotIdError()
+        raise snapshot_not_found(snapshot_id)
     add_users = [p["UserId"] for p in permission.get("Add", []) if p.get("UserId")]
     add_groups = [p["Group"] for p in permission.get("Add", []) if p.get("Group")]
     remove_users = [p["UserId"] for p in permission.get("Remove", []) if p.get("UserId")]
@@ -635,6 +656,13 @@ def _detach_volume(self: ElasticBlockStore) -> ActionResult:
     )
 
 
+def _get_ebs_default_kms_key_id(self: ElasticBlockStore) -> ActionResult:
+    backend = self.ec2_backend
+    return ActionResult(
+        {"KmsKeyId": backend.default_kms_key_id or backend._create_default_encryption_key()}
+    )
+
+
 def _delete_volume(self: ElasticBlockStore) -> ActionResult:
     volume_id = self._get_param("VolumeId")
     self.error_on_dryrun()
@@ -659,4 +687,5 @@ def install() -> None:
     ElasticBlockStore.describe_snapshots = _describe_snapshots  # type: ignore[method-assign]
     ElasticBlockStore.detach_volume = _detach_volume  # type: ignore[method-assign]
     ElasticBlockStore.delete_volume = _delete_volume  # type: ignore[method-assign]
+    ElasticBlockStore.get_ebs_default_kms_key_id = _get_ebs_default_kms_key_id  # type: ignore[attr-defined]
     _INSTALLED = True

@@ -106,7 +106,39 @@ class LabMiddleware:
             except Exception as exc:  # never a bare 500 page: an AWS-shaped InternalError
                 log.exception("lab handler failed")
                 return _respond(start_response, render_error(req, "InternalError", str(exc), 500))
-        return self.app(environ, start_response)
+        return self._moto(environ, start_response, req)
+
+    def _moto(
+        self, environ: dict[str, Any], start_response: StartResponse, req: AwsRequest
+    ) -> Iterable[bytes]:
+        """moto, except that its crashes (HTML 500 pages) become AWS-shaped errors."""
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        try:
+            body = b"".join(self.app(environ, capture))
+        except Exception:
+            log.exception("moto failed on %s %s", req.service, req.action)
+            captured = {"status": "500", "headers": [("Content-Type", "text/html")]}
+            body = b""
+        status, headers = captured["status"], captured["headers"]
+        content_type = dict((k.lower(), v) for k, v in headers).get("content-type", "")
+        if status.startswith("500") and "html" in content_type:
+            log.error("moto failed on %s %s", req.service, req.action)
+            return _respond(
+                start_response,
+                render_error(
+                    req,
+                    "InternalError",
+                    f"{req.action} is not supported by the lab (moto failed on it)",
+                    500,
+                ),
+            )
+        start_response(status, headers)
+        return [body]
 
     def _control(self, environ: dict[str, Any], start_response: StartResponse) -> list[bytes]:
         from urllib.parse import parse_qs

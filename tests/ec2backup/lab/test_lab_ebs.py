@@ -226,10 +226,6 @@ def test_kms_keys_follow_snapshots_volumes_and_copies(lab: Any) -> None:
     assert f":{ACCOUNT_B}:" in described["KmsKeyId"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab bug: GetEbsDefaultKmsKeyId is not implemented and answers an HTML HTTP 500",
-)
 def test_default_kms_key_id_matches_encrypted_copy_key(lab: Any) -> None:
     ec2 = client(lab, "ec2")
     ec2_eu = client(lab, "ec2", OTHER_REGION)
