@@ -175,7 +175,128 @@ def get_snapshot_block(req: AwsRequest) -> Response:
     )
 
 
+def _pending_snapshot(req: AwsRequest, snapshot_id: str) -> Any:
+    backend = ec2_models.ec2_backends[req.account_id][req.region]
+    snap = backend.snapshots.get(snapshot_id)
+    if snap is None:
+        raise LabAwsError(
+            "ResourceNotFoundException", f"The snapshot '{snapshot_id}' does not exist.", 404
+        )
+    if getattr(snap, "_status_override", None) != "pending":
+        raise LabAwsError(
+            "ValidationException", f"The snapshot '{snapshot_id}' is not in the pending state.", 400
+        )
+    return snap
+
+
+def start_snapshot(req: AwsRequest) -> Response:
+    """StartSnapshot: a new EC2 snapshot, `pending` until CompleteSnapshot, optionally on top
+    of a parent (it inherits the parent's blocks and lineage) and idempotent by ClientToken."""
+    from moto.ec2.utils import random_snapshot_id
+
+    from ec2backup.lab.ec2ext import Snapshot, _PhantomVolume
+
+    body = req.json_body()
+    backend = ec2_models.ec2_backends[req.account_id][req.region]
+    tokens: dict[str, str] = backend.__dict__.setdefault("ebs_client_tokens", {})
+    token = body.get("ClientToken")
+    if token and token in tokens and tokens[token] in backend.snapshots:
+        snap = backend.snapshots[tokens[token]]
+    else:
+        size = body.get("VolumeSize")
+        if not isinstance(size, int) or not 1 <= size <= 65536:
+            raise LabAwsError("ValidationException", "VolumeSize must be 1-65536 GiB", 400)
+        parent = None
+        if body.get("ParentSnapshotId"):
+            parent = _snapshot(req, body["ParentSnapshotId"])
+            if parent.volume_size > size:
+                raise LabAwsError(
+                    "ValidationException", "VolumeSize is smaller than the parent snapshot's", 400
+                )
+        encrypted = bool(body.get("Encrypted")) or bool(parent and parent.encrypted)
+        kms_key = body.get("KmsKeyArn") or (parent.kms_key_id if parent else None)
+        if encrypted and not kms_key:
+            kms_key = backend.default_kms_key_id or backend._create_default_encryption_key()
+        snap = Snapshot(
+            backend,
+            random_snapshot_id(),
+            _PhantomVolume("vol-ffffffff", size),
+            body.get("Description") or "",
+            encrypted=encrypted,
+            kms_key_id=kms_key,
+            block_map=dict(parent.block_map) if parent else {},
+            lineage=parent.lineage if parent else "",
+            pending_seconds=0,
+        )
+        snap._status_override = "pending"
+        snap.lab_parent_id = parent.id if parent else None
+        snap.lab_put_blocks = set()
+        snap.add_tags({t["Key"]: t["Value"] for t in body.get("Tags") or []})
+        backend.snapshots[snap.id] = snap
+        if token:
+            tokens[token] = snap.id
+    return (
+        201,
+        [("Content-Type", "application/json")],
+        json.dumps(
+            {
+                "SnapshotId": snap.id,
+                "OwnerId": snap.owner_id,
+                "Status": snap.status,
+                "StartTime": time.time(),
+                "VolumeSize": snap.volume_size,
+                "BlockSize": EBS_BLOCK_SIZE,
+                "Tags": [{"Key": t["key"], "Value": t["value"]} for t in snap.get_tags()],
+                "ParentSnapshotId": getattr(snap, "lab_parent_id", None),
+                "KmsKeyArn": snap.kms_key_id,
+                "Description": snap.description,
+            }
+        ).encode(),
+    )
+
+
+def put_snapshot_block(req: AwsRequest) -> Response:
+    """PutSnapshotBlock: exactly 524288 bytes, a matching base64 SHA-256, an index in range,
+    only while the snapshot is pending."""
+    snap = _pending_snapshot(req, req.route["snap"])
+    index = int(req.route["idx"])
+    data = req.body
+    length = req.headers.get("x-amz-data-length")
+    if len(data) != EBS_BLOCK_SIZE or (length is not None and int(length) != len(data)):
+        raise LabAwsError(
+            "ValidationException", f"DataLength must be {EBS_BLOCK_SIZE} (got {len(data)})", 400
+        )
+    if index >= snap.volume_size * 1024**3 // EBS_BLOCK_SIZE:
+        raise LabAwsError("ValidationException", f"BlockIndex {index} is out of range", 400)
+    algorithm = req.headers.get("x-amz-checksum-algorithm", "")
+    checksum = req.headers.get("x-amz-checksum", "")
+    actual = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    if algorithm != "SHA256" or checksum != actual:
+        raise LabAwsError("ValidationException", "The checksum of the block does not match", 400)
+    snap.block_map[index] = get_runtime().block_store.put(data)
+    snap.lab_put_blocks.add(index)
+    return 201, [("x-amz-Checksum", actual), ("x-amz-Checksum-Algorithm", "SHA256")], b""
+
+
+def complete_snapshot(req: AwsRequest) -> Response:
+    snap = _pending_snapshot(req, req.route["snap"])
+    count = req.headers.get("x-amz-changedblockscount")
+    if count is not None and int(count) != len(snap.lab_put_blocks):
+        raise LabAwsError(
+            "ValidationException",
+            f"ChangedBlocksCount {count} does not match the "
+            f"{len(snap.lab_put_blocks)} blocks written",
+            400,
+        )
+    snap._status_override = None
+    snap._completed_at = time.monotonic()
+    return 202, [("Content-Type", "application/json")], json.dumps({"Status": "completed"}).encode()
+
+
 HANDLERS = {
+    "StartSnapshot": start_snapshot,
+    "PutSnapshotBlock": put_snapshot_block,
+    "CompleteSnapshot": complete_snapshot,
     "ListSnapshotBlocks": list_snapshot_blocks,
     "ListChangedBlocks": list_changed_blocks,
     "GetSnapshotBlock": get_snapshot_block,
@@ -185,10 +306,7 @@ HANDLERS = {
 def handle(req: AwsRequest) -> Response:
     handler = HANDLERS.get(req.action)
     if handler is None:
-        # StartSnapshot / PutSnapshotBlock / CompleteSnapshot: not modelled by the lab yet.
-        raise LabAwsError(
-            "ValidationException", f"The lab does not implement EBS direct {req.action} yet.", 400
-        )
+        raise LabAwsError("ValidationException", f"unknown EBS direct call {req.path}", 400)
     return handler(req)
 
 

@@ -75,6 +75,9 @@ class Snapshot(MotoSnapshot):
         )
         self._completed_at = time.monotonic() + seconds
         self._pending_seconds = seconds
+        # EBS direct StartSnapshot bookkeeping (ebsdirect.py).
+        self.lab_parent_id: str | None = None
+        self.lab_put_blocks: set[int] = set()
 
     @property  # type: ignore[override]
     def status(self) -> str:
