@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+PROC_STAT = Path("/proc/stat")
 # Hash buffer: big reads keep sha256 (SHA-NI, ~1.7 GB/s) busy rather than the syscalls.
 HASH_CHUNK = 8 * 1024 * 1024
 
@@ -23,6 +24,9 @@ class Sample:
     user_s: float
     sys_s: float
     max_rss_mib: float
+    # CPU cores that other processes (other users of this shared VM) kept busy during the step:
+    # with 2 vCPUs, anything near 1 means the step ran on about half the machine.
+    others_cores: float = 0.0
 
     @property
     def cpu_s(self) -> float:
@@ -34,6 +38,17 @@ class Sample:
 
 class StepFailed(RuntimeError):
     pass
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores; 0 if unknown)."""
+    try:
+        fields = PROC_STAT.read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    ticks = [int(x) for x in fields]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def drop_page_cache() -> bool:
@@ -69,10 +84,12 @@ def run_measured(
     log.parent.mkdir(parents=True, exist_ok=True)
     out_path = log.with_suffix(".stdout")
     with open(out_path, "wb") as out, open(log, "wb") as err:
+        busy0 = busy_cpu_seconds()
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy = busy_cpu_seconds() - busy0
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout = out_path.read_text()
     if proc.returncode != 0:
@@ -83,6 +100,7 @@ def run_measured(
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
         max_rss_mib=usage.ru_maxrss / 1024,  # Linux reports KiB
+        others_cores=max(0.0, busy - usage.ru_utime - usage.ru_stime) / wall,
     )
     return sample, stdout
 

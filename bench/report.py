@@ -131,6 +131,7 @@ def summarize(runs: list[RunResult]) -> dict[str, object]:
                 "wall_s": round(_median([s.wall_s for s in samples]), 3),
                 "cpu_s": round(_median([s.cpu_s for s in samples]), 3),
                 "max_rss_mib": round(_median([s.max_rss_mib for s in samples]), 1),
+                "others_cores": round(_median([s.others_cores for s in samples]), 2),
             }
     growth = {
         tool: round(
@@ -181,14 +182,23 @@ def format_table(summary: dict[str, object], runs: int) -> str:
     assert isinstance(steps, dict)
     lines.append("")
     lines.append(
-        f"per step (median of {runs} run{'s' if runs > 1 else ''}): wall s / CPU s / RSS MiB"
+        f"per step (median of {runs} run{'s' if runs > 1 else ''}): wall s / CPU s / "
+        "peak RSS MiB / CPU cores other processes used meanwhile"
     )
     for tool in TOOLS:
         cells = "   ".join(
-            f"{step} {v['wall_s']:.2f} / {v['cpu_s']:.2f} / {v['max_rss_mib']:.0f}"
+            f"{step} {v['wall_s']:.2f} / {v['cpu_s']:.2f} / {v['max_rss_mib']:.0f} / "
+            f"{v['others_cores']:.1f}"
             for step, v in steps[tool].items()
         )
         lines.append(f"  {tool:<10} {cells}")
+    lines.append(
+        "CPU-seconds ratio restic/ec2backup (less sensitive to other load than wall time): "
+        + ", ".join(
+            f"{step} {steps['restic'][step]['cpu_s'] / steps['ec2backup'][step]['cpu_s']:.2f}x"
+            for step in STEPS
+        )
+    )
     syncs = summary["sync_after_restore_s"]
     assert isinstance(syncs, dict)
     lines.append(
