@@ -26,7 +26,7 @@ OUT = Path(__file__).resolve().parent / "out"  # gitignored
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Full, 1%% incremental (changed-block list) and restore: ec2backup vs restic.",
+        description="Full, 1% incremental (changed-block list) and restore: ec2backup vs restic.",
     )
     p.add_argument("--size-gib", type=float, default=2.0, help="image size (default 2)")
     p.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported")
