@@ -13,35 +13,61 @@ import typer
 
 from ec2backup.errors import UserError
 
-app = typer.Typer(
-    name="ec2backup",
-    help="Image-level backup, replication, archive and restore for Amazon EC2.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+APP_HELP = "Image-level backup, replication, archive and restore for Amazon EC2."
 
 
-def _mount() -> None:
+def _lab(app: typer.Typer) -> None:
     from ec2backup.lab.cli import lab_app
 
     app.add_typer(lab_app, name="lab")
-    try:
-        from ec2backup.repository.cli import image_app, repo_app
-    except ImportError:  # pragma: no cover - during bootstrap of the repository package
-        pass
-    else:
-        app.add_typer(repo_app, name="repo")
-        app.add_typer(image_app, name="image")
-    from ec2backup.session_cli import register as register_sessions
-    from worker_agent.cli import register as register_agent
-
-    register_sessions(app)
-
-    register_agent(app)
 
 
-_mount()
+def _repository(app: typer.Typer) -> None:
+    from ec2backup.repository.cli import image_app, repo_app
+
+    app.add_typer(repo_app, name="repo")
+    app.add_typer(image_app, name="image")
+
+
+def _sessions(app: typer.Typer) -> None:
+    from ec2backup.session_cli import register
+
+    register(app)
+
+
+def _agent(app: typer.Typer) -> None:
+    from worker_agent.cli import register
+
+    register(app)
+
+
+# Command families by first word. Only the family a command needs is imported: `image backup`
+# must not pay for importing temporalio (start-up time is most of a small incremental).
+FAMILIES = {
+    "lab": _lab,
+    "repo": _repository,
+    "image": _repository,
+    "worker": _sessions,
+    "backup": _sessions,
+    "session": _sessions,
+    "snapshots": _sessions,
+    "agent": _agent,
+}
+
+
+def build_app(first_word: str | None = None) -> typer.Typer:
+    """The CLI with the family of `first_word` mounted (all of them when unknown)."""
+    app = typer.Typer(
+        name="ec2backup",
+        help=APP_HELP,
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    mount = FAMILIES.get(first_word or "")
+    for family in [mount] if mount else list(dict.fromkeys(FAMILIES.values())):
+        family(app)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,8 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     from typer import exceptions as typer_exc
     from typer._click import exceptions as click_exc
 
+    args = sys.argv[1:] if argv is None else argv
+    first = next((a for a in args if not a.startswith("-")), None)
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = build_app(first)(args=args, standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except UserError as exc:
