@@ -35,6 +35,12 @@ def _sessions(app: typer.Typer) -> None:
     register(app)
 
 
+def _restores(app: typer.Typer) -> None:
+    from ec2backup.restore_cli import register
+
+    register(app)
+
+
 def _agent(app: typer.Typer) -> None:
     from worker_agent.cli import register
 
@@ -51,8 +57,14 @@ FAMILIES = {
     "backup": _sessions,
     "session": _sessions,
     "snapshots": _sessions,
+    "restore": _restores,
+    "restore-points": _restores,
     "agent": _agent,
 }
+
+
+def _root() -> None:
+    """Image-level backup, replication, archive and restore for Amazon EC2."""
 
 
 def build_app(first_word: str | None = None) -> typer.Typer:
@@ -64,6 +76,9 @@ def build_app(first_word: str | None = None) -> typer.Typer:
         pretty_exceptions_enable=False,
         add_completion=False,
     )
+    # A callback keeps the app a command group even when only one command is mounted
+    # (otherwise typer runs a lone command as the program itself: `ec2backup agent` breaks).
+    app.callback()(_root)
     mount = FAMILIES.get(first_word or "")
     for family in [mount] if mount else list(dict.fromkeys(FAMILIES.values())):
         family(app)
