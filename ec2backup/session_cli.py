@@ -163,16 +163,18 @@ def register(app: typer.Typer) -> None:
             policy_name=policy_name,
         )
 
-        async def start() -> str:
+        async def start() -> int:
             client = await _client()
             session_id = f"backup-{instance_id}-{uuid.uuid4().hex[:8]}"
             await client.start_workflow(SESSION_WORKFLOW, req, id=session_id, task_queue=TASK_QUEUE)
-            return session_id
+            print(session_id, flush=True)
+            # One event loop and one client for start and watch: a Temporal client must not
+            # outlive the loop it was made in.
+            return await _watch_async(session_id) if wait else 0
 
-        session_id = _run(start())
-        print(session_id, flush=True)
-        if wait:
-            _watch(session_id, exit_code=True)
+        rc = _run(start())
+        if rc:
+            raise typer.Exit(rc)
 
     @session_app.command("list")
     def session_list(
@@ -317,50 +319,50 @@ def register(app: typer.Typer) -> None:
 
 
 def _watch(session_id: str, exit_code: bool) -> None:
-    async def go() -> int:
-        handle = await _handle(session_id)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=console,
-            transient=False,
-        ) as bars:
-            tasks: dict[str, Any] = {}
-            phase_task = bars.add_task("phase: starting", total=None)
-            while True:
-                desc = await handle.describe()
-                progress = await _progress(handle)
-                if progress is not None:
-                    bars.update(
-                        phase_task,
-                        description=f"phase: {progress.phase}"
-                        + (" (paused)" if progress.paused else ""),
-                    )
-                    for v in progress.volumes:
-                        total = v.blocks_total * EBS_BLOCK_SIZE
-                        if v.volume_id not in tasks:
-                            tasks[v.volume_id] = bars.add_task(
-                                f"{v.volume_id} {v.device}", total=total
-                            )
-                        bars.update(tasks[v.volume_id], completed=v.blocks_done * EBS_BLOCK_SIZE)
-                if desc.status != WorkflowExecutionStatus.RUNNING:
-                    break
-                await asyncio.sleep(WATCH_POLL_SECONDS)
-        if desc.status == WorkflowExecutionStatus.COMPLETED:
-            result = await _result(handle)
-            print(json.dumps(result.model_dump(), indent=2))
-            return 0
-        try:
-            await _result(handle)
-        except Exception as exc:
-            status = desc.status.name if desc.status else ""
-            console.print(f"session {session_id} {status}: {failure_message(exc)}")
-        return 1
-
     started = time.monotonic()
-    rc = _run(go())
+    rc = _run(_watch_async(session_id))
     console.print(f"watched for {time.monotonic() - started:.1f}s")
     if exit_code and rc:
         raise typer.Exit(rc)
+
+
+async def _watch_async(session_id: str) -> int:
+    """Live progress bars until the session ends; prints the result; 0 if it completed."""
+    handle = await _handle(session_id)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
+        tasks: dict[str, Any] = {}
+        phase_task = bars.add_task("phase: starting", total=None)
+        while True:
+            desc = await handle.describe()
+            progress = await _progress(handle)
+            if progress is not None:
+                bars.update(
+                    phase_task,
+                    description=f"phase: {progress.phase}"
+                    + (" (paused)" if progress.paused else ""),
+                )
+                for v in progress.volumes:
+                    total = v.blocks_total * EBS_BLOCK_SIZE
+                    if v.volume_id not in tasks:
+                        tasks[v.volume_id] = bars.add_task(f"{v.volume_id} {v.device}", total=total)
+                    bars.update(tasks[v.volume_id], completed=v.blocks_done * EBS_BLOCK_SIZE)
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                break
+            await asyncio.sleep(WATCH_POLL_SECONDS)
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        result = await _result(handle)
+        print(json.dumps(result.model_dump(), indent=2))
+        return 0
+    try:
+        await _result(handle)
+    except Exception as exc:
+        status = desc.status.name if desc.status else ""
+        console.print(f"session {session_id} {status}: {failure_message(exc)}")
+    return 1
