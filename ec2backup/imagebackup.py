@@ -84,6 +84,14 @@ def commit(
             writer = BackupWriter.resume(repo, key)
             record = writer.finish()
             record.device = vp.device
+            member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)
+            record.metadata.update(
+                size_gib=member.size_gib,
+                volume_type=member.volume_type,
+                iops=member.iops,
+                throughput=member.throughput,
+                encrypted=member.encrypted,
+            )
             records.append(record)
         parents = {vp.parent_restore_point_id for vp in plan.volumes} - {None}
         source = {
@@ -95,6 +103,10 @@ def commit(
             "snapshot_set_id": snapshot_set.set_id,
             "session_id": session_id,
             "placement": plan.placement,
+            "instance_type": snapshot_set.instance_type,
+            "root_device": snapshot_set.root_device,
+            "subnet_id": snapshot_set.subnet_id,
+            "instance_tags": snapshot_set.instance_tags,
         }
         return commit_restore_point(
             repo,

@@ -113,6 +113,9 @@ class SnapshotMember(BaseModel):
     encrypted: bool = False
     kms_key_id: str | None = None
     default_key: bool = False  # encrypted with the AWS managed aws/ebs key (cannot be shared)
+    volume_type: str | None = None
+    iops: int | None = None
+    throughput: int | None = None
 
 
 class SnapshotSet(BaseModel):
@@ -123,6 +126,10 @@ class SnapshotSet(BaseModel):
     instance_id: str
     availability_zone: str
     members: list[SnapshotMember]
+    instance_type: str | None = None
+    root_device: str | None = None
+    subnet_id: str | None = None
+    instance_tags: dict[str, str] = Field(default_factory=dict)
 
 
 class SnapshotInstanceInput(BaseModel):
@@ -283,3 +290,113 @@ class JanitorOutput(BaseModel):
 
 
 SessionCarry.model_rebuild()
+
+
+# ---- Restore workflow ---------------------------------------------------------------------------
+RestoreKind = Literal["instance", "volume"]
+RestoreSource = Literal["snapshot", "backup"]
+
+
+class RestoreInput(BaseModel):
+    kind: RestoreKind
+    restore_point_id: str  # a snapshot set id (set-...) or a repository restore point id
+    source: RestoreSource | None = None  # default: what the id names
+    repository: str | None = None  # needed for backups
+    region: str  # where the snapshot set lives (or the backup's home Region)
+    account_role_arn: str | None = None  # account of the snapshot set
+    to_region: str | None = None
+    to_account_role_arn: str | None = None
+    subnet_id: str | None = None
+    instance_type: str | None = None
+    kms_key_id: str | None = None
+    availability_zone: str | None = None
+    volume_type: str | None = None
+    device: str | None = None  # volume restores: pick by original device ...
+    volume_id: str | None = None  # ... or by original volume id
+    dry_run: bool = False
+
+
+class RestoreVolumePlan(BaseModel):
+    device: str
+    source_volume_id: str
+    size_gib: int
+    volume_type: str = "gp3"
+    iops: int | None = None
+    throughput: int | None = None
+    snapshot_id: str | None = None  # snapshot path: the (replica) snapshot in the target
+    record_index: int | None = None  # backup path: the volume record in the restore point
+    encrypted: bool = False
+    kms_key_id: str | None = None
+
+
+class RestorePlan(BaseModel):
+    restore_id: str
+    kind: RestoreKind
+    source: RestoreSource
+    repository: str | None = None
+    backup_id: str | None = None
+    region: str  # the target
+    role_arn: str | None = None  # the target account
+    availability_zone: str
+    subnet_id: str | None = None
+    instance_type: str | None = None
+    root_device: str | None = None
+    instance_tags: dict[str, str] = Field(default_factory=dict)
+    volumes: list[RestoreVolumePlan]
+    checks: list[str] = Field(default_factory=list)
+
+
+class PlanRestoreInput(BaseModel):
+    restore_id: str
+    request: RestoreInput
+
+
+class RestoreSnapshotInput(BaseModel):
+    plan: RestorePlan
+    volume: RestoreVolumePlan
+
+
+class RestoreSnapshotOutput(BaseModel):
+    snapshot_id: str
+    blocks_written: int
+    bytes_written: int
+
+
+class FinishRestoreInput(BaseModel):
+    plan: RestorePlan
+    snapshot_ids: dict[str, str]  # device -> snapshot id in the target
+
+
+class RestoredVolume(BaseModel):
+    device: str
+    volume_id: str
+    source_volume_id: str
+
+
+class FinishRestoreOutput(BaseModel):
+    instance_id: str | None = None
+    volumes: list[RestoredVolume] = Field(default_factory=list)
+
+
+class CleanupRestoreInput(BaseModel):
+    restore_id: str
+    region: str
+    role_arn: str | None = None
+    succeeded: bool
+
+
+class CleanupRestoreOutput(BaseModel):
+    snapshots_deleted: list[str] = Field(default_factory=list)
+    volumes_deleted: list[str] = Field(default_factory=list)
+    instances_terminated: list[str] = Field(default_factory=list)
+
+
+class RestoreOutput(BaseModel):
+    status: str
+    kind: RestoreKind
+    source: RestoreSource | None = None
+    region: str | None = None
+    instance_id: str | None = None
+    volumes: list[RestoredVolume] = Field(default_factory=list)
+    checks: list[str] = Field(default_factory=list)
+    bytes_written: int = 0

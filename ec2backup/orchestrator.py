@@ -23,12 +23,14 @@ from temporalio.client import (
 from temporalio.worker import Worker
 
 from activities import janitor as janitor_activities
+from activities import restore as restore_activities
 from activities import session as session_activities
 from ec2backup.models import JanitorInput
 from ec2backup.temporal import TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
+from workflows.restore import Restore
 
 log = logging.getLogger("ec2backup.worker")
 
@@ -69,8 +71,12 @@ async def run_worker(
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[BackupSession, Janitor, AgentProbe],
-            activities=[*session_activities.ALL, janitor_activities.janitor_sweep],
+            workflows=[BackupSession, Janitor, AgentProbe, Restore],
+            activities=[
+                *session_activities.ALL,
+                *restore_activities.ALL,
+                janitor_activities.janitor_sweep,
+            ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,
             graceful_shutdown_timeout=timedelta(seconds=5),

@@ -133,6 +133,9 @@ def create_snapshot_set(
             default_key=bool(volume.get("Encrypted"))
             and kms_key is not None
             and kms_key == default_key,
+            volume_type=volume.get("VolumeType"),
+            iops=volume.get("Iops"),
+            throughput=volume.get("Throughput"),
         )
         members.append(member)
         if tagcodec.tag_value(snap.get("Tags"), f"{tagcodec.PAYLOAD_PREFIX}0") is None:
@@ -172,6 +175,10 @@ def create_snapshot_set(
         instance_id=instance_id,
         availability_zone=instance.get("Placement", {}).get("AvailabilityZone", f"{region}a"),
         members=members,
+        instance_type=instance.get("InstanceType"),
+        root_device=instance.get("RootDeviceName"),
+        subnet_id=instance.get("SubnetId"),
+        instance_tags=instance_tags,
     )
 
 

@@ -13,13 +13,13 @@ repository checkpoint) and where continue-as-new happens when the server suggest
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+
+from workflows.cleanup import run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -155,7 +155,7 @@ class BackupSession:
         finally:
             if req.image_backup and not self._continuing:
                 self._phase = "cleaning up"
-                await _run_to_completion(self._release(session_id, None))
+                await run_to_completion(self._release(session_id, None))
 
     _continuing = False
 
@@ -273,7 +273,7 @@ class BackupSession:
                 workflow.logger.warning(
                     "worker %s lost; provisioning a new one", worker.instance_id
                 )
-                await _run_to_completion(self._release(session_id, worker.instance_id))
+                await run_to_completion(self._release(session_id, worker.instance_id))
                 self._carry.worker = None
         self._phase = "committing"
         out: CommitRestorePointOutput = await workflow.execute_activity(
@@ -365,16 +365,6 @@ def _host_lost(exc: BaseException) -> bool:
 def _retryable(exc: ActivityError) -> bool:
     cause = exc.cause
     return isinstance(cause, ApplicationError) and not cause.non_retryable
-
-
-async def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
-    """Run cleanup to the end even if a cancellation arrives meanwhile (it is not repeated)."""
-    task = asyncio.ensure_future(coro)
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await task
-        raise
 
 
 __all__ = ["BackupSession", "CancelledError"]

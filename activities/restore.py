@@ -1,0 +1,67 @@
+"""Restore activities (task queue `ec2backup`): thin adapters over `ec2backup.restores`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+
+from activities.common import adapter
+from ec2backup import installation, restores
+from ec2backup.models import (
+    CleanupRestoreInput,
+    CleanupRestoreOutput,
+    FinishRestoreInput,
+    FinishRestoreOutput,
+    PlanRestoreInput,
+    RestorePlan,
+    RestoreSnapshotInput,
+    RestoreSnapshotOutput,
+)
+
+
+def _heartbeat(detail: str) -> None:
+    activity.heartbeat(detail)
+
+
+@activity.defn(name="plan_restore")
+@adapter
+def plan_restore(req: PlanRestoreInput) -> RestorePlan:
+    return restores.plan_restore(
+        req.restore_id,
+        req.request,
+        installation.installation_key(create=False),
+        os.environ.get("EC2BACKUP_REPO_PASSWORD"),
+    )
+
+
+@activity.defn(name="restore_snapshot_from_backup")
+@adapter
+def restore_snapshot_from_backup(req: RestoreSnapshotInput) -> RestoreSnapshotOutput:
+    from activities.session import repository_password
+
+    return restores.snapshot_from_backup(
+        req.plan, req.volume, repository_password(), heartbeat=_heartbeat
+    )
+
+
+@activity.defn(name="finish_restore")
+@adapter
+def finish_restore(req: FinishRestoreInput) -> FinishRestoreOutput:
+    return restores.finish(req.plan, req.snapshot_ids)
+
+
+@activity.defn(name="cleanup_restore")
+@adapter
+def cleanup_restore(req: CleanupRestoreInput) -> CleanupRestoreOutput:
+    return restores.cleanup(req.restore_id, req.region, req.role_arn, req.succeeded)
+
+
+ALL: list[Callable[..., Any]] = [
+    plan_restore,
+    restore_snapshot_from_backup,
+    finish_restore,
+    cleanup_restore,
+]

@@ -1,0 +1,559 @@
+"""Restore: whole instances or single volumes, from snapshot sets (or their replicas) and from
+image-level backups in the repository.
+
+Both sources converge on snapshots in the target Region and account:
+- snapshot path: the set's own snapshots, or replicas there (made now if missing);
+- backup path: a snapshot built from the repository with the EBS direct write APIs
+  (StartSnapshot, PutSnapshotBlock for every non-zero block, CompleteSnapshot). Chosen over
+  writing through a worker's attached volumes because it needs no volume attachments, no AZ, and
+  its result serves instance and volume restores, and cross-account sharing, alike.
+Then: volumes are created from those snapshots, or an instance is launched with the original
+shape (instance type, device mapping, tags) from an image registered over them.
+
+Everything a restore creates is tagged `ec2backup:restore=<restore id>`; snapshots built from
+a backup are temporary (`ec2backup:restore-temp`) and are deleted once the volumes exist.
+On failure or cancel, cleanup deletes whatever the restore made: nothing half-made survives.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ec2backup import aws, replication, snapshots, tagcodec
+from ec2backup.errors import NotFoundError, UserError
+from ec2backup.models import (
+    CleanupRestoreOutput,
+    FinishRestoreOutput,
+    ReplicationSpec,
+    RestoredVolume,
+    RestoreInput,
+    RestorePlan,
+    RestoreSnapshotOutput,
+    RestoreVolumePlan,
+    SnapshotMember,
+    SnapshotSet,
+)
+
+RESTORE_KEY = "ec2backup:restore"
+TEMP_KEY = "ec2backup:restore-temp"
+EBS_BLOCK_SIZE = 512 * 1024
+GIB = 1024**3
+POLL_SECONDS = 0.5
+RESTORE_WAIT_SECONDS = 3600.0
+
+
+class RestoreError(UserError):
+    pass
+
+
+def _token(*parts: str) -> str:
+    return hashlib.sha256("#".join(parts).encode()).hexdigest()[:64]
+
+
+# ---- resolving what to restore -----------------------------------------------------------------
+def _set_members(
+    region: str, role_arn: str | None, set_id: str, installation_key: bytes, replicas: bool
+) -> list[tuple[str, tagcodec.SnapshotMetadata]]:
+    ec2 = aws.client("ec2", region, role_arn)
+    found = []
+    kwargs: dict[str, Any] = {
+        "OwnerIds": ["self"],
+        "Filters": [{"Name": f"tag:{tagcodec.SET_KEY}", "Values": [set_id]}],
+    }
+    while True:
+        page = ec2.describe_snapshots(**kwargs)
+        for snap in page["Snapshots"]:
+            try:
+                meta = tagcodec.decode(snap.get("Tags", []), installation_key, snap["SnapshotId"])
+            except tagcodec.TagError:
+                continue  # never trust a foreign or tampered tag
+            if (meta.source_snapshot_id is not None) == replicas and snap["State"] == "completed":
+                found.append((snap["SnapshotId"], meta))
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+    found.sort(key=lambda m: m[1].index)
+    return found
+
+
+def _snapshot_set(
+    members: list[tuple[str, tagcodec.SnapshotMetadata]], region: str, role_arn: str | None
+) -> SnapshotSet:
+    first = members[0][1]
+    return SnapshotSet(
+        set_id=first.set_id,
+        region=region,
+        account_role_arn=role_arn,
+        account=first.account,
+        instance_id=first.instance_id,
+        availability_zone=first.availability_zone or f"{region}a",
+        members=[
+            SnapshotMember(
+                snapshot_id=sid,
+                volume_id=m.volume_id,
+                device=m.device,
+                size_gib=m.size_gib,
+                encrypted=m.encrypted,
+                kms_key_id=m.kms_key_id,
+            )
+            for sid, m in members
+        ],
+    )
+
+
+def _pick(volumes: list[RestoreVolumePlan], req: RestoreInput) -> list[RestoreVolumePlan]:
+    if req.kind == "instance":
+        return volumes
+    if not req.device and not req.volume_id:
+        raise RestoreError("restore volume needs --device or --volume-id")
+    chosen = [
+        v
+        for v in volumes
+        if (req.device and v.device == req.device)
+        or (req.volume_id and v.source_volume_id == req.volume_id)
+    ]
+    if not chosen:
+        have = ", ".join(f"{v.device}={v.source_volume_id}" for v in volumes)
+        raise NotFoundError(
+            f"no volume {req.device or req.volume_id} in restore point "
+            f"{req.restore_point_id} (it has {have})"
+        )
+    return chosen[:1]
+
+
+def plan_restore(
+    restore_id: str, req: RestoreInput, installation_key: bytes, password: str | None
+) -> RestorePlan:
+    is_set = req.restore_point_id.startswith("set-")
+    source = req.source or ("snapshot" if is_set else "backup")
+    region = req.to_region or req.region
+    role_arn = req.to_account_role_arn or req.account_role_arn
+    target_account = aws.caller_account(region, role_arn)
+    checks: list[str] = []
+    shape: dict[str, Any] = {}
+    volumes: list[RestoreVolumePlan] = []
+    backup_id = None
+    set_id = req.restore_point_id if is_set else None
+    rp_source: dict[str, Any] = {}
+
+    if source == "backup" or not is_set:
+        from ec2backup.repository.repo import Repository
+
+        if not req.repository:
+            raise RestoreError("restoring from a backup needs --repo (the repository URL)")
+        if password is None:
+            raise RestoreError(
+                "no repository password on the orchestrator (EC2BACKUP_REPO_PASSWORD)"
+            )
+        repo = Repository.open(req.repository, password.encode())
+        if is_set:
+            matches = [
+                (rid, rp)
+                for rid, rp in repo.list_restore_points()
+                if rp.source.get("snapshot_set_id") == req.restore_point_id
+            ]
+            if not matches:
+                raise NotFoundError(
+                    f"no backup of snapshot set {req.restore_point_id} in {req.repository}"
+                )
+            backup_id, rp = max(matches, key=lambda m: m[1].time)
+        else:
+            backup_id, rp = repo.load_restore_point(req.restore_point_id)
+        rp_source = rp.source
+        set_id = set_id or rp.source.get("snapshot_set_id")
+        for i, record in enumerate(rp.volumes):
+            meta = record.metadata
+            for page in record.pages:
+                if page is not None and not repo.backend.exists(repo.object_name("map", page)):
+                    raise RestoreError(
+                        f"restore point {backup_id[:12]} is not readable: map "
+                        f"page {page[:12]} of {record.name} is missing"
+                    )
+            volumes.append(
+                RestoreVolumePlan(
+                    device=record.device or f"/dev/sd{chr(ord('f') + i)}",
+                    source_volume_id=meta.get("source_volume_id", record.name),
+                    size_gib=int(meta.get("size_gib") or -(-record.size // GIB)),
+                    volume_type=req.volume_type or meta.get("volume_type") or "gp3",
+                    iops=meta.get("iops"),
+                    throughput=meta.get("throughput"),
+                    record_index=i,
+                    encrypted=bool(meta.get("encrypted")) or bool(req.kms_key_id),
+                    kms_key_id=req.kms_key_id,
+                )
+            )
+        checks.append(
+            f"restore point {backup_id[:12]} readable in {req.repository} "
+            f"({len(rp.volumes)} volumes, map pages present, key opens)"
+        )
+        shape = {
+            "instance_type": rp_source.get("instance_type"),
+            "root_device": rp_source.get("root_device"),
+            "instance_tags": rp_source.get("instance_tags") or {},
+            "availability_zone": rp_source.get("availability_zone"),
+            "source_region": rp_source.get("region"),
+        }
+    if source == "snapshot":
+        if set_id is None:
+            raise RestoreError(f"restore point {req.restore_point_id} has no snapshot set")
+        src_region = rp_source.get("region", req.region)
+        members = _set_members(
+            src_region, req.account_role_arn, set_id, installation_key, replicas=False
+        )
+        if not members:
+            raise NotFoundError(f"snapshot set {set_id} not found in {src_region}")
+        first = members[0][1]
+        same_place = region == src_region and target_account == first.account
+        if same_place:
+            targets = {m.volume_id: sid for sid, m in members}
+        else:
+            replicas = _set_members(region, role_arn, set_id, installation_key, replicas=True)
+            targets = {m.volume_id: sid for sid, m in replicas}
+            if len(targets) < len(members):
+                checks.append(
+                    f"replicas of {set_id} in {region}/{target_account}: "
+                    f"{len(targets)} of {len(members)}; the rest are copied now"
+                )
+                if not req.dry_run:
+                    out = replication.replicate_set(
+                        session_id=restore_id,
+                        snapshot_set=_snapshot_set(members, src_region, req.account_role_arn),
+                        target=ReplicationSpec(
+                            region=region, account_role_arn=role_arn, kms_key_id=req.kms_key_id
+                        ),
+                        installation_key=installation_key,
+                    )
+                    targets = {
+                        m.volume_id: rid
+                        for (_, m), rid in zip(members, out.replica_ids, strict=True)
+                    }
+        volumes = [
+            RestoreVolumePlan(
+                device=m.device,
+                source_volume_id=m.volume_id,
+                size_gib=m.size_gib,
+                volume_type=req.volume_type or m.volume_type or "gp3",
+                iops=m.iops,
+                throughput=m.throughput,
+                snapshot_id=targets.get(m.volume_id),
+                encrypted=m.encrypted or bool(req.kms_key_id),
+                kms_key_id=req.kms_key_id,
+            )
+            for _, m in members
+        ]
+        shape = {
+            "instance_type": first.instance_type,
+            "root_device": first.root_device,
+            "instance_tags": first.instance_tags,
+            "availability_zone": first.availability_zone,
+            "source_region": src_region,
+        }
+        checks.append(f"snapshot set {set_id}: {len(members)} completed snapshots")
+    volumes = _pick(volumes, req)
+    az = _target_zone(req, region, role_arn, shape, checks)
+    instance_type = req.instance_type or shape.get("instance_type")
+    if req.kind == "instance":
+        if not instance_type:
+            raise RestoreError(
+                "the restore point does not record an instance type: give --instance-type"
+            )
+        _check_instance_type(region, role_arn, instance_type, checks)
+    if req.kms_key_id:
+        kms = aws.client("kms", region, role_arn)
+        try:
+            kms.describe_key(KeyId=req.kms_key_id)
+        except Exception as exc:
+            raise RestoreError(
+                f"KMS key {req.kms_key_id} is not usable in {region}: {aws.error_code(exc) or exc}"
+            ) from exc
+        checks.append(f"KMS key {req.kms_key_id} usable")
+    return RestorePlan(
+        restore_id=restore_id,
+        kind=req.kind,
+        source=source,
+        repository=req.repository,
+        backup_id=backup_id,
+        region=region,
+        role_arn=role_arn,
+        availability_zone=az,
+        subnet_id=req.subnet_id,
+        instance_type=instance_type,
+        root_device=shape.get("root_device"),
+        instance_tags=shape.get("instance_tags") or {},
+        volumes=volumes,
+        checks=checks,
+    )
+
+
+def _target_zone(
+    req: RestoreInput, region: str, role_arn: str | None, shape: dict[str, Any], checks: list[str]
+) -> str:
+    ec2 = aws.client("ec2", region, role_arn)
+    if req.subnet_id:
+        try:
+            subnet = ec2.describe_subnets(SubnetIds=[req.subnet_id])["Subnets"][0]
+        except Exception as exc:
+            raise RestoreError(f"subnet {req.subnet_id} does not exist in {region}") from exc
+        az = str(subnet["AvailabilityZone"])
+        if req.availability_zone and req.availability_zone != az:
+            raise RestoreError(f"subnet {req.subnet_id} is in {az}, not {req.availability_zone}")
+        checks.append(f"subnet {req.subnet_id} in {az}")
+        return az
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    if req.availability_zone:
+        if req.availability_zone not in zones:
+            raise RestoreError(f"availability zone {req.availability_zone} is not in {region}")
+        return req.availability_zone
+    original = shape.get("availability_zone")
+    zone = str(original) if original in zones else str(zones[0])
+    checks.append(f"availability zone {zone}")
+    return zone
+
+
+def _check_instance_type(
+    region: str, role_arn: str | None, instance_type: str, checks: list[str]
+) -> None:
+    ec2 = aws.client("ec2", region, role_arn)
+    try:
+        ec2.describe_instance_types(InstanceTypes=[instance_type])
+    except Exception as exc:
+        raise RestoreError(f"instance type {instance_type} is not offered in {region}") from exc
+    checks.append(f"instance type {instance_type} offered")
+
+
+# ---- backup -> snapshot (EBS direct) ---------------------------------------------------------
+def snapshot_from_backup(
+    plan: RestorePlan,
+    volume: RestoreVolumePlan,
+    password: str,
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> RestoreSnapshotOutput:
+    from ec2backup.repository.repo import Repository
+    from ec2backup.repository.restore import restore_volume
+
+    assert plan.repository and plan.backup_id is not None and volume.record_index is not None
+    repo = Repository.open(plan.repository, password.encode())
+    _, rp = repo.load_restore_point(plan.backup_id)
+    record = rp.volumes[volume.record_index]
+    ebs = aws.client("ebs", plan.region, plan.role_arn)
+    params: dict[str, Any] = {
+        "VolumeSize": volume.size_gib,
+        "ClientToken": _token(plan.restore_id, volume.device),
+        "Description": f"ec2backup restore {plan.restore_id} {volume.device}",
+        "Tags": [
+            {"Key": RESTORE_KEY, "Value": plan.restore_id},
+            {"Key": TEMP_KEY, "Value": plan.restore_id},
+        ],
+        "Timeout": 60,
+    }
+    if volume.encrypted:
+        params["Encrypted"] = True
+        if volume.kms_key_id:
+            params["KmsKeyArn"] = volume.kms_key_id
+    started = ebs.start_snapshot(**params)
+    snapshot_id = started["SnapshotId"]
+    if started["Status"] == "completed":
+        return RestoreSnapshotOutput(snapshot_id=snapshot_id, blocks_written=0, bytes_written=0)
+    import base64
+
+    written = [0, 0]
+    last = [time.monotonic()]
+
+    def write(offset: int, data: bytes | memoryview) -> None:
+        block = bytes(data)
+        if len(block) < EBS_BLOCK_SIZE:
+            block += bytes(EBS_BLOCK_SIZE - len(block))
+        checksum = base64.b64encode(hashlib.sha256(block).digest()).decode()
+        ebs.put_snapshot_block(
+            SnapshotId=snapshot_id,
+            BlockIndex=offset // EBS_BLOCK_SIZE,
+            BlockData=block,
+            DataLength=EBS_BLOCK_SIZE,
+            Checksum=checksum,
+            ChecksumAlgorithm="SHA256",
+        )
+        written[0] += 1
+        written[1] += len(data)
+        if time.monotonic() - last[0] > 1.0:
+            last[0] = time.monotonic()
+            heartbeat(f"{volume.device}: {written[0]} blocks")
+
+    restore_volume(repo, record, write)
+    ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=written[0])
+    snapshots.wait_completed(
+        plan.region,
+        plan.role_arn,
+        [snapshot_id],
+        lambda d, t: heartbeat(f"{volume.device}: completing"),
+    )
+    return RestoreSnapshotOutput(
+        snapshot_id=snapshot_id, blocks_written=written[0], bytes_written=written[1]
+    )
+
+
+# ---- snapshots -> volumes or an instance ------------------------------------------------------
+def _restore_tags(restore_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    tags = {**(extra or {}), RESTORE_KEY: restore_id}
+    return [{"Key": k, "Value": v} for k, v in tags.items() if not k.startswith("aws:")]
+
+
+def _wait(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+    while not check():
+        if time.monotonic() > deadline:
+            raise RestoreError(f"timed out waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def _volume_is(ec2: Any, volume_id: str, state: str) -> bool:
+    return bool(ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == state)
+
+
+def _ebs_mapping(v: RestoreVolumePlan, snapshot_id: str) -> dict[str, Any]:
+    ebs: dict[str, Any] = {
+        "SnapshotId": snapshot_id,
+        "VolumeType": v.volume_type,
+        "DeleteOnTermination": False,
+    }
+    if v.volume_type in ("gp3", "io1", "io2") and v.iops:
+        ebs["Iops"] = v.iops
+    if v.volume_type == "gp3" and v.throughput:
+        ebs["Throughput"] = v.throughput
+    if v.kms_key_id:
+        ebs.update(Encrypted=True, KmsKeyId=v.kms_key_id)
+    return ebs
+
+
+def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutput:
+    ec2 = aws.client("ec2", plan.region, plan.role_arn)
+    if plan.kind == "volume":
+        out = FinishRestoreOutput()
+        for v in plan.volumes:
+            params: dict[str, Any] = {
+                "AvailabilityZone": plan.availability_zone,
+                "ClientToken": _token(plan.restore_id, "volume", v.device),
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "volume",
+                        "Tags": _restore_tags(
+                            plan.restore_id, {"Name": f"restored {v.source_volume_id} {v.device}"}
+                        ),
+                    }
+                ],
+            }
+            params.update(
+                {
+                    k: val
+                    for k, val in _ebs_mapping(v, snapshot_ids[v.device]).items()
+                    if k != "DeleteOnTermination"
+                }
+            )
+            volume_id = ec2.create_volume(**params)["VolumeId"]
+            _wait(functools.partial(_volume_is, ec2, volume_id, "available"), f"volume {volume_id}")
+            out.volumes.append(
+                RestoredVolume(
+                    device=v.device, volume_id=volume_id, source_volume_id=v.source_volume_id
+                )
+            )
+        return out
+    mappings = [
+        {"DeviceName": v.device, "Ebs": _ebs_mapping(v, snapshot_ids[v.device])}
+        for v in plan.volumes
+    ]
+    root = plan.root_device or plan.volumes[0].device
+    image_id = ec2.register_image(
+        Name=f"ec2backup-restore-{plan.restore_id}"[:128],
+        RootDeviceName=root,
+        BlockDeviceMappings=mappings,
+        Architecture="x86_64",
+        VirtualizationType="hvm",
+        Description=f"ec2backup restore {plan.restore_id}",
+    )["ImageId"]
+    try:
+        params = {
+            "ImageId": image_id,
+            "InstanceType": plan.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": _token(plan.restore_id, "instance"),
+            "Placement": {"AvailabilityZone": plan.availability_zone},
+            "BlockDeviceMappings": mappings,
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": _restore_tags(plan.restore_id, plan.instance_tags),
+                },
+                {"ResourceType": "volume", "Tags": _restore_tags(plan.restore_id)},
+            ],
+        }
+        if plan.subnet_id:
+            params["SubnetId"] = plan.subnet_id
+        instance_id = ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+
+        def running() -> bool:
+            reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            return bool(reservations[0]["Instances"][0]["State"]["Name"] == "running")
+
+        _wait(running, f"instance {instance_id}")
+    finally:
+        ec2.deregister_image(ImageId=image_id)
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    devices = {
+        m["DeviceName"]: m["Ebs"]["VolumeId"]
+        for m in instance.get("BlockDeviceMappings", [])
+        if "Ebs" in m
+    }
+    return FinishRestoreOutput(
+        instance_id=instance_id,
+        volumes=[
+            RestoredVolume(
+                device=v.device,
+                volume_id=devices.get(v.device, ""),
+                source_volume_id=v.source_volume_id,
+            )
+            for v in plan.volumes
+        ],
+    )
+
+
+def cleanup(
+    restore_id: str, region: str, role_arn: str | None, succeeded: bool
+) -> CleanupRestoreOutput:
+    """Delete temporary snapshots; after a failure also what the restore made, by tag."""
+    ec2 = aws.client("ec2", region, role_arn)
+    out = CleanupRestoreOutput()
+    if not succeeded:
+        reservations = ec2.describe_instances(
+            Filters=[
+                {"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ]
+        )["Reservations"]
+        ids = [i["InstanceId"] for r in reservations for i in r["Instances"]]
+        if ids:
+            ec2.terminate_instances(InstanceIds=ids)
+            out.instances_terminated = ids
+        for vol in ec2.describe_volumes(
+            Filters=[{"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]}]
+        )["Volumes"]:
+            if vol["State"] == "in-use":
+                ec2.detach_volume(VolumeId=vol["VolumeId"], Force=True)
+                _wait(
+                    functools.partial(_volume_is, ec2, vol["VolumeId"], "available"),
+                    f"detach of {vol['VolumeId']}",
+                )
+            ec2.delete_volume(VolumeId=vol["VolumeId"])
+            out.volumes_deleted.append(vol["VolumeId"])
+    for snap in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{TEMP_KEY}", "Values": [restore_id]}]
+    )["Snapshots"]:
+        ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+        out.snapshots_deleted.append(snap["SnapshotId"])
+    return out
