@@ -13,18 +13,38 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.common import classify
-from ec2backup import aws, workers
+from ec2backup import aws, restores, workers
 from ec2backup.models import JanitorInput, JanitorOutput
 
 
-async def _session_open(session_id: str) -> bool:
+async def _status(workflow_id: str) -> WorkflowExecutionStatus | None:
+    """The workflow's status, None when Temporal does not know it (e.g. expired)."""
     try:
-        desc = await activity.client().get_workflow_handle(session_id).describe()
+        desc = await activity.client().get_workflow_handle(workflow_id).describe()
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
+            return None
         raise
-    return desc.status == WorkflowExecutionStatus.RUNNING
+    return desc.status
+
+
+async def _session_open(session_id: str) -> bool:
+    return await _status(session_id) == WorkflowExecutionStatus.RUNNING
+
+
+def _restore_ids(region: str, role_arn: str | None) -> set[str]:
+    """Ids of restores that left tagged snapshots, volumes or instances in this place."""
+    ec2 = aws.client("ec2", region, role_arn)
+    found: set[str] = set()
+    for snap in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [restores.TEMP_KEY]}]
+    )["Snapshots"]:
+        found.update(t["Value"] for t in snap.get("Tags", []) if t["Key"] == restores.TEMP_KEY)
+    for vol in ec2.describe_volumes(
+        Filters=[{"Name": "tag-key", "Values": [restores.RESTORE_KEY]}]
+    )["Volumes"]:
+        found.update(t["Value"] for t in vol.get("Tags", []) if t["Key"] == restores.RESTORE_KEY)
+    return found
 
 
 def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
@@ -68,6 +88,21 @@ async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
                     out.volumes_deleted += released.volumes_deleted
                     if session_id in secrets:
                         out.secrets_deleted.append(secrets[session_id])
+                # Restores: a finished one leaves nothing temporary; one that ended otherwise
+                # (terminated, failed without cleanup) leaves nothing at all.
+                for restore_id in sorted(await asyncio.to_thread(_restore_ids, region, role_arn)):
+                    status = await _status(restore_id)
+                    if status == WorkflowExecutionStatus.RUNNING:
+                        continue
+                    cleaned = await asyncio.to_thread(
+                        restores.cleanup,
+                        restore_id,
+                        region,
+                        role_arn,
+                        status == WorkflowExecutionStatus.COMPLETED,
+                    )
+                    out.instances_terminated += cleaned.instances_terminated
+                    out.volumes_deleted += cleaned.volumes_deleted
     except Exception as exc:
         raise classify(exc) from exc
     return out
