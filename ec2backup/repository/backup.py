@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,20 +45,26 @@ from ec2backup.repository.blockmap import (
 )
 from ec2backup.repository.index import IndexPack, index_pack
 from ec2backup.repository.pack import BlobCodec, PackBuilder, PackEntry
+from ec2backup.repository.pack import pack_id as hash_pack
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restorepoint import RestorePoint, VolumeRecord, VolumeStats
 
-# Two encoder threads: zstd and AES release the GIL; the machines we target have 2 vCPUs and the
-# caller thread (read + zero check + hash) needs its share too.
+# Two encoder threads (keyed hash, dedup lookup, zstd, AES: all release the GIL); the machines
+# we target have 2 vCPUs and the caller thread only reads and zero-checks.
 DEFAULT_WORKERS = 2
 # Blocks submitted to the encoders but not yet packed: enough to keep both busy while the caller
 # reads, small enough to bound memory (each is 512 KiB in, <= 512 KiB out).
 MAX_INFLIGHT_BLOCKS = 8
-# Packs uploading concurrently (each held in RAM): one uploads while the next fills.
+# Packs uploading concurrently (each held in RAM): one uploads (pack id hash + PUT) while the
+# next fills.
 MAX_INFLIGHT_UPLOADS = 1
 # Write an index file every few packs, so a crash loses at most this many packs' worth of index
 # (and those packs are still adopted by recover_unindexed_packs on the next run).
 INDEX_EVERY_PACKS = 4
+
+
+# What an encoder returns for one block: (blob id, ciphertext or None if a duplicate, compression)
+Encoded = tuple[bytes, bytes | None, int]
 
 
 class Checkpoint(BaseModel):
@@ -119,15 +126,25 @@ class BackupWriter:
 
         self.pages: dict[int, bytearray] = {}  # loaded page buffers
         self.dirty: set[int] = set()
-        # finished dirty pages waiting for their blobs to be indexed: (page, blobs submitted)
+        # Non-zero blocks go to the encoders in order as (seq, block index, future); the worker
+        # computes the blob id and encodes unless it is a known duplicate. Results are taken
+        # back in order (`_resolve_one`), where dedup is decided and the map entry set, so
+        # blobs are packed in block order and the first occurrence of a new blob is the one kept.
+        self.encoding: collections.deque[tuple[int, int, Future[Encoded]]] = collections.deque()
+        self.fed = 0  # non-zero blocks handed to the encoders (the next seq)
+        self.resolved = 0  # of those, blocks whose result has been taken back
+        # pages fed completely, waiting for their blocks to be resolved: (page, blocks fed)
+        self.feeding: collections.deque[tuple[int, int]] = collections.deque()
+        # finished dirty pages waiting for their blobs to be indexed: (page, blobs packed)
         self.finished: collections.deque[tuple[int, int]] = collections.deque()
-        self.session_ids: set[bytes] = set()
-        self.submitted = 0  # blobs handed to the encoders
+        self.session_ids: set[bytes] = set()  # new blobs packed by this writer
+        # blob id -> lowest seq encoding it, among blocks not yet resolved: a later duplicate
+        # in flight skips encoding (the claimer's blob is packed first)
+        self.claims: dict[bytes, int] = {}
+        self.claims_lock = threading.Lock()
+        self.packed = 0  # new blobs added to packs
         self.indexed = 0  # of those, blobs whose packs are durable and indexed
-        self.encoding: collections.deque[tuple[bytes, Future[tuple[bytes, int]]]] = (
-            collections.deque()
-        )
-        self.uploads: collections.deque[tuple[Future[None], IndexPack]] = collections.deque()
+        self.uploads: collections.deque[Future[IndexPack]] = collections.deque()
         self.unindexed: list[IndexPack] = []
         self.builder = PackBuilder()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="encode")
@@ -240,49 +257,81 @@ class BackupWriter:
         self.stats.bytes_read += len(data)
         page = block_index // PAGE_BLOCKS
         if prev_page >= 0 and page != prev_page:
-            self._finish_page(prev_page)
+            self.feeding.append((prev_page, self.fed))
+            self._advance_pages()
         if data == ZERO_BLOCK:  # memcmp at ~50 GB/s; exits at the first non-zero byte
             self._set(block_index, ZERO_ID)
             return
+        seq = self.fed
+        self.fed += 1
+        self.encoding.append((seq, block_index, self.pool.submit(self._hash_encode, seq, data)))
+        if len(self.encoding) > MAX_INFLIGHT_BLOCKS:
+            self._resolve_one()
+
+    def _hash_encode(self, seq: int, data: bytes) -> Encoded:
+        """On an encoder thread: (blob id, ciphertext or None for a known duplicate, comp)."""
         bid = crypto.keyed_hash(self.repo.id_key, data)
+        # reads of structures the caller thread grows (a stale miss only costs an encode)
+        if bid in self.index.blobs or bid in self.session_ids:
+            return bid, None, 0
+        with self.claims_lock:
+            first = self.claims.get(bid)
+            if first is not None and first < seq:
+                return bid, None, 0  # an earlier block in flight encodes this blob
+            self.claims[bid] = seq
+        ct, comp = self.codec.encode(bid, data)
+        return bid, ct, comp
+
+    def _resolve_one(self) -> None:
+        """Take back the oldest block's result: dedup, pack the blob if new, set the map."""
+        seq, block_index, fut = self.encoding.popleft()
+        bid, ct, comp = fut.result()
         if bid not in self.index.blobs and bid not in self.session_ids:
+            if ct is None:  # cannot happen: a skipped duplicate's claimer was resolved first
+                raise RuntimeError(f"blob of block {block_index} was not encoded")
             self.session_ids.add(bid)
-            self.submitted += 1
-            self.encoding.append((bid, self.pool.submit(self.codec.encode, bid, data)))
-            if len(self.encoding) > MAX_INFLIGHT_BLOCKS:
-                self._pack_one()
+            self.builder.add(bid, ct, comp, EBS_BLOCK_SIZE)
+            self.packed += 1
+            self.stats.blocks_new += 1
+            self.stats.bytes_new_raw += EBS_BLOCK_SIZE
+            self.stats.bytes_new_stored += len(ct)
+        if ct is not None:
+            with self.claims_lock:
+                if self.claims.get(bid) == seq:
+                    del self.claims[bid]
         self._set(block_index, bid)
-
-    def _finish_page(self, p: int) -> None:
-        if p in self.dirty:
-            self.finished.append((p, self.submitted))
-        else:
-            self.pages.pop(p, None)  # unchanged: the root already names it
-
-    def _pack_one(self) -> None:
-        bid, fut = self.encoding.popleft()
-        ct, comp = fut.result()
-        self.builder.add(bid, ct, comp, EBS_BLOCK_SIZE)
-        self.stats.blocks_new += 1
-        self.stats.bytes_new_raw += EBS_BLOCK_SIZE
-        self.stats.bytes_new_stored += len(ct)
+        self.resolved += 1
         if len(self.builder) >= self.pack_size:
             self._seal_pack()
+        self._advance_pages()
+
+    def _advance_pages(self) -> None:
+        """Pages whose blocks are all resolved: queue dirty ones for writing, drop clean ones."""
+        while self.feeding and self.feeding[0][1] <= self.resolved:
+            p, _ = self.feeding.popleft()
+            if p in self.dirty:
+                self.finished.append((p, self.packed))
+            else:
+                self.pages.pop(p, None)  # unchanged: the root already names it
 
     def _seal_pack(self) -> None:
         if not self.builder.entries:
             return
-        pack_id, buf, entries = self.builder.finish(self.repo.meta)
-        ipack = index_pack(pack_id, self.builder.size, entries)
+        chunks, entries = self.builder.seal(self.repo.meta)
+        size = self.builder.size
         self.builder = PackBuilder()
         while len(self.uploads) >= MAX_INFLIGHT_UPLOADS:
             self._reap_upload()
-        fut = self.upload_pool.submit(self.repo.backend.put, data_name(pack_id), buf)
-        self.uploads.append((fut, ipack))
+        self.uploads.append(self.upload_pool.submit(self._upload, chunks, size, entries))
+
+    def _upload(self, chunks: list[bytes], size: int, entries: list[PackEntry]) -> IndexPack:
+        """On the upload thread: name the pack by its hash and store it."""
+        pid = hash_pack(chunks)
+        self.repo.backend.put(data_name(pid), chunks)
+        return index_pack(pid, size, entries)
 
     def _reap_upload(self) -> None:
-        fut, ipack = self.uploads.popleft()
-        fut.result()
+        ipack = self.uploads.popleft().result()
         self.unindexed.append(ipack)
         if len(self.unindexed) >= INDEX_EVERY_PACKS:
             self._write_index()
@@ -314,12 +363,12 @@ class BackupWriter:
     def _drain(self) -> None:
         """Make everything fed so far durable: encode, pack, upload, index, write pages."""
         while self.encoding:
-            self._pack_one()
+            self._resolve_one()
         self._seal_pack()
         while self.uploads:
             self._reap_upload()
         self._write_index()
-        assert self.indexed == self.submitted
+        assert self.indexed == self.packed and not self.feeding
         for p in sorted(self.dirty):
             self._write_page(p)
 
@@ -373,7 +422,7 @@ class BackupWriter:
         if self.closed:
             return
         self.closed = True
-        for _bid, fut in self.encoding:
+        for _seq, _block, fut in self.encoding:
             fut.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.upload_pool.shutdown(wait=True, cancel_futures=True)

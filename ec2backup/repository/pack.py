@@ -162,31 +162,43 @@ def parse_pack(data: bytes, meta: crypto.Sealer) -> list[PackEntry]:
 class PackBuilder:
     """Accumulates encoded blobs until the pack is large enough to upload.
 
-    Blobs are kept as a list of chunks (no growing buffer to copy); the pack id is hashed
-    incrementally and the backend writes the chunks with one gathered write.
+    Blobs are kept as a list of chunks (no growing buffer to copy) and the backend writes them
+    with one gathered write. The pack id (the hash of the whole pack) is computed when the pack
+    is complete: `seal()` then `pack_id()`, which a writer runs on its upload thread, off the
+    thread that reads and packs blocks.
     """
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.size = 0
         self.entries: list[PackEntry] = []
-        self._hasher = blake3.blake3(max_threads=1)
 
     def add(self, blob_id: bytes, ciphertext: bytes, comp: int, raw_length: int) -> None:
         self.entries.append(
             PackEntry(blob_id, BLOB_DATA, comp, self.size, len(ciphertext), raw_length)
         )
         self.chunks.append(ciphertext)
-        self._hasher.update(ciphertext)
         self.size += len(ciphertext)
 
     def __len__(self) -> int:
         return self.size
 
-    def finish(self, meta: crypto.Sealer) -> tuple[str, list[bytes], list[PackEntry]]:
-        """(pack id, chunks, entries); the id is the content hash of the whole pack."""
+    def seal(self, meta: crypto.Sealer) -> tuple[list[bytes], list[PackEntry]]:
+        """Append the encrypted header: (chunks, entries); `size` is then the pack's size."""
         header = encode_header(self.entries, meta)
         self.chunks.append(header)
-        self._hasher.update(header)
         self.size += len(header)
-        return self._hasher.hexdigest(), self.chunks, self.entries
+        return self.chunks, self.entries
+
+    def finish(self, meta: crypto.Sealer) -> tuple[str, list[bytes], list[PackEntry]]:
+        """(pack id, chunks, entries); the id is the content hash of the whole pack."""
+        chunks, entries = self.seal(meta)
+        return pack_id(chunks), chunks, entries
+
+
+def pack_id(chunks: list[bytes]) -> str:
+    """The id of a pack given as its chunks: BLAKE3 of their concatenation (releases the GIL)."""
+    hasher = blake3.blake3(max_threads=1)
+    for chunk in chunks:
+        hasher.update(chunk)
+    return hasher.hexdigest()
