@@ -33,6 +33,12 @@ def test_throttling_is_survived(wb: Workbench) -> None:
     volume = session.volume(inst["volumes"][0]["volume_id"])
     assert volume["blocks_read"] > 0
     assert session.result["restore_point_id"]
+    # CreateSnapshots was retried, yet made one set: one snapshot per volume (root + data).
+    snaps = wb.client("ec2").describe_snapshots(
+        Filters=[{"Name": "tag:ec2backup:session", "Values": [session.session_id]}]
+    )["Snapshots"]
+    assert sorted(s["SnapshotId"] for s in snaps) == sorted(session.result["snapshot_ids"])
+    assert len(snaps) == 2
 
 
 def test_unknown_instance_fails_fast(wb: Workbench) -> None:
@@ -61,3 +67,16 @@ def test_cli_exits_cleanly(wb: Workbench) -> None:
         proc = wb.cli("session", "list", "--json", "--limit", "1", check=False)
         codes.append(proc.returncode)
     assert codes == [0] * 10, f"exit codes of 10 x `session list`: {codes}"
+
+
+def test_permanent_agent_error_fails_and_cleans_up(wb: Workbench) -> None:
+    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.02")
+    repo = wb.new_repo()
+    wb.cli("lab", "fault", "--api", "ListSnapshotBlocks", "--error", "AccessDeniedException")
+    t0 = time.monotonic()
+    session = wb.backup(inst["instance_id"], "--repo", repo, check=False)
+    print(f"permanent error: exit {session.returncode} after {time.monotonic() - t0:.1f}s")
+    assert session.returncode != 0
+    assert wb.status(session.session_id) == "FAILED"
+    assert "AccessDenied" in session.stderr, session.stderr
+    assert wb.leftovers(session.session_id) == {}, wb.diagnose(session)
