@@ -18,7 +18,7 @@ import typer
 
 from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
-from ec2backup.repository.repo import SHORT_ID, Repository, read_password
+from ec2backup.repository.repo import DEFAULT_PACK_SIZE, SHORT_ID, Repository, read_password
 
 repo_app = typer.Typer(
     help="Manage a backup repository (directory or s3://bucket/prefix).", no_args_is_help=True
@@ -64,7 +64,7 @@ def repo_init(
     ] = None,
     pack_size_mib: Annotated[
         int, typer.Option("--pack-size-mib", help="Target pack size (16-64 MiB recommended).")
-    ] = 32,
+    ] = DEFAULT_PACK_SIZE >> 20,
 ) -> None:
     """Create a repository: config, and one key file per wrapping (password and/or KMS)."""
     if not 1 <= pack_size_mib <= 1024:
