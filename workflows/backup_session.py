@@ -19,7 +19,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
-from workflows.cleanup import run_to_completion
+from workflows.common import CONTROL_RETRY, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -51,14 +51,6 @@ with workflow.unsafe.imports_passed_through():
         WorkerHandle,
     )
 
-# Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
-# with backoff, a bounded number of times, so a misconfiguration fails instead of hanging.
-CONTROL_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=12,
-)
 CONTROL_TIMEOUT = timedelta(minutes=10)
 # Snapshots of large, busy volumes can stay pending for hours.
 SNAPSHOT_WAIT_TIMEOUT = timedelta(hours=24)

@@ -14,9 +14,8 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
-from workflows.cleanup import run_to_completion
+from workflows.common import CONTROL_RETRY, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -32,12 +31,6 @@ with workflow.unsafe.imports_passed_through():
         RestoreSnapshotOutput,
     )
 
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
-)
 # Planning may copy a snapshot set to another Region/account first.
 PLAN_TIMEOUT = timedelta(hours=24)
 DATA_TIMEOUT = timedelta(hours=12)
@@ -56,7 +49,7 @@ class Restore:
             result_type=RestorePlan,
             start_to_close_timeout=PLAN_TIMEOUT,
             heartbeat_timeout=HEARTBEAT,
-            retry_policy=RETRY,
+            retry_policy=CONTROL_RETRY,
         )
         if req.dry_run:
             return RestoreOutput(
@@ -78,7 +71,7 @@ class Restore:
                             result_type=RestoreSnapshotOutput,
                             start_to_close_timeout=DATA_TIMEOUT,
                             heartbeat_timeout=HEARTBEAT,
-                            retry_policy=RETRY,
+                            retry_policy=CONTROL_RETRY,
                         )
                         for v in plan.volumes
                     )
@@ -94,7 +87,7 @@ class Restore:
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
                 result_type=FinishRestoreOutput,
                 start_to_close_timeout=FINISH_TIMEOUT,
-                retry_policy=RETRY,
+                retry_policy=CONTROL_RETRY,
             )
             succeeded = True
             return RestoreOutput(
@@ -119,6 +112,6 @@ class Restore:
                     ),
                     result_type=CleanupRestoreOutput,
                     start_to_close_timeout=FINISH_TIMEOUT,
-                    retry_policy=RETRY,
+                    retry_policy=CONTROL_RETRY,
                 )
             )

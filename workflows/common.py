@@ -1,10 +1,22 @@
-"""Shielded cleanup for workflows (deterministic: asyncio only)."""
+"""What the workflows share: the control-plane retry policy and shielded cleanup."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from datetime import timedelta
 from typing import Any
+
+from temporalio.common import RetryPolicy
+
+# Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
+# with backoff, a bounded number of times, so a misconfiguration fails instead of hanging.
+CONTROL_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=12,
+)
 
 
 async def run_to_completion(coro: Coroutine[Any, Any, Any]) -> None:
