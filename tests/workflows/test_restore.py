@@ -310,6 +310,11 @@ def test_restore_instance(wb: Workbench, two: dict[str, Any], which: int, source
     assert source_of == {v["device"]: v["volume_id"] for v in session.result["volumes"]}
     for vol in wb.client("ec2").describe_volumes(VolumeIds=list(attached.values()))["Volumes"]:
         assert tags_of(vol).get(RESTORE_TAG) == r.restore_id
+    assert all(source_content(wb, session).sha256[d] for d in DATA_DEVICES)  # data, hashed
+    if which == 1:  # the churned device differs between the sessions, the other does not
+        first = source_content(wb, two["sessions"][0]).sha256
+        assert source_content(wb, session).sha256["/dev/sdf"] != first["/dev/sdf"]
+        assert source_content(wb, session).sha256["/dev/sdg"] == first["/dev/sdg"]
     assert_same_content(wb, attached, session)
     # Temporary snapshots (backup path) are gone; nothing else was left.
     assert not made_by(wb, r.restore_id).get("snapshots")
