@@ -44,10 +44,10 @@ SESSION_ENV = {
     "EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS": "60",
 }
 SESSION_TAG = "ec2backup:session"
-# Bug (reported): CLI commands that used a Temporal client often die at interpreter exit with
-# SIGABRT ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300)
-# or SIGSEGV, after their output is complete. `Workbench.cli` tolerates that (and counts it)
-# so the other tests measure what they are about; test_cli_exits_cleanly pins the bug.
+# CLI commands that used a Temporal client used to die at interpreter exit with SIGABRT
+# ("PyGILState_Release: thread state ... must be current", temporalio/sdk-python#300) or
+# SIGSEGV, after their output was complete. `Workbench.cli` tolerates that (and counts it) so
+# the other tests measure what they are about; test_cli_exits_cleanly pins the fix.
 EXIT_CRASH_CODES = (-6, -11)
 EXIT_CRASHES: list[str] = []
 ROLE_TAG = "ec2backup:role"
