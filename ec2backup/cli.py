@@ -7,6 +7,7 @@ library apart from its binary.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -85,8 +86,8 @@ def build_app(first_word: str | None = None) -> typer.Typer:
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: user errors become one line on stderr and an exit code."""
+def _run(argv: list[str] | None) -> int:
+    """Run one command; user errors become one line on stderr. Returns the exit code."""
     from typer import exceptions as typer_exc
     from typer._click import exceptions as click_exc
 
@@ -94,23 +95,35 @@ def main(argv: list[str] | None = None) -> None:
     first = next((a for a in args if not a.startswith("-")), None)
     try:
         rc = build_app(first)(args=args, standalone_mode=False)
-        if isinstance(rc, int) and rc:
-            sys.exit(rc)
+        return rc if isinstance(rc, int) else 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except typer_exc.Abort:
         print("aborted", file=sys.stderr)
-        sys.exit(130)
+        return 130
     except typer_exc.Exit as exc:
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except click_exc.NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
     except click_exc.ClickException as exc:
         # Usage errors (bad option values, missing arguments): one line, click's exit code.
         print(f"error: {' '.join(exc.format_message().split())}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        return int(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    code = _run(argv)
+    if "temporalio.client" in sys.modules and argv is None:
+        # The Temporal SDK's Rust runtime threads may call into Python while the interpreter
+        # finalizes ("PyGILState_Release ... finalizing", SIGABRT). The command is done and its
+        # output complete: flush and leave without finalization.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

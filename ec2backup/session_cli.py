@@ -71,10 +71,15 @@ async def _progress(handle: WorkflowHandle[Any, Any]) -> SessionProgress | None:
 
 
 def failure_message(exc: BaseException) -> str:
-    """The innermost cause of a workflow failure (e.g. the activity's own message)."""
+    """Why a workflow failed: the first application error in the cause chain (the activity's
+    own message, e.g. "instance i-... does not exist"), else the innermost cause."""
+    from temporalio.exceptions import ApplicationError
+
     message = str(exc)
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, ApplicationError) and str(cause):
+            return str(cause)
         if str(cause):
             message = str(cause)
         cause = getattr(cause, "cause", None) or cause.__cause__

@@ -129,6 +129,7 @@ class LabEC2Backend(EC2Backend):
 
     def __init__(self, region_name: str, account_id: str) -> None:
         self.volume_data: dict[str, VolumeData] = {}
+        self._ami_internal = False
         self.client_tokens: dict[str, str] = {}
         super().__init__(region_name, account_id)
 
@@ -146,6 +147,10 @@ class LabEC2Backend(EC2Backend):
         kms_key_id: str | None = None,
         **kwargs: Any,
     ) -> Volume:
+        if self._ami_internal:  # moto's AMI bookkeeping volume: no data, no validation
+            return super().create_volume(
+                size, zone_name, snapshot_id, encrypted, kms_key_id, **kwargs
+            )
         if not zone_name or self.get_zone_by_name(zone_name) is None:
             raise LabClientError(
                 "InvalidParameterValue", f"Invalid availability zone: [{zone_name}]"
@@ -454,6 +459,17 @@ class LabEC2Backend(EC2Backend):
                 or "all" in s.create_volume_permission_groups
             ]
         return result
+
+    def register_image(self, name: str | None = None, description: str | None = None) -> Any:
+        """AWS registers an image over the snapshots it is given and makes none of its own;
+        moto makes a volume (in a zone named like the Region) and a snapshot: drop them."""
+        self._ami_internal = True
+        try:
+            ami = super().register_image(name, description)
+        finally:
+            self._ami_internal = False
+        self.snapshots.pop(ami.ebs_snapshot.id, None)
+        return ami
 
     # -- instances -----------------------------------------------------------------------
     def run_instances(
