@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from ec2backup import aws, replication, snapshots, tagcodec
@@ -44,6 +47,8 @@ EBS_BLOCK_SIZE = 512 * 1024
 GIB = 1024**3
 POLL_SECONDS = 0.5
 RESTORE_WAIT_SECONDS = 3600.0
+# How often a data restore reports progress (and learns of a cancel).
+HEARTBEAT_SECONDS = 1.0
 
 
 class RestoreError(UserError):
@@ -354,6 +359,7 @@ def snapshot_from_backup(
         params["Encrypted"] = True
         if volume.kms_key_id:
             params["KmsKeyArn"] = volume.kms_key_id
+    heartbeat(f"{volume.device}: starting snapshot")  # a cancel is noticed before any write
     started = ebs.start_snapshot(**params)
     snapshot_id = started["SnapshotId"]
     if started["Status"] == "completed":
@@ -361,9 +367,12 @@ def snapshot_from_backup(
     import base64
 
     written = [0, 0]
-    last = [time.monotonic()]
+    lock = threading.Lock()
+    stop = threading.Event()
 
     def write(offset: int, data: bytes | memoryview) -> None:
+        if stop.is_set():
+            raise RestoreError("restore stopped")
         block = bytes(data)
         if len(block) < EBS_BLOCK_SIZE:
             block += bytes(EBS_BLOCK_SIZE - len(block))
@@ -376,13 +385,24 @@ def snapshot_from_backup(
             Checksum=checksum,
             ChecksumAlgorithm="SHA256",
         )
-        written[0] += 1
-        written[1] += len(data)
-        if time.monotonic() - last[0] > 1.0:
-            last[0] = time.monotonic()
-            heartbeat(f"{volume.device}: {written[0]} blocks")
+        with lock:
+            written[0] += 1
+            written[1] += len(data)
 
-    restore_volume(repo, record, write)
+    # The blocks move on restore_volume's own threads; this thread (the activity's) only
+    # heartbeats, so a cancel reaches the activity at once and stops the writers.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-writer") as pool:
+        job = pool.submit(restore_volume, repo, record, write)
+        try:
+            while True:
+                try:
+                    job.result(timeout=HEARTBEAT_SECONDS)
+                    break
+                except FutureTimeout:
+                    heartbeat(f"{volume.device}: {written[0]} blocks")
+        except BaseException:
+            stop.set()
+            raise
     ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=written[0])
     snapshots.wait_completed(
         plan.region,

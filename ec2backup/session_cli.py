@@ -170,7 +170,9 @@ def register(app: typer.Typer) -> None:
 
         async def start() -> int:
             client = await _client()
-            session_id = f"backup-{instance_id}-{uuid.uuid4().hex[:8]}"
+            # The id is in plain tags and names: it must not reveal the instance (that stays
+            # in the encrypted tag payload and the workflow input).
+            session_id = f"backup-{uuid.uuid4().hex[:16]}"
             await client.start_workflow(SESSION_WORKFLOW, req, id=session_id, task_queue=TASK_QUEUE)
             print(session_id, flush=True)
             # One event loop and one client for start and watch: a Temporal client must not

@@ -265,6 +265,7 @@ def provision(
     }
     for vp in plan.volumes:
         for device in vp.worker_devices:
+            heartbeat(f"volume for {vp.source_volume_id} at {device}")  # a cancel stops here
             found = existing.get((vp.source_volume_id, device))
             if found is None:
                 create: dict[str, Any] = {

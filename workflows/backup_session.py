@@ -19,7 +19,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
-from workflows.common import CONTROL_RETRY, run_to_completion
+from workflows.common import CONTROL_RETRY, cancel_requested, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -115,6 +115,7 @@ class BackupSession:
         session_id = workflow.info().workflow_id
         try:
             snapshot_set = await self._snapshots(session_id)
+            _raise_if_cancelled()
             if req.replication and not self._carry.replica_ids:
                 self._phase = "replicating"
                 replicas: ReplicateOutput = await workflow.execute_activity(
@@ -128,6 +129,7 @@ class BackupSession:
                     retry_policy=CONTROL_RETRY,
                 )
                 self._carry.replica_ids = replicas.replica_ids
+            _raise_if_cancelled()
             restore_point_id = None
             if req.image_backup:
                 restore_point_id = await self._image_backup(session_id, snapshot_set)
@@ -144,6 +146,10 @@ class BackupSession:
                 workers_provisioned=self._carry.workers_provisioned,
                 volumes=self._carry.volumes,
             )
+        except ActivityError as exc:
+            if cancel_requested():
+                raise asyncio.CancelledError() from exc
+            raise
         finally:
             if req.image_backup and not self._continuing:
                 self._phase = "cleaning up"
@@ -236,16 +242,20 @@ class BackupSession:
                         session_id=session_id, plan=plan, attempt=self._carry.workers_provisioned
                     ),
                     result_type=WorkerHandle,
+                    # Cleanup (release by tag) must not run while this still creates things.
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     start_to_close_timeout=CONTROL_TIMEOUT,
                     heartbeat_timeout=timedelta(minutes=2),
                     retry_policy=CONTROL_RETRY,
                 )
                 self._carry.workers_provisioned += 1
+                _raise_if_cancelled()
             self._phase = "transferring"
             worker = self._carry.worker
             results = await asyncio.gather(
                 *(self._range(session_id, plan, worker, vp) for vp in todo), return_exceptions=True
             )
+            _raise_if_cancelled()
             lost = False
             for vp, result in zip(todo, results, strict=True):
                 if isinstance(result, BaseException):
@@ -347,6 +357,13 @@ class BackupSession:
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
+
+
+def _raise_if_cancelled() -> None:
+    """An activity awaited with WAIT_CANCELLATION_COMPLETED may finish normally after the
+    (single) cancel request; the session must still stop there."""
+    if cancel_requested():
+        raise asyncio.CancelledError()
 
 
 def _host_lost(exc: BaseException) -> bool:

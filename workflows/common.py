@@ -28,3 +28,11 @@ async def run_to_completion(coro: Coroutine[Any, Any, Any]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def cancel_requested() -> bool:
+    """True once the workflow was asked to cancel. An activity awaited with
+    WAIT_CANCELLATION_COMPLETED may then still end in a plain failure (it failed before it
+    learned of the cancel): the workflow must end CANCELED all the same."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -14,8 +14,9 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
-from workflows.common import CONTROL_RETRY, run_to_completion
+from workflows.common import CONTROL_RETRY, cancel_requested, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -72,6 +73,9 @@ class Restore:
                             start_to_close_timeout=DATA_TIMEOUT,
                             heartbeat_timeout=HEARTBEAT,
                             retry_policy=CONTROL_RETRY,
+                            # cleanup must not run while a data activity still writes: wait
+                            # for each to stop before deleting what it made
+                            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                         )
                         for v in plan.volumes
                     )
@@ -82,6 +86,8 @@ class Restore:
                 written = sum(r.bytes_written for r in results)
             else:
                 snapshot_ids = {v.device: v.snapshot_id or "" for v in plan.volumes}
+            if cancel_requested():  # the data activities may have finished after the cancel
+                raise asyncio.CancelledError()
             done: FinishRestoreOutput = await workflow.execute_activity(
                 "finish_restore",
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
@@ -100,6 +106,10 @@ class Restore:
                 checks=plan.checks,
                 bytes_written=written,
             )
+        except ActivityError as exc:
+            if cancel_requested():
+                raise asyncio.CancelledError() from exc
+            raise
         finally:
             await run_to_completion(
                 workflow.execute_activity(

@@ -387,16 +387,8 @@ def test_restore_volume_other_source_than_the_id(
 
 
 # ---- another Region and account --------------------------------------------------------------
-LAB_REGISTER_IMAGE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="bug (lab): RegisterImage fails outside us-east-1 with 'InvalidParameterValue: "
-    "Invalid availability zone: [us-east-1a]': LabEC2Backend (ec2backup/lab/ec2ext.py) keeps "
-    "moto's register_image, whose Ami() creates its auto volume in zone 'us-east-1a' in every "
-    "Region, which the lab's create_volume rejects; so no instance restore works in another "
-    "Region",
-)
 CROSS = [
-    pytest.param("instance", marks=LAB_REGISTER_IMAGE_BUG),
+    pytest.param("instance"),
     pytest.param("volume"),
 ]
 
@@ -551,15 +543,6 @@ def stable(read: Any, seconds: float) -> bool:
     return bool(read() == first)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a cancel while restore_snapshot_from_backup is still starting leaves its "
-    "temporary snapshots (ec2backup:restore-temp=<id>, completed) behind: workflows/restore.py "
-    "runs cleanup_restore as soon as the cancel arrives, without waiting for the data "
-    "activities (default ActivityCancellationType.TRY_CANCEL), which go on to StartSnapshot, "
-    "write every block and CompleteSnapshot after the cleanup ended; they learn of the cancel "
-    "only at their first heartbeat, and nothing deletes the snapshot then",
-)
 def test_cancel_before_data_starts_leaves_nothing(wb: Workbench, two: dict[str, Any]) -> None:
     """Cancel while the data activities are still retrying StartSnapshot (throttled): once
     they get through, they must not leave a temporary snapshot behind the finished cleanup."""

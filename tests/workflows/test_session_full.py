@@ -89,12 +89,6 @@ def test_tags_unreadable_without_key(wb: Workbench, full: dict[str, Any]) -> Non
             assert value.encode() not in raw
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the plain tag ec2backup:session holds the session id "
-    "'backup-<instance id>-<hex>' (session_cli.backup), so the instance id is readable "
-    "without the key",
-)
 def test_no_tag_value_reveals_metadata(wb: Workbench, full: dict[str, Any]) -> None:
     session: Session = full["session"]
     inst = full["instance"]

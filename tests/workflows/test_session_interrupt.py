@@ -176,12 +176,6 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     assert wb.leftovers(sid) == {}, (out, wb.diagnose(sid))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: provision_worker is scheduled with the default TRY_CANCEL, so on cancel the "
-    "workflow's cleanup (release_worker) runs while provisioning still creates worker volumes; "
-    "a volume created after the release is left behind",
-)
 def test_cancel_while_provisioning_leaves_nothing(wb: Workbench, big: dict[str, Any]) -> None:
     repo = wb.new_repo()
     # CreateVolume answers RequestLimitExceeded 3 times (boto3 backs off and retries, a few
