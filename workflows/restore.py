@@ -78,12 +78,18 @@ class Restore:
                             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                         )
                         for v in plan.volumes
-                    )
+                    ),
+                    # All of them end before cleanup runs, even when one fails early.
+                    return_exceptions=True,
                 )
+                for r in results:
+                    if isinstance(r, BaseException):
+                        raise r
+                done_parts = [r for r in results if isinstance(r, RestoreSnapshotOutput)]
                 snapshot_ids = {
-                    v.device: r.snapshot_id for v, r in zip(plan.volumes, results, strict=True)
+                    v.device: r.snapshot_id for v, r in zip(plan.volumes, done_parts, strict=True)
                 }
-                written = sum(r.bytes_written for r in results)
+                written = sum(r.bytes_written for r in done_parts)
             else:
                 snapshot_ids = {v.device: v.snapshot_id or "" for v in plan.volumes}
             if cancel_requested():  # the data activities may have finished after the cancel
