@@ -67,8 +67,34 @@ def _start(req: RestoreInput, wait: bool) -> None:
         raise typer.Exit(rc)
 
 
-def _request(kind: RestoreKind, restore_point_id: str, **kw: Any) -> RestoreInput:
-    return RestoreInput(kind=kind, restore_point_id=restore_point_id, **kw)
+def _request(
+    kind: RestoreKind,
+    restore_point_id: str,
+    *,
+    source: str | None,
+    repo: str | None,
+    region: str | None,
+    account_role_arn: str | None,
+    to_region: str | None,
+    to_account: str | None,
+    kms_key: str | None,
+    dry_run: bool,
+    **specific: Any,
+) -> RestoreInput:
+    """The workflow input from the options both restore commands share, plus their own."""
+    return RestoreInput(
+        kind=kind,
+        restore_point_id=restore_point_id,
+        source=_source(source),
+        repository=repo,
+        region=_region(region),
+        account_role_arn=account_role_arn,
+        to_region=to_region,
+        to_account_role_arn=to_account,
+        kms_key_id=kms_key,
+        dry_run=dry_run,
+        **specific,
+    )
 
 
 @restore_app.command("instance")
@@ -93,16 +119,16 @@ def restore_instance(
         _request(
             "instance",
             restore_point_id,
-            source=_source(source),
-            repository=repo,
-            region=_region(region),
+            source=source,
+            repo=repo,
+            region=region,
             account_role_arn=account_role_arn,
             to_region=to_region,
-            to_account_role_arn=to_account,
+            to_account=to_account,
+            kms_key=kms_key,
+            dry_run=dry_run,
             subnet_id=subnet,
             instance_type=instance_type,
-            kms_key_id=kms_key,
-            dry_run=dry_run,
         ),
         wait,
     )
@@ -132,18 +158,18 @@ def restore_volume(
         _request(
             "volume",
             restore_point_id,
-            source=_source(source),
-            repository=repo,
-            region=_region(region),
+            source=source,
+            repo=repo,
+            region=region,
             account_role_arn=account_role_arn,
             to_region=to_region,
-            to_account_role_arn=to_account,
+            to_account=to_account,
+            kms_key=kms_key,
+            dry_run=dry_run,
             device=device,
             volume_id=volume_id,
             availability_zone=az,
             volume_type=volume_type,
-            kms_key_id=kms_key,
-            dry_run=dry_run,
         ),
         wait,
     )
