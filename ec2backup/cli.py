@@ -42,6 +42,12 @@ def _restores(app: typer.Typer) -> None:
     register(app)
 
 
+def _policies(app: typer.Typer) -> None:
+    from ec2backup.policy_cli import register
+
+    register(app)
+
+
 def _agent(app: typer.Typer) -> None:
     from worker_agent.cli import register
 
@@ -60,6 +66,7 @@ FAMILIES = {
     "snapshots": _sessions,
     "restore": _restores,
     "restore-points": _restores,
+    "policy": _policies,
     "agent": _agent,
 }
 

@@ -1,0 +1,297 @@
+"""Backup policies: what to protect, when, how long to keep it, and where copies go.
+
+A policy is a YAML or JSON file validated by `Policy` (pydantic, unknown fields refused).
+`load_policy` reports the first problem as one line naming the field and, for YAML, the line.
+The schema (`ec2backup policy schema`) is `Policy.model_json_schema()`.
+
+Not yet built on top of it (issue 5 continues): `policy apply|list|show|run|pause|resume|
+delete`, the `BackupPolicy` workflow and retention.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zoneinfo
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ec2backup.errors import UserError
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# A cron field: *, a number, a range, a list, with an optional step; names for months/days.
+_CRON_FIELD = re.compile(
+    r"^(\*|[0-9a-z]+(-[0-9a-z]+)?)(/\d+)?(,(\*|[0-9a-z]+(-[0-9a-z]+)?)(/\d+)?)*$"
+)
+_CRON_RANGES = [(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)]
+_DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class PolicyError(UserError):
+    pass
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@lru_cache(maxsize=1)
+def known_regions() -> frozenset[str]:
+    import boto3
+
+    return frozenset(boto3.Session().get_available_regions("ec2"))
+
+
+def _check_region(value: str) -> str:
+    if value not in known_regions():
+        raise ValueError(f"unknown Region '{value}'")
+    return value
+
+
+def _check_role(value: str) -> str:
+    if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$", value):
+        raise ValueError(f"'{value}' is not an IAM role ARN")
+    return value
+
+
+def check_cron(expression: str) -> str:
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"cron '{expression}' must have 5 fields (minute hour day month weekday)")
+    for text, (low, high) in zip(fields, _CRON_RANGES, strict=True):
+        if not _CRON_FIELD.match(text.lower()):
+            raise ValueError(f"cron field '{text}' is not valid")
+        for number in re.findall(r"\d+", text.split("/")[0]):
+            if not low <= int(number) <= high:
+                raise ValueError(f"cron field '{text}' is out of range {low}-{high}")
+    return expression
+
+
+def _backup_account_only() -> list[str | None]:
+    return [None]
+
+
+class Selection(_Strict):
+    instance_ids: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict, description="all must match")
+    regions: list[str] = Field(min_length=1)
+    accounts: list[str | None] = Field(
+        default_factory=_backup_account_only,
+        description="role ARNs of the accounts to search; null = the backup account",
+    )
+
+    _regions = field_validator("regions")(lambda cls, v: [_check_region(r) for r in v])
+
+    @field_validator("accounts")
+    @classmethod
+    def _accounts(cls, value: list[str | None]) -> list[str | None]:
+        return [None if a is None else _check_role(a) for a in value]
+
+    @field_validator("instance_ids")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not re.match(r"^i-[0-9a-f]{8,17}$", v):
+                raise ValueError(f"'{v}' is not an instance id")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Selection:
+        if not self.instance_ids and not self.tags:
+            raise ValueError("select instances by instance_ids and/or tags")
+        return self
+
+
+class Weekly(_Strict):
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(min_length=1)
+    time: str
+
+    _time = field_validator("time")(lambda cls, v: _check_time(v))
+
+
+def _check_time(value: str) -> str:
+    if not _TIME_RE.match(value):
+        raise ValueError(f"'{value}' is not a HH:MM time")
+    return value
+
+
+class Schedule(_Strict):
+    cron: str | None = None
+    daily: list[str] = Field(default_factory=list, description="HH:MM times")
+    weekly: Weekly | None = None
+    time_zone: str = "UTC"
+    window_minutes: int = Field(
+        default=240, ge=15, le=24 * 60, description="a run that has not started by then is skipped"
+    )
+
+    _cron = field_validator("cron")(lambda cls, v: v if v is None else check_cron(v))
+    _daily = field_validator("daily")(lambda cls, v: [_check_time(t) for t in v])
+
+    @field_validator("time_zone")
+    @classmethod
+    def _tz(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone '{value}'") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        kinds = [k for k in ("cron", "daily", "weekly") if getattr(self, k)]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of cron, daily, weekly")
+        return self
+
+    def cron_expressions(self) -> list[str]:
+        """The schedule as cron expressions (what a Temporal ScheduleSpec takes)."""
+        if self.cron:
+            return [self.cron]
+        if self.daily:
+            return [f"{int(t[3:])} {int(t[:2])} * * *" for t in self.daily]
+        assert self.weekly is not None
+        days = ",".join(str((_DAYS.index(d) + 1) % 7) for d in self.weekly.days)
+        t = self.weekly.time
+        return [f"{int(t[3:])} {int(t[:2])} * * {days}"]
+
+
+class Retention(_Strict):
+    count: int | None = Field(default=None, ge=1)
+    days: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Retention:
+        if (self.count is None) == (self.days is None):
+            raise ValueError("give exactly one of count, days")
+        return self
+
+
+class GfsRetention(_Strict):
+    daily: int = Field(default=7, ge=0)
+    weekly: int = Field(default=4, ge=0)
+    monthly: int = Field(default=12, ge=0)
+    yearly: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _keeps(self) -> GfsRetention:
+        if not (self.daily or self.weekly or self.monthly or self.yearly):
+            raise ValueError("retention keeps nothing: give at least one count > 0")
+        return self
+
+
+class SnapshotPolicy(_Strict):
+    retention: Retention
+
+
+class ReplicationTarget(_Strict):
+    region: str
+    account_role_arn: str | None = None
+    kms_key_id: str | None = None
+    retention: Retention | None = None
+
+    _region = field_validator("region")(lambda cls, v: _check_region(v))
+    _role = field_validator("account_role_arn")(lambda cls, v: v if v is None else _check_role(v))
+
+
+class Replication(_Strict):
+    targets: list[ReplicationTarget] = Field(min_length=1)
+
+
+class WorkerConfig(_Strict):
+    placement: Literal["backup", "production", "auto"] = "auto"
+    subnet_id: str | None = None
+    security_group_ids: list[str] = Field(default_factory=list)
+    instance_type: str | None = None
+
+
+class ImageBackup(_Strict):
+    repository: str = Field(min_length=1, description="s3://bucket/prefix or a directory")
+    workers: dict[str, WorkerConfig] = Field(
+        default_factory=dict, description="worker configuration per Region"
+    )
+    retention: GfsRetention = Field(default_factory=lambda: GfsRetention())
+
+    @field_validator("workers")
+    @classmethod
+    def _worker_regions(cls, value: dict[str, WorkerConfig]) -> dict[str, WorkerConfig]:
+        for region in value:
+            _check_region(region)
+        return value
+
+
+class Policy(_Strict):
+    name: str
+    enabled: bool = True
+    priority: int = Field(
+        default=0,
+        description="an instance selected by several policies is "
+        "protected by the highest priority one only",
+    )
+    selection: Selection
+    schedule: Schedule
+    snapshots: SnapshotPolicy
+    replication: Replication | None = None
+    image_backup: ImageBackup | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError("use lowercase letters, digits and '-' (at most 63)")
+        return value
+
+
+def _node_line(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based line of the YAML node at a pydantic error location (or its nearest parent)."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == key), None)
+            if child is None:  # e.g. a missing field: point at its parent
+                return line
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_policy(path: Path) -> Policy:
+    """Parse and validate a policy file; PolicyError names the field (and YAML line)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"cannot read {path}: {exc.strerror}") from exc
+    node: yaml.Node | None = None
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise PolicyError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+            f"{' '.join(str(exc).split())}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: a policy is a mapping of fields")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = tuple(p for p in err["loc"])
+        field = ".".join(str(p) for p in loc) or "policy"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        line = _node_line(node, loc) if node is not None else None
+        where = f"{path}:{line}" if line else str(path)
+        raise PolicyError(f"{where}: {field}: {message}") from exc

@@ -1,0 +1,137 @@
+"""Policy files: a valid example, and every kind of invalid policy gives one line naming the field
+(and, for YAML, the line), through the library and through `ec2backup policy validate`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ec2backup.policy import Policy, PolicyError, check_cron, load_policy
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "policy-prod.yaml"
+BASE = """\
+name: prod
+selection:
+  tags: {env: prod}
+  regions: [us-east-1]
+schedule:
+  cron: "0 3 * * *"
+snapshots:
+  retention: {count: 7}
+image_backup:
+  repository: s3://bucket/repo
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_policy_is_valid() -> None:
+    policy = load_policy(EXAMPLE)
+    assert policy.name == "prod" and policy.priority == 10
+    assert policy.selection.regions == ["us-east-1", "eu-west-1"]
+    assert policy.schedule.cron_expressions() == ["0 3 * * *"]
+    assert policy.image_backup is not None and policy.image_backup.retention.yearly == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "line"),
+    [
+        (
+            ("  retention: {count: 7}", "  retention: {count: 7}\n  colour: blue"),
+            "snapshots.colour",
+            9,
+        ),
+        (('  cron: "0 3 * * *"', '  cron: "0 25 * * *"'), "schedule.cron", 6),
+        (('  cron: "0 3 * * *"', '  cron: "every day"'), "schedule.cron", 6),
+        (("{count: 7}", "{count: 0}"), "snapshots.retention.count", 8),
+        (("[us-east-1]", "[us-east-1, mars-north-1]"), "selection.regions", 4),
+        (("  repository: s3://bucket/repo", "  repository: ''"), "image_backup.repository", 10),
+        (
+            ("image_backup:\n  repository: s3://bucket/repo\n", "image_backup: {}\n"),
+            "image_backup.repository",
+            9,
+        ),
+        (("name: prod", "name: Prod Policy"), "name", 1),
+    ],
+)
+def test_invalid_policies_name_the_field_and_line(
+    tmp_path: Path, change: tuple[str, str], field: str, line: int
+) -> None:
+    old, new = change
+    assert old in BASE
+    path = _write(tmp_path, BASE.replace(old, new))
+    with pytest.raises(PolicyError) as exc:
+        load_policy(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert f"{path}:{line}: {field}:" in message, message
+
+
+def test_schedule_needs_exactly_one_kind(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path, BASE.replace('  cron: "0 3 * * *"', '  cron: "0 3 * * *"\n  daily: ["04:00"]')
+    )
+    with pytest.raises(PolicyError, match="schedule: give exactly one of cron, daily, weekly"):
+        load_policy(path)
+
+
+def test_weekly_and_daily_become_cron(tmp_path: Path) -> None:
+    weekly = load_policy(
+        _write(
+            tmp_path,
+            BASE.replace('  cron: "0 3 * * *"', "  weekly: {days: [sun, wed], time: '22:30'}"),
+        )
+    )
+    assert weekly.schedule.cron_expressions() == ["30 22 * * 0,3"]
+    daily = load_policy(
+        _write(
+            tmp_path, BASE.replace('  cron: "0 3 * * *"', "  daily: ['01:05', '13:00']"), "d.yaml"
+        )
+    )
+    assert daily.schedule.cron_expressions() == ["5 1 * * *", "0 13 * * *"]
+
+
+def test_json_policies_and_schema(tmp_path: Path) -> None:
+    policy = load_policy(EXAMPLE)
+    path = _write(tmp_path, policy.model_dump_json(), "p.json")
+    assert load_policy(path) == policy
+    bad = _write(tmp_path, policy.model_dump_json().replace('"prod"', '"PROD"', 1), "bad.json")
+    with pytest.raises(PolicyError, match=r"bad\.json: name:"):
+        load_policy(bad)
+    assert "selection" in Policy.model_json_schema()["properties"]
+
+
+@pytest.mark.parametrize("cron", ["*/15 * * * *", "0 3 1-7 * mon", "5,35 0-6/2 * 1,6 0"])
+def test_cron_accepts_common_forms(cron: str) -> None:
+    assert check_cron(cron) == cron
+
+
+def test_cli_validate(tmp_path: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "ec2backup.cli", "policy", "validate", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "policy prod is valid" in ok.stdout
+    bad = _write(tmp_path, BASE.replace("{count: 7}", "{count: 0}"))
+    out = subprocess.run(
+        [sys.executable, "-m", "ec2backup.cli", "policy", "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("error: ")
+        and ":8: snapshots.retention.count" in lines[0]
+    )
