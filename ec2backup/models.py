@@ -6,7 +6,7 @@ the repository. The workflow input is what `temporal workflow start --input '{..
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -400,3 +400,35 @@ class RestoreOutput(BaseModel):
     volumes: list[RestoredVolume] = Field(default_factory=list)
     checks: list[str] = Field(default_factory=list)
     bytes_written: int = 0
+
+
+# ---- BackupPolicy workflow ----------------------------------------------------------------------
+class DiscoverInput(BaseModel):
+    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+
+
+class DiscoveredInstance(BaseModel):
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+
+
+class DiscoverOutput(BaseModel):
+    instances: list[DiscoveredInstance]
+    notes: list[str] = Field(default_factory=list)
+
+
+class InstanceOutcome(BaseModel):
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+    session_id: str | None = None
+    status: str  # completed | failed | canceled | skipped
+    restore_point_id: str | None = None
+    error: str | None = None
+
+
+class BackupPolicyOutput(BaseModel):
+    policy: str
+    instances: list[InstanceOutcome] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)

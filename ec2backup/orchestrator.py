@@ -23,11 +23,13 @@ from temporalio.client import (
 from temporalio.worker import Worker
 
 from activities import janitor as janitor_activities
+from activities import policy as policy_activities
 from activities import restore as restore_activities
 from activities import session as session_activities
 from ec2backup.models import JanitorInput
 from ec2backup.temporal import TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
+from workflows.backup_policy import BackupPolicy
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
 from workflows.restore import Restore
@@ -71,11 +73,12 @@ async def run_worker(
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[BackupSession, Janitor, AgentProbe, Restore],
+            workflows=[BackupSession, BackupPolicy, Janitor, AgentProbe, Restore],
             activities=[
                 *session_activities.ALL,
                 *restore_activities.ALL,
                 janitor_activities.janitor_sweep,
+                policy_activities.discover_instances,
             ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,

@@ -232,6 +232,9 @@ class Policy(_Strict):
         description="an instance selected by several policies is "
         "protected by the highest priority one only",
     )
+    concurrency: int = Field(
+        default=4, ge=1, le=100, description="backup sessions of one run at a time"
+    )
     selection: Selection
     schedule: Schedule
     snapshots: SnapshotPolicy

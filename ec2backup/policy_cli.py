@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 policy_app = typer.Typer(help="Backup policies (YAML or JSON files).", no_args_is_help=True)
 
@@ -31,6 +35,124 @@ def policy_validate(
         f"policy {policy.name} is valid: {len(policy.selection.regions)} Region(s), "
         f"schedule {crons} ({policy.schedule.time_zone})"
     )
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _client() -> Any:
+    from ec2backup.errors import UserError
+    from ec2backup.temporal import connect
+
+    try:
+        return await connect()
+    except Exception as exc:
+        raise UserError(f"cannot reach Temporal: {exc}") from None
+
+
+@policy_app.command("apply")
+def policy_apply(file: Path = typer.Argument(..., help="Policy file")) -> None:
+    """Create or update the policy's Temporal Schedule (idempotent)."""
+    from ec2backup import schedules
+    from ec2backup.policy import load_policy
+
+    policy = load_policy(file)
+
+    async def go() -> str:
+        return await schedules.apply(await _client(), policy)
+
+    print(f"policy {policy.name}: {_run(go())}")
+
+
+@policy_app.command("list")
+def policy_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Applied policies with their next and last runs."""
+    from ec2backup import schedules
+
+    async def go() -> list[dict[str, Any]]:
+        return await schedules.list_policies(await _client())
+
+    rows = _run(go())
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("policy", "paused", "next run", "last run", "running")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            "yes" if r["paused"] else "",
+            r["next_run"] or "",
+            r["last_run"] or "",
+            str(r["running"]),
+        )
+    Console().print(table)
+
+
+@policy_app.command("show")
+def policy_show(name: str) -> None:
+    """The applied policy (as JSON) and its schedule state."""
+    from ec2backup import schedules
+
+    async def go() -> dict[str, Any]:
+        client = await _client()
+        policy = await schedules.require(client, name)
+        desc = await client.get_schedule_handle(schedules.schedule_id(name)).describe()
+        return {
+            "policy": policy.model_dump(mode="json"),
+            "paused": desc.schedule.state.paused,
+            "next_runs": [t.isoformat() for t in desc.info.next_action_times[:3]],
+            "recent_runs": [a.started_at.isoformat() for a in desc.info.recent_actions],
+        }
+
+    print(json.dumps(_run(go()), indent=2))
+
+
+def _schedule_op(name: str, op: str) -> None:
+    from ec2backup import schedules
+
+    async def go() -> None:
+        client = await _client()
+        await schedules.require(client, name)
+        handle = client.get_schedule_handle(schedules.schedule_id(name))
+        if op == "run":
+            await handle.trigger()
+        elif op == "pause":
+            await handle.pause(note="paused by `ec2backup policy pause`")
+        elif op == "resume":
+            await handle.unpause(note="resumed by `ec2backup policy resume`")
+        else:
+            await handle.delete()
+
+    _run(go())
+
+
+@policy_app.command("run")
+def policy_run(name: str) -> None:
+    """Start a run now (skipped if one is still running)."""
+    _schedule_op(name, "run")
+    print(f"policy {name}: run requested")
+
+
+@policy_app.command("pause")
+def policy_pause(name: str) -> None:
+    """Stop new runs (a running one goes on)."""
+    _schedule_op(name, "pause")
+    print(f"policy {name}: paused")
+
+
+@policy_app.command("resume")
+def policy_resume(name: str) -> None:
+    """Let the schedule start runs again."""
+    _schedule_op(name, "resume")
+    print(f"policy {name}: resumed")
+
+
+@policy_app.command("delete")
+def policy_delete(name: str) -> None:
+    """Remove the policy's schedule (backups already made stay)."""
+    _schedule_op(name, "delete")
+    print(f"policy {name}: deleted")
 
 
 def register(app: typer.Typer) -> None:

@@ -28,7 +28,7 @@ from ec2backup.models import (
     SessionProgress,
     WorkerSpec,
 )
-from ec2backup.temporal import TASK_QUEUE, connect
+from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
 
 session_app = typer.Typer(help="Watch and control backup sessions.", no_args_is_help=True)
 snapshots_app = typer.Typer(
@@ -173,7 +173,13 @@ def register(app: typer.Typer) -> None:
             # The id is in plain tags and names: it must not reveal the instance (that stays
             # in the encrypted tag payload and the workflow input).
             session_id = f"backup-{uuid.uuid4().hex[:16]}"
-            await client.start_workflow(SESSION_WORKFLOW, req, id=session_id, task_queue=TASK_QUEUE)
+            await client.start_workflow(
+                SESSION_WORKFLOW,
+                req,
+                id=session_id,
+                task_queue=TASK_QUEUE,
+                search_attributes=search_attributes("backup", policy_name, instance_id),
+            )
             print(session_id, flush=True)
             # One event loop and one client for start and watch: a Temporal client must not
             # outlive the loop it was made in.

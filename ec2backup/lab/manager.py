@@ -29,10 +29,9 @@ LAB_REGION = "us-east-1"
 LAB_ACCESS_KEY, LAB_SECRET_KEY = "testing", "testing"
 # Registered on the dev server so sessions can be found by instance, policy and phase.
 SEARCH_ATTRIBUTES = {
-    "Ec2BackupInstanceId": "Keyword",
-    "Ec2BackupPolicy": "Keyword",
-    "Ec2BackupRegion": "Keyword",
-    "Ec2BackupPhase": "Keyword",
+    "PolicyName": "Keyword",
+    "InstanceId": "Keyword",
+    "SessionKind": "Keyword",
 }
 # First start of the dev server creates its SQLite schema: allow it some time on a slow disk.
 STARTUP_TIMEOUT_SECONDS = 60.0

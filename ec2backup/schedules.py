@@ -1,0 +1,111 @@
+"""Policies live in Temporal Schedules: `ec2backup-policy-<name>` starts `BackupPolicy` with
+the policy as its input. Applying is idempotent: an unchanged policy changes nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from ec2backup.errors import NotFoundError
+from ec2backup.policy import Policy
+from ec2backup.temporal import TASK_QUEUE, search_attributes
+
+SCHEDULE_PREFIX = "ec2backup-policy-"
+
+
+def schedule_id(name: str) -> str:
+    return SCHEDULE_PREFIX + name
+
+
+def build_schedule(policy: Policy) -> Schedule:
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            "BackupPolicy",
+            policy.model_dump(mode="json"),
+            id=f"policy-{policy.name}",
+            task_queue=TASK_QUEUE,
+            typed_search_attributes=search_attributes("policy", policy.name),
+        ),
+        spec=ScheduleSpec(
+            cron_expressions=policy.schedule.cron_expressions(),
+            time_zone_name=policy.schedule.time_zone,
+        ),
+        # A run still going when the next is due: skip the new one (no overlapping runs).
+        # A missed run (outage) is still started within the backup window, not later.
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP,
+            catchup_window=timedelta(minutes=policy.schedule.window_minutes),
+        ),
+        state=ScheduleState(paused=not policy.enabled, note="managed by `ec2backup policy apply`"),
+    )
+
+
+async def current_policy(client: Client, name: str) -> Policy | None:
+    try:
+        desc = await client.get_schedule_handle(schedule_id(name)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    action: Any = desc.schedule.action
+    raw = action.args[0]
+    if not isinstance(raw, dict):
+        (raw,) = await client.data_converter.decode([raw], [dict])
+    return Policy.model_validate(raw)
+
+
+async def apply(client: Client, policy: Policy) -> str:
+    """Create or update the policy's schedule: 'created', 'updated' or 'unchanged'."""
+    existing = await current_policy(client, policy.name)
+    if existing == policy:
+        return "unchanged"
+    schedule = build_schedule(policy)
+    if existing is None:
+        await client.create_schedule(schedule_id(policy.name), schedule)
+        return "created"
+
+    def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+        return ScheduleUpdate(schedule=schedule)
+
+    await client.get_schedule_handle(schedule_id(policy.name)).update(update)
+    return "updated"
+
+
+async def require(client: Client, name: str) -> Policy:
+    policy = await current_policy(client, name)
+    if policy is None:
+        raise NotFoundError(f"policy {name} is not applied (no schedule {schedule_id(name)})")
+    return policy
+
+
+async def list_policies(client: Client) -> list[dict[str, Any]]:
+    rows = []
+    async for listed in await client.list_schedules():
+        if not listed.id.startswith(SCHEDULE_PREFIX):
+            continue
+        desc = await client.get_schedule_handle(listed.id).describe()
+        nxt = desc.info.next_action_times[:1]
+        recent = desc.info.recent_actions[-1:] if desc.info.recent_actions else []
+        rows.append(
+            {
+                "name": listed.id.removeprefix(SCHEDULE_PREFIX),
+                "paused": desc.schedule.state.paused,
+                "next_run": nxt[0].isoformat() if nxt else None,
+                "last_run": recent[0].started_at.isoformat() if recent else None,
+                "running": len(desc.info.running_actions),
+            }
+        )
+    return sorted(rows, key=lambda r: r["name"])

@@ -1,0 +1,133 @@
+"""Policies on Temporal Schedules: apply is idempotent, run starts at once, pause stops new
+runs, and a run backs up exactly the instances the policy protects (tags, two Regions,
+priority between policies), reporting every instance's outcome."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from session_helpers import Workbench, wait_for
+
+POLICY = """\
+name: {name}
+priority: {priority}
+concurrency: 2
+selection:
+  tags: {{team: {team}}}
+  regions: [us-east-1, eu-west-1]
+schedule:
+  daily: ["{time}"]
+snapshots:
+  retention: {{count: 3}}
+"""
+
+
+def _policy(tmp_path: Path, name: str, team: str, priority: int = 0, time: str = "03:00") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(POLICY.format(name=name, team=team, priority=priority, time=time))
+    return path
+
+
+def _runs(wb: Workbench, name: str) -> list[dict[str, Any]]:
+    async def go(client: Any) -> list[dict[str, Any]]:
+        found = []
+        async for wf in client.list_workflows(
+            f"WorkflowType = 'BackupPolicy' AND PolicyName = '{name}'"
+        ):
+            found.append({"id": wf.id, "status": wf.status.name})
+        return found
+
+    return list(wb.temporal(go))
+
+
+def _result(wb: Workbench, workflow_id: str) -> dict[str, Any]:
+    async def go(client: Any) -> dict[str, Any]:
+        return dict(await client.get_workflow_handle(workflow_id).result())
+
+    return dict(wb.temporal(go))
+
+
+def test_apply_is_idempotent_and_updates(wb: Workbench, tmp_path: Path) -> None:
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    path = _policy(tmp_path, name, "nobody")
+    assert wb.cli("policy", "apply", str(path)).stdout.strip() == f"policy {name}: created"
+    assert wb.cli("policy", "apply", str(path)).stdout.strip() == f"policy {name}: unchanged"
+    changed = _policy(tmp_path, name, "nobody", time="05:30")
+    assert wb.cli("policy", "apply", str(changed)).stdout.strip() == f"policy {name}: updated"
+    shown = wb.cli_json("policy", "show", name)
+    assert shown["policy"]["schedule"]["daily"] == ["05:30"]
+    assert shown["next_runs"] and shown["next_runs"][0][11:16] == "05:30"
+    wb.cli("policy", "pause", name)
+    listed = {r["name"]: r for r in wb.cli_json("policy", "list", "--json")}
+    assert listed[name]["paused"] is True
+    wb.cli("policy", "delete", name)
+    missing = wb.cli("policy", "show", name, check=False)
+    assert missing.returncode != 0 and "is not applied" in missing.stderr
+
+
+def test_invalid_policy_changes_nothing(wb: Workbench, tmp_path: Path) -> None:
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    path = _policy(tmp_path, name, "x").read_text().replace("{count: 3}", "{count: 0}")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path)
+    out = wb.cli("policy", "apply", str(bad), check=False)
+    assert out.returncode != 0
+    assert len(out.stderr.strip().splitlines()) == 1 and "snapshots.retention.count" in out.stderr
+    assert name not in {r["name"] for r in wb.cli_json("policy", "list", "--json")}
+
+
+def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Path) -> None:
+    team = uuid.uuid4().hex[:8]
+    east = [
+        wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01", "--tag", f"team={team}")
+        for _ in range(2)
+    ]
+    west = wb.seed(
+        "--volumes",
+        "1",
+        "--size-gib",
+        "1",
+        "--fill",
+        "0.01",
+        "--tag",
+        f"team={team}",
+        "--region",
+        "eu-west-1",
+    )
+    other = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01", "--tag", "team=other")
+    # The same team's instance in eu-west-1 is also selected by a higher-priority policy.
+    low, high = f"low-{team}", f"high-{team}"
+    wb.cli("policy", "apply", str(_policy(tmp_path, low, team, priority=1)))
+    high_path = tmp_path / "high.yaml"
+    high_path.write_text(
+        POLICY.format(name=high, team=team, priority=9, time="03:00").replace(
+            "regions: [us-east-1, eu-west-1]", "regions: [eu-west-1]"
+        )
+    )
+    wb.cli("policy", "apply", str(high_path))
+    wb.cli("policy", "pause", high)  # paused schedules still own their instances
+    wb.cli("policy", "run", low)
+    wait_for(lambda: _runs(wb, low) or None, 30, "the policy run to start", interval=0.5)
+    run_id = _runs(wb, low)[0]["id"]
+    assert wb.wait_status(run_id, timeout=180) == "COMPLETED"
+    result = _result(wb, run_id)
+    outcomes = {o["instance_id"]: o for o in result["instances"]}
+    assert set(outcomes) == {i["instance_id"] for i in east}
+    assert all(o["status"] == "completed" for o in outcomes.values())
+    assert west["instance_id"] not in outcomes and other["instance_id"] not in outcomes
+    assert any(west["instance_id"] in note and high in note for note in result["notes"])
+
+    # The policy's sessions are found by search attribute.
+    async def sessions(client: Any) -> set[str]:
+        found = set()
+        async for wf in client.list_workflows(
+            f"WorkflowType = 'BackupSession' AND PolicyName = '{low}'"
+        ):
+            found.add(wf.id)
+        return found
+
+    assert wb.temporal(sessions) == {o["session_id"] for o in outcomes.values()}
+    for name in (low, high):
+        wb.cli("policy", "delete", name)

@@ -1,0 +1,128 @@
+"""`BackupPolicy`: what a policy's schedule starts. Discovers the instances the policy protects
+and runs one `BackupSession` child per instance, at most `concurrency` at a time (children get
+REQUEST_CANCEL: a terminated parent still lets them clean up). Signals `pause`/`resume` hold
+back children not yet started. The result lists every instance with its outcome.
+
+Not yet here (issue 5 continues): snapshot/replica/restore point retention after the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ChildWorkflowError
+
+from workflows.common import CONTROL_RETRY
+
+with workflow.unsafe.imports_passed_through():
+    from ec2backup.models import (
+        BackupPolicyOutput,
+        BackupSessionInput,
+        BackupSessionOutput,
+        DiscoverInput,
+        DiscoverOutput,
+        ImageBackupSpec,
+        InstanceOutcome,
+        PauseInput,
+        ReplicationSpec,
+        ResumeInput,
+        WorkerSpec,
+    )
+    from ec2backup.temporal import search_attributes
+
+# Sessions of one policy run side by side: bounded so a 500-instance policy does not start 500
+# workers (and EBS direct / copy quotas are shared by the account).
+DEFAULT_CONCURRENCY = 4
+
+
+@workflow.defn(name="BackupPolicy")
+class BackupPolicy:
+    def __init__(self) -> None:
+        self._paused = False
+
+    @workflow.signal(name="pause")
+    def pause(self, req: PauseInput | None = None) -> None:
+        self._paused = True
+
+    @workflow.signal(name="resume")
+    def resume(self, req: ResumeInput | None = None) -> None:
+        self._paused = False
+
+    @workflow.run
+    async def run(self, policy: dict[str, Any]) -> BackupPolicyOutput:
+        name = str(policy.get("name", "policy"))
+        found: DiscoverOutput = await workflow.execute_activity(
+            "discover_instances",
+            DiscoverInput(policy=policy),
+            result_type=DiscoverOutput,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=CONTROL_RETRY,
+        )
+        limit = asyncio.Semaphore(int(policy.get("concurrency") or DEFAULT_CONCURRENCY))
+        run_id = workflow.info().workflow_id
+
+        async def one(index: int) -> InstanceOutcome:
+            target = found.instances[index]
+            outcome = InstanceOutcome(
+                instance_id=target.instance_id,
+                region=target.region,
+                account_role_arn=target.account_role_arn,
+                status="skipped",
+            )
+            async with limit:
+                await workflow.wait_condition(lambda: not self._paused)
+                session_id = f"{run_id}-{index:04d}"
+                outcome.session_id = session_id
+                try:
+                    result: BackupSessionOutput = await workflow.execute_child_workflow(
+                        "BackupSession",
+                        self._session_input(policy, target, name),
+                        id=session_id,
+                        result_type=BackupSessionOutput,
+                        parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                        search_attributes=search_attributes("backup", name, target.instance_id),
+                    )
+                    outcome.status = "completed"
+                    outcome.restore_point_id = result.restore_point_id
+                except ChildWorkflowError as exc:
+                    outcome.status = "failed"
+                    outcome.error = str(exc.cause or exc)
+            return outcome
+
+        outcomes = await asyncio.gather(*(one(i) for i in range(len(found.instances))))
+        return BackupPolicyOutput(policy=name, instances=list(outcomes), notes=found.notes)
+
+    @staticmethod
+    def _session_input(policy: dict[str, Any], target: Any, name: str) -> BackupSessionInput:
+        replication = None
+        targets = (policy.get("replication") or {}).get("targets") or []
+        if targets:
+            first = targets[0]
+            replication = ReplicationSpec(
+                region=first["region"],
+                account_role_arn=first.get("account_role_arn"),
+                kms_key_id=first.get("kms_key_id"),
+            )
+        image = None
+        spec = policy.get("image_backup")
+        if spec:
+            worker = (spec.get("workers") or {}).get(target.region) or {}
+            image = ImageBackupSpec(
+                repository=spec["repository"],
+                worker=WorkerSpec(
+                    placement=worker.get("placement", "auto"),
+                    subnet_id=worker.get("subnet_id"),
+                    instance_type=worker.get("instance_type"),
+                ),
+            )
+        return BackupSessionInput(
+            instance_id=target.instance_id,
+            region=target.region,
+            account_role_arn=target.account_role_arn,
+            replication=replication,
+            image_backup=image,
+            policy_name=name,
+        )
