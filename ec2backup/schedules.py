@@ -53,6 +53,14 @@ def build_schedule(policy: Policy) -> Schedule:
     )
 
 
+async def _policy_of(client: Client, desc: Any) -> Policy:
+    """The policy a schedule runs: its action's argument, decoded if it came back raw."""
+    raw = desc.schedule.action.args[0]
+    if not isinstance(raw, dict):
+        (raw,) = await client.data_converter.decode([raw], [dict])
+    return Policy.model_validate(raw)
+
+
 async def current_policy(client: Client, name: str) -> Policy | None:
     try:
         desc = await client.get_schedule_handle(schedule_id(name)).describe()
@@ -60,11 +68,22 @@ async def current_policy(client: Client, name: str) -> Policy | None:
         if exc.status == RPCStatusCode.NOT_FOUND:
             return None
         raise
-    action: Any = desc.schedule.action
-    raw = action.args[0]
-    if not isinstance(raw, dict):
-        (raw,) = await client.data_converter.decode([raw], [dict])
-    return Policy.model_validate(raw)
+    return await _policy_of(client, desc)
+
+
+async def all_policies(client: Client) -> list[Policy]:
+    """Every applied policy, read back from its schedule (the policies' only home); a schedule
+    whose argument is no longer a valid policy is skipped."""
+    policies = []
+    async for listed in await client.list_schedules():
+        if not listed.id.startswith(SCHEDULE_PREFIX):
+            continue
+        desc = await client.get_schedule_handle(listed.id).describe()
+        try:
+            policies.append(await _policy_of(client, desc))
+        except (ValueError, IndexError):
+            continue
+    return policies
 
 
 async def apply(client: Client, policy: Policy) -> str:
