@@ -128,6 +128,13 @@ def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Pa
             found.add(wf.id)
         return found
 
-    assert wb.temporal(sessions) == {o["session_id"] for o in outcomes.values()}
+    # Visibility (list queries) is eventually consistent: allow it to catch up.
+    expected = {o["session_id"] for o in outcomes.values()}
+    wait_for(
+        lambda: wb.temporal(sessions) == expected or None,
+        30,
+        "the sessions to be listed by PolicyName",
+        interval=0.5,
+    )
     for name in (low, high):
         wb.cli("policy", "delete", name)
