@@ -79,7 +79,7 @@ def test_invalid_policy_changes_nothing(wb: Workbench, tmp_path: Path) -> None:
 
 
 def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Path) -> None:
-    team = uuid.uuid4().hex[:8]
+    team = f"t{uuid.uuid4().hex[:8]}"  # never all digits: YAML would read a number
     east = [
         wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01", "--tag", f"team={team}")
         for _ in range(2)
