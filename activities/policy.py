@@ -1,14 +1,23 @@
-"""Policy activities: discover the instances a policy protects (task queue `ec2backup`)."""
+"""Policy activities (task queue `ec2backup`): discover the instances a policy protects, and
+apply its retention (the rules are in `ec2backup.retention`)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 from temporalio import activity
 
-from activities.common import classify
-from ec2backup import discovery, schedules
-from ec2backup.models import DiscoveredInstance, DiscoverInput, DiscoverOutput
+from activities.common import adapter, classify
+from activities.session import repository_password
+from ec2backup import discovery, installation, retention, schedules
+from ec2backup.models import (
+    DiscoveredInstance,
+    DiscoverInput,
+    DiscoverOutput,
+    RetentionInput,
+    RetentionOutput,
+)
 from ec2backup.policy import Policy
 
 
@@ -28,4 +37,19 @@ async def discover_instances(req: DiscoverInput) -> DiscoverOutput:
             for t in targets
         ],
         notes=notes,
+    )
+
+
+@activity.defn(name="apply_retention")
+@adapter
+def apply_retention(req: RetentionInput) -> RetentionOutput:
+    policy = Policy.model_validate(req.policy)
+    password = repository_password() if policy.image_backup is not None else None
+    return retention.apply(
+        policy,
+        req.now or dt.datetime.now(dt.UTC),
+        installation.installation_key(),
+        password,
+        dry_run=req.dry_run,
+        progress=activity.heartbeat,
     )

@@ -61,6 +61,7 @@ def snapshot_instance(req: SnapshotInstanceInput) -> SnapshotSet:
         role_arn=req.account_role_arn,
         policy_name=req.policy_name,
         installation_key=installation.installation_key(),
+        created=req.created,
     )
 
 

@@ -115,4 +115,5 @@ def commit(
             source=source,
             tags={"policy": policy_name},
             checkpoint_keys=keys,
+            when=snapshot_set.created,
         )

@@ -6,6 +6,7 @@ the repository. The workflow input is what `temporal workflow start --input '{..
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -70,6 +71,9 @@ class BackupSessionInput(BaseModel):
     replication: ReplicationSpec | None = None
     image_backup: ImageBackupSpec | None = None
     policy_name: str = "adhoc"
+    # The restore point's nominal time (snapshot tags, restore point, retention age). Default:
+    # when the session started. Given explicitly by back-dated runs and simulated-days tests.
+    as_of: datetime | None = None
     carry: SessionCarry | None = None  # internal: set by continue-as-new
 
 
@@ -130,6 +134,7 @@ class SnapshotSet(BaseModel):
     root_device: str | None = None
     subnet_id: str | None = None
     instance_tags: dict[str, str] = Field(default_factory=dict)
+    created: datetime | None = None  # the set's nominal time (its tags say the same)
 
 
 class SnapshotInstanceInput(BaseModel):
@@ -138,6 +143,7 @@ class SnapshotInstanceInput(BaseModel):
     region: str
     account_role_arn: str | None = None
     policy_name: str = "adhoc"
+    created: datetime | None = None  # nominal time recorded in the tags (default: now)
 
 
 class WaitSnapshotsInput(BaseModel):
@@ -423,12 +429,49 @@ class InstanceOutcome(BaseModel):
     region: str
     account_role_arn: str | None = None
     session_id: str | None = None
-    status: str  # completed | failed | canceled | skipped
+    status: str  # pending | running | completed | failed | canceled
     restore_point_id: str | None = None
     error: str | None = None
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    seconds: float | None = None  # the session's wall time, once it ended
 
 
 class BackupPolicyOutput(BaseModel):
+    """A policy run's result, and (query `report`) its state while it runs."""
+
     policy: str
+    phase: str = "done"  # discovering | backing up | retention | done
+    paused: bool = False
     instances: list[InstanceOutcome] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
+    retention: RetentionOutput | None = None
+
+
+# ---- retention ---------------------------------------------------------------------------------
+class RetentionInput(BaseModel):
+    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+    now: datetime | None = None  # retention's "today"; default: the workflow's now
+    dry_run: bool = False
+
+
+class RetentionOutput(BaseModel):
+    """What retention deleted (or, with dry_run, would delete) and what it kept on purpose."""
+
+    policy: str
+    now: datetime
+    dry_run: bool = False
+    deleted_snapshot_sets: list[str] = Field(default_factory=list)
+    deleted_snapshots: list[str] = Field(default_factory=list)
+    deleted_replica_sets: list[str] = Field(default_factory=list)
+    deleted_replicas: list[str] = Field(default_factory=list)
+    kept_snapshot_sets: list[str] = Field(default_factory=list)
+    kept_replica_sets: list[str] = Field(default_factory=list)
+    cbt_bases: list[str] = Field(default_factory=list)  # snapshots kept as CBT bases
+    forgotten_restore_points: list[str] = Field(default_factory=list)
+    kept_restore_points: list[str] = Field(default_factory=list)
+    pruned_bytes: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
+BackupPolicyOutput.model_rebuild()

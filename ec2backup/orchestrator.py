@@ -33,6 +33,7 @@ from workflows.backup_policy import BackupPolicy
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
 from workflows.restore import Restore
+from workflows.retention import PolicyRetention
 
 log = logging.getLogger("ec2backup.worker")
 
@@ -73,12 +74,13 @@ async def run_worker(
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[BackupSession, BackupPolicy, Janitor, AgentProbe, Restore],
+            workflows=[BackupSession, BackupPolicy, Janitor, AgentProbe, Restore, PolicyRetention],
             activities=[
                 *session_activities.ALL,
                 *restore_activities.ALL,
                 janitor_activities.janitor_sweep,
                 policy_activities.discover_instances,
+                policy_activities.apply_retention,
             ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,

@@ -1,8 +1,10 @@
-"""`ec2backup policy schema | validate`: policy files, checked before anything uses them."""
+"""`ec2backup policy ...`: policy files (schema, validate) and their Temporal Schedules (apply,
+list, show, run, pause, resume, delete), and `retention` on demand."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,70 @@ def policy_delete(name: str) -> None:
     """Remove the policy's schedule (backups already made stay)."""
     _schedule_op(name, "delete")
     print(f"policy {name}: deleted")
+
+
+def parse_time(value: str, option: str) -> dt.datetime:
+    """An ISO 8601 time (naive = UTC); a bad one is a one-line error naming the option."""
+    from ec2backup.errors import UserError
+
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UserError(f"{option}: '{value}' is not an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@policy_app.command("retention")
+def policy_retention(
+    policy_ref: str = typer.Argument(..., metavar="NAME|FILE", help="Applied policy or its file"),
+    now: str | None = typer.Option(
+        None, "--now", help="Apply as of this ISO time (default: now); e.g. a dry run ahead"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report, delete nothing"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Apply the policy's retention now (a `Retention` workflow), without backing anything up."""
+    from ec2backup import schedules
+    from ec2backup.models import RetentionInput, RetentionOutput
+    from ec2backup.policy import load_policy
+    from ec2backup.progress import human_bytes
+    from ec2backup.temporal import TASK_QUEUE, search_attributes
+
+    when = parse_time(now, "--now") if now else None
+    path = Path(policy_ref)
+    from_file = path.suffix in (".yaml", ".yml", ".json") or path.exists()
+
+    async def go() -> RetentionOutput:
+        client = await _client()
+        policy = load_policy(path) if from_file else await schedules.require(client, policy_ref)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        result: RetentionOutput = await client.execute_workflow(
+            "Retention",
+            RetentionInput(policy=policy.model_dump(mode="json"), now=when, dry_run=dry_run),
+            id=f"retention-{policy.name}-{stamp}",
+            task_queue=TASK_QUEUE,
+            result_type=RetentionOutput,
+            search_attributes=search_attributes("retention", policy.name),
+        )
+        return result
+
+    out = _run(go())
+    if as_json:
+        print(out.model_dump_json(indent=2))
+        return
+    verb = "would delete" if out.dry_run else "deleted"
+    print(
+        f"policy {out.policy} retention as of {out.now.isoformat(timespec='seconds')}: "
+        f"{verb} {len(out.deleted_snapshot_sets)} snapshot sets "
+        f"({len(out.deleted_snapshots)} snapshots), {len(out.deleted_replica_sets)} replica sets "
+        f"({len(out.deleted_replicas)} snapshots), "
+        f"{len(out.forgotten_restore_points)} restore points; "
+        f"kept {len(out.kept_snapshot_sets)} sets ({len(out.cbt_bases)} CBT bases), "
+        f"{len(out.kept_replica_sets)} replica sets, {len(out.kept_restore_points)} restore "
+        f"points; pruned {human_bytes(out.pruned_bytes)}"
+    )
+    for note in out.notes:
+        print(f"note: {note}")
 
 
 def register(app: typer.Typer) -> None:

@@ -78,6 +78,7 @@ def create_snapshot_set(
     role_arn: str | None,
     policy_name: str,
     installation_key: bytes,
+    created: dt.datetime | None = None,
 ) -> SnapshotSet:
     """One multi-volume crash-consistent set, tagged; returns the existing set on a retry."""
     ec2 = aws.client("ec2", region, role_arn)
@@ -118,7 +119,7 @@ def create_snapshot_set(
         t["Key"]: t["Value"] for t in instance.get("Tags", []) if not t["Key"].startswith("aws:")
     }
     members = []
-    now = dt.datetime.now(dt.UTC)
+    now = created or dt.datetime.now(dt.UTC)
     for index, volume_id in enumerate(ordered):
         snap = by_volume[volume_id]
         volume = volumes.get(volume_id, {})
@@ -179,6 +180,7 @@ def create_snapshot_set(
         root_device=instance.get("RootDeviceName"),
         subnet_id=instance.get("SubnetId"),
         instance_tags=instance_tags,
+        created=now,
     )
 
 

@@ -1,9 +1,8 @@
 """`BackupPolicy`: what a policy's schedule starts. Discovers the instances the policy protects
 and runs one `BackupSession` child per instance, at most `concurrency` at a time (children get
 REQUEST_CANCEL: a terminated parent still lets them clean up). Signals `pause`/`resume` hold
-back children not yet started. The result lists every instance with its outcome.
-
-Not yet here (issue 5 continues): snapshot/replica/restore point retention after the run.
+back children not yet started. Then the policy's retention runs (`ec2backup.retention`). The
+result lists every instance with its outcome, and what retention deleted.
 """
 
 from __future__ import annotations
@@ -13,9 +12,10 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 
-from workflows.common import CONTROL_RETRY
+from workflows.common import CONTROL_RETRY, ensure_search_attributes
+from workflows.retention import run_retention
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         PauseInput,
         ReplicationSpec,
         ResumeInput,
+        RetentionInput,
         WorkerSpec,
     )
     from ec2backup.temporal import search_attributes
@@ -42,6 +43,14 @@ DEFAULT_CONCURRENCY = 4
 class BackupPolicy:
     def __init__(self) -> None:
         self._paused = False
+        self._phase = "discovering"
+        self._report = BackupPolicyOutput(policy="")
+
+    @workflow.query(name="report")
+    def report(self) -> BackupPolicyOutput:
+        """The run so far: every discovered instance with its outcome (status `pending` until
+        its session ends)."""
+        return self._report.model_copy(update={"phase": self._phase, "paused": self._paused})
 
     @workflow.signal(name="pause")
     def pause(self, req: PauseInput | None = None) -> None:
@@ -54,6 +63,8 @@ class BackupPolicy:
     @workflow.run
     async def run(self, policy: dict[str, Any]) -> BackupPolicyOutput:
         name = str(policy.get("name", "policy"))
+        self._report.policy = name
+        ensure_search_attributes("policy", name)
         found: DiscoverOutput = await workflow.execute_activity(
             "discover_instances",
             DiscoverInput(policy=policy),
@@ -63,19 +74,27 @@ class BackupPolicy:
         )
         limit = asyncio.Semaphore(int(policy.get("concurrency") or DEFAULT_CONCURRENCY))
         run_id = workflow.info().workflow_id
+        self._report.notes = list(found.notes)
+        self._report.instances = [
+            InstanceOutcome(
+                instance_id=t.instance_id,
+                region=t.region,
+                account_role_arn=t.account_role_arn,
+                status="pending",
+            )
+            for t in found.instances
+        ]
+        self._phase = "backing up"
 
         async def one(index: int) -> InstanceOutcome:
             target = found.instances[index]
-            outcome = InstanceOutcome(
-                instance_id=target.instance_id,
-                region=target.region,
-                account_role_arn=target.account_role_arn,
-                status="skipped",
-            )
+            outcome = self._report.instances[index]
             async with limit:
                 await workflow.wait_condition(lambda: not self._paused)
                 session_id = f"{run_id}-{index:04d}"
                 outcome.session_id = session_id
+                outcome.status = "running"
+                started = workflow.now()
                 try:
                     result: BackupSessionOutput = await workflow.execute_child_workflow(
                         "BackupSession",
@@ -87,13 +106,24 @@ class BackupPolicy:
                     )
                     outcome.status = "completed"
                     outcome.restore_point_id = result.restore_point_id
+                    outcome.bytes_read = sum(v.bytes_read for v in result.volumes)
+                    outcome.bytes_stored = sum(v.bytes_stored for v in result.volumes)
                 except ChildWorkflowError as exc:
-                    outcome.status = "failed"
+                    canceled = isinstance(exc.cause, CancelledError)
+                    outcome.status = "canceled" if canceled else "failed"
                     outcome.error = str(exc.cause or exc)
+                outcome.seconds = (workflow.now() - started).total_seconds()
             return outcome
 
-        outcomes = await asyncio.gather(*(one(i) for i in range(len(found.instances))))
-        return BackupPolicyOutput(policy=name, instances=list(outcomes), notes=found.notes)
+        await asyncio.gather(*(one(i) for i in range(len(found.instances))))
+        self._phase = "retention"
+        try:
+            self._report.retention = await run_retention(RetentionInput(policy=policy))
+        except ActivityError as exc:
+            # The sessions' outcomes stand; the next run retries retention (it is idempotent).
+            self._report.notes.append(f"retention failed: {exc.cause or exc}")
+        self._phase = "done"
+        return self._report.model_copy(update={"phase": "done"})
 
     @staticmethod
     def _session_input(policy: dict[str, Any], target: Any, name: str) -> BackupSessionInput:

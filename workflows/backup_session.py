@@ -19,7 +19,12 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
 
-from workflows.common import CONTROL_RETRY, cancel_requested, run_to_completion
+from workflows.common import (
+    CONTROL_RETRY,
+    cancel_requested,
+    ensure_search_attributes,
+    run_to_completion,
+)
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -70,8 +75,28 @@ class BackupSession:
     def __init__(self, req: BackupSessionInput) -> None:
         self._req = req
         self._carry = req.carry or SessionCarry()
-        self._phase = "starting"
+        self._phase_now = "starting"
         self._paused = False
+
+    @property
+    def _phase(self) -> str:
+        return self._phase_now
+
+    @_phase.setter
+    def _phase(self, value: str) -> None:
+        """Every phase change is also written to the memo, so `ec2backup session list` (and the
+        Web UI) show phase and bytes without querying each running session."""
+        self._phase_now = value
+        workflow.upsert_memo(
+            {
+                "phase": value,
+                "policy": self._req.policy_name,
+                "instance": self._req.instance_id,
+                "region": self._req.region,
+                "bytes_read": sum(v.bytes_read for v in self._carry.volumes),
+                "bytes_stored": sum(v.bytes_stored for v in self._carry.volumes),
+            }
+        )
 
     # ---- signals and queries -------------------------------------------------------------
     @workflow.signal(name="pause")
@@ -113,6 +138,7 @@ class BackupSession:
     @workflow.run
     async def run(self, req: BackupSessionInput) -> BackupSessionOutput:
         session_id = workflow.info().workflow_id
+        ensure_search_attributes("backup", req.policy_name, req.instance_id)
         try:
             snapshot_set = await self._snapshots(session_id)
             _raise_if_cancelled()
@@ -152,8 +178,10 @@ class BackupSession:
             raise
         finally:
             if req.image_backup and not self._continuing:
+                ended_in = self._phase  # what the memo keeps: "completed" or where it failed
                 self._phase = "cleaning up"
                 await run_to_completion(self._release(session_id, None))
+                self._phase = ended_in
 
     _continuing = False
 
@@ -170,6 +198,7 @@ class BackupSession:
                 region=req.region,
                 account_role_arn=req.account_role_arn,
                 policy_name=req.policy_name,
+                created=req.as_of or workflow.now(),
             ),
             result_type=SnapshotSet,
             start_to_close_timeout=CONTROL_TIMEOUT,

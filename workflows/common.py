@@ -36,3 +36,23 @@ def cancel_requested() -> bool:
     learned of the cancel): the workflow must end CANCELED all the same."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = None) -> None:
+    """Set SessionKind/PolicyName/InstanceId when the starter did not (e.g. `temporal workflow
+    start` or the Web UI), so list queries by policy find every run however it was started."""
+    from temporalio import workflow
+
+    with workflow.unsafe.imports_passed_through():
+        from ec2backup.temporal import INSTANCE_ID, POLICY_NAME, SESSION_KIND
+
+    current = workflow.info().typed_search_attributes
+    updates = []
+    if current.get(SESSION_KIND) is None:
+        updates.append(SESSION_KIND.value_set(kind))
+    if current.get(POLICY_NAME) is None:
+        updates.append(POLICY_NAME.value_set(policy))
+    if instance_id and current.get(INSTANCE_ID) is None:
+        updates.append(INSTANCE_ID.value_set(instance_id))
+    if updates:
+        workflow.upsert_search_attributes(updates)

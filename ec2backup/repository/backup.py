@@ -20,6 +20,7 @@ point that references them. A crash at any moment leaves only unreferenced (prun
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import os
 import stat
 import threading
@@ -438,10 +439,13 @@ def commit_restore_point(
     source: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
     checkpoint_keys: Iterable[str] = (),
+    when: dt.datetime | None = None,
 ) -> str:
     """Write the restore point (last: it must only name durable objects); drop checkpoints."""
     vols = [v.model_copy(update={"index": i}) for i, v in enumerate(volumes)]
     rp = RestorePoint(parent=parent, source=source or {}, tags=tags or {}, volumes=vols)
+    if when is not None:  # the session's nominal time (default: now)
+        rp.time = when
     rp_id = repo.save_restore_point(rp)
     for key in checkpoint_keys:
         repo.backend.delete(checkpoint_name(key))
