@@ -4,8 +4,8 @@ A policy is a YAML or JSON file validated by `Policy` (pydantic, unknown fields 
 `load_policy` reports the first problem as one line naming the field and, for YAML, the line.
 The schema (`ec2backup policy schema`) is `Policy.model_json_schema()`.
 
-Not yet built on top of it (issue 5 continues): `policy apply|list|show|run|pause|resume|
-delete`, the `BackupPolicy` workflow and retention.
+Built on it: `ec2backup.schedules` (a Temporal Schedule per policy), the `BackupPolicy`
+workflow, and `ec2backup.retention`.
 """
 
 from __future__ import annotations
@@ -86,6 +86,21 @@ class Selection(_Strict):
     )
 
     _regions = field_validator("regions")(lambda cls, v: [_check_region(r) for r in v])
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_values(cls, value: Any) -> Any:
+        """YAML reads `env: 2024` or `backup: yes` as a number or a boolean; EC2 tag values are
+        strings, so take them as written (`true`, not `True`). Leading zeros are lost by YAML
+        itself: quote such values."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v))
+            if isinstance(v, int | float)
+            else v
+            for k, v in value.items()
+        }
 
     @field_validator("accounts")
     @classmethod

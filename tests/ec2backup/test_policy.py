@@ -135,3 +135,12 @@ def test_cli_validate(tmp_path: Path) -> None:
         and lines[0].startswith("error: ")
         and ":8: snapshots.retention.count" in lines[0]
     )
+
+
+def test_tag_values_read_as_numbers_or_booleans_are_taken_as_written(tmp_path: Path) -> None:
+    text = BASE.replace("tags: {env: prod}", "tags: {env: prod, year: 2024, backup: yes}")
+    policy = load_policy(_write(tmp_path, text))
+    assert policy.selection.tags == {"env": "prod", "year": "2024", "backup": "true"}
+    nested = BASE.replace("tags: {env: prod}", "tags: {env: [a, b]}")
+    with pytest.raises(PolicyError, match=r"selection\.tags\.env"):
+        load_policy(_write(tmp_path, nested, "n.yaml"))
