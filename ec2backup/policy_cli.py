@@ -53,6 +53,26 @@ async def _client() -> Any:
         raise UserError(f"cannot reach Temporal: {exc}") from None
 
 
+def check_repository(policy: Any) -> None:
+    """A policy whose repository does not exist would fail every run: refuse it at apply."""
+    from ec2backup.policy import PolicyError
+    from ec2backup.repository.backend import open_backend
+    from ec2backup.repository.repo import CONFIG_NAME
+
+    if policy.image_backup is None:
+        return
+    url = policy.image_backup.repository
+    try:
+        found = open_backend(url).exists(CONFIG_NAME)
+    except Exception as exc:
+        raise PolicyError(f"image_backup.repository: cannot access {url}: {exc}") from None
+    if not found:
+        raise PolicyError(
+            f"image_backup.repository: no repository at {url} "
+            "(create one with `ec2backup repo init`)"
+        )
+
+
 @policy_app.command("apply")
 def policy_apply(file: Path = typer.Argument(..., help="Policy file")) -> None:
     """Create or update the policy's Temporal Schedule (idempotent)."""
@@ -60,6 +80,7 @@ def policy_apply(file: Path = typer.Argument(..., help="Policy file")) -> None:
     from ec2backup.policy import load_policy
 
     policy = load_policy(file)
+    check_repository(policy)
 
     async def go() -> str:
         return await schedules.apply(await _client(), policy)

@@ -138,3 +138,16 @@ def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Pa
     )
     for name in (low, high):
         wb.cli("policy", "delete", name)
+
+
+def test_apply_refuses_a_missing_repository(wb: Workbench, tmp_path: Path) -> None:
+    name = f"p-{uuid.uuid4().hex[:6]}"
+    text = _policy(tmp_path, name, "x").read_text()
+    missing = f"s3://ec2backup-tests/no-repo-{uuid.uuid4().hex[:6]}"
+    bad = tmp_path / "norepo.yaml"
+    bad.write_text(text + f"image_backup:\n  repository: {missing}\n")
+    out = wb.cli("policy", "apply", str(bad), check=False)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "image_backup.repository" in lines[0] and missing in lines[0], lines
+    assert name not in {r["name"] for r in wb.cli_json("policy", "list", "--json")}
