@@ -4,6 +4,7 @@ priority between policies), reporting every instance's outcome."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,61 @@ def test_apply_refuses_a_missing_repository(wb: Workbench, tmp_path: Path) -> No
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "image_backup.repository" in lines[0] and missing in lines[0], lines
     assert name not in {r["name"] for r in wb.cli_json("policy", "list", "--json")}
+
+
+def test_overlapping_runs_are_skipped_and_pause_stops_runs(wb: Workbench, tmp_path: Path) -> None:
+    """The schedule is sped up to fire every second (simulated time): runs that would overlap
+    a running one are skipped, and a paused policy starts no new run."""
+    from datetime import timedelta
+
+    from temporalio.client import ScheduleIntervalSpec, ScheduleSpec, ScheduleUpdate
+
+    from ec2backup.schedules import schedule_id
+
+    team = f"t{uuid.uuid4().hex[:8]}"
+    wb.cli_json(
+        "lab", "seed", "--instances", "3", "--size-gib", "1", "--fill", "0.01", "--tag",
+        f"team={team}",
+    )  # fmt: skip
+    name = f"ovl-{team}"
+    path = tmp_path / "ovl.yaml"
+    path.write_text(POLICY.format(name=name, team=team, priority=0, time="03:00").replace(
+        "concurrency: 2", "concurrency: 1"))  # fmt: skip
+    wb.cli("policy", "apply", str(path))
+
+    async def every_second(client: Any) -> None:
+        def update(inp: Any) -> ScheduleUpdate:
+            schedule = inp.description.schedule
+            schedule.spec = ScheduleSpec(
+                intervals=[ScheduleIntervalSpec(every=timedelta(seconds=1))]
+            )
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(schedule_id(name)).update(update)
+
+    async def info(client: Any) -> Any:
+        return (await client.get_schedule_handle(schedule_id(name)).describe()).info
+
+    wb.temporal(every_second)
+    peak = 0
+
+    def skipped_twice_and_one_done() -> Any:
+        nonlocal peak
+        i = wb.temporal(info)
+        peak = max(peak, len(i.running_actions))
+        done = len(i.recent_actions) - len(i.running_actions)
+        return i if i.num_actions_skipped_overlap >= 2 and done >= 1 else None
+
+    wait_for(skipped_twice_and_one_done, 120, "overlapping runs to be skipped", interval=0.3)
+    assert peak == 1
+
+    wb.cli("policy", "pause", name)
+    paused = wb.temporal(info)
+    wait_for(lambda: not wb.temporal(info).running_actions or None, 120, "the run to end")
+    before = wb.temporal(info).num_actions
+    time.sleep(4)  # four due times pass while paused
+    assert wb.temporal(info).num_actions == before
+    assert paused.num_actions <= before
+    wb.cli("policy", "resume", name)
+    wait_for(lambda: wb.temporal(info).num_actions > before or None, 30, "runs to start again")
+    wb.cli("policy", "delete", name)
