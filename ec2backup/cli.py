@@ -36,6 +36,12 @@ def _sessions(app: typer.Typer) -> None:
     register(app)
 
 
+def _status(app: typer.Typer) -> None:
+    from ec2backup.session_cli import register_status
+
+    register_status(app)
+
+
 def _restores(app: typer.Typer) -> None:
     from ec2backup.restore_cli import register
 
@@ -64,6 +70,7 @@ FAMILIES = {
     "backup": _sessions,
     "session": _sessions,
     "snapshots": _sessions,
+    "status": _status,
     "restore": _restores,
     "restore-points": _restores,
     "policy": _policies,

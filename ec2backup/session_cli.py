@@ -6,20 +6,29 @@ import asyncio
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from ec2backup.errors import NotFoundError, UserError
 from ec2backup.models import (
+    BackupPolicyOutput,
     BackupSessionInput,
     BackupSessionOutput,
     ImageBackupSpec,
+    InstanceOutcome,
     PauseInput,
     Placement,
     ProgressInput,
@@ -28,7 +37,7 @@ from ec2backup.models import (
     SessionProgress,
     WorkerSpec,
 )
-from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
+from ec2backup.temporal import INSTANCE_ID, POLICY_NAME, TASK_QUEUE, connect, search_attributes
 
 session_app = typer.Typer(help="Watch and control backup sessions.", no_args_is_help=True)
 snapshots_app = typer.Typer(
@@ -37,6 +46,12 @@ snapshots_app = typer.Typer(
 console = Console(stderr=True, soft_wrap=True)
 EBS_BLOCK_SIZE = 512 * 1024
 SESSION_WORKFLOW = "BackupSession"
+POLICY_WORKFLOW = "BackupPolicy"
+# A query answers within seconds when a worker is up; without one it would wait for the server.
+QUERY_TIMEOUT = timedelta(seconds=10)
+# Child session results fetched at once by `session report` (restore points of snapshot-only
+# sessions and failed sessions' causes, which the policy run does not record).
+REPORT_FETCH_CONCURRENCY = 16
 WATCH_POLL_SECONDS = 1.0
 
 
@@ -89,6 +104,27 @@ def failure_message(exc: BaseException) -> str:
 async def _result(handle: WorkflowHandle[Any, Any]) -> BackupSessionOutput:
     result: BackupSessionOutput = await handle.result()
     return result
+
+
+def register_status(app: typer.Typer) -> None:
+    @app.command("status")
+    def status(as_json: bool = typer.Option(False, "--json")) -> None:
+        """The last run of every applied policy (succeeded, failed, running) and the next."""
+        rows = _run(_policies_status())
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table("policy", "paused", "last run", "status", "instances", "next run")
+        for r in rows:
+            table.add_row(
+                r["policy"],
+                "yes" if r["paused"] else "",
+                _when(r["last_run_start"]),
+                status_text(r),
+                "" if r["instances"] is None else str(r["instances"]),
+                _when(r["next_run"]),
+            )
+        _table_console().print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -192,34 +228,84 @@ def register(app: typer.Typer) -> None:
     @session_app.command("list")
     def session_list(
         limit: int = typer.Option(20, "--limit"),
+        policy: str | None = typer.Option(None, "--policy", help="Only this policy's sessions"),
+        status: str | None = typer.Option(
+            None, "--status", help="running|completed|failed|canceled|terminated|timed-out"
+        ),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Recent backup sessions, newest first."""
+        """Recent backup sessions, newest first: policy, instance, status, phase, bytes,
+        duration (from each session's memo; no per-session query)."""
+        query = _session_query(policy, status)
 
         async def fetch() -> list[dict[str, Any]]:
             client = await _client()
-            rows = []
-            async for wf in client.list_workflows(
-                f"WorkflowType = '{SESSION_WORKFLOW}'", limit=limit
-            ):
-                rows.append(
-                    {
-                        "session_id": wf.id,
-                        "status": wf.status.name if wf.status else "",
-                        "start_time": wf.start_time.isoformat(),
-                        "close_time": wf.close_time.isoformat() if wf.close_time else None,
-                    }
-                )
-            return rows
+            now = datetime.now(UTC)
+            return [
+                await _session_row(wf, now)
+                async for wf in client.list_workflows(query, limit=limit)
+            ]
 
         rows = _run(fetch())
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("session", "status", "started", "closed")
+        table = Table(
+            "session", "policy", "instance", "status", "phase", "bytes", "duration", "started"
+        )
         for r in rows:
-            table.add_row(r["session_id"], r["status"], r["start_time"], r["close_time"] or "")
-        Console().print(table)
+            table.add_row(
+                r["session_id"],
+                r["policy"] or "",
+                r["instance"] or "",
+                r["status"],
+                r["phase"] or "",
+                _bytes_text(r["bytes_read"], r["bytes_stored"]),
+                duration_text(r["duration"]),
+                _when(r["start_time"]),
+            )
+        _table_console().print(table)
+
+    @session_app.command("report")
+    def session_report(
+        run_id: str = typer.Argument(..., metavar="ID", help="A BackupPolicy run (or session) id"),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Every instance of one policy run: status, session, restore point, bytes, duration,
+        error; then a summary (and what retention deleted)."""
+        report, kind, status = _run(_policy_report(run_id))
+        if as_json:
+            print(json.dumps(report.model_dump(mode="json"), indent=2))
+            return
+        out = _table_console()
+        paused = ", paused" if report.paused else ""
+        what = "run" if kind == POLICY_WORKFLOW else "session"
+        out.print(f"policy {report.policy} {what} {run_id}: {status}, phase {report.phase}{paused}")
+        table = Table(
+            "instance",
+            "region",
+            "status",
+            "session",
+            "restore point",
+            "bytes",
+            "duration",
+            "error",
+        )
+        for o in report.instances:
+            table.add_row(
+                o.instance_id,
+                o.region,
+                o.status,
+                o.session_id or "",
+                o.restore_point_id or "",
+                _bytes_text(o.bytes_read, o.bytes_stored),
+                duration_text(o.seconds),
+                o.error or "",
+            )
+        out.print(table)
+        out.print(report_summary(report, policy_run=kind == POLICY_WORKFLOW))
+        for note in report.notes:
+            out.print(f"note: {note}")
 
     @session_app.command("show")
     def session_show(session_id: str, as_json: bool = typer.Option(False, "--json")) -> None:
@@ -379,3 +465,345 @@ async def _watch_async(session_id: str) -> int:
         status = desc.status.name if desc.status else ""
         console.print(f"session {session_id} {status}: {failure_message(exc)}")
     return 1
+
+
+# ---- the operator's views: session list, session report, status ---------------------------
+# `--status` values -> Temporal's ExecutionStatus (visibility query values).
+_STATUS_QUERY = {
+    "running": "Running",
+    "completed": "Completed",
+    "failed": "Failed",
+    "canceled": "Canceled",
+    "cancelled": "Canceled",
+    "terminated": "Terminated",
+    "timed-out": "TimedOut",
+    "continued-as-new": "ContinuedAsNew",
+}
+# A session's workflow status -> its outcome in a report (InstanceOutcome.status).
+_OUTCOME = {
+    WorkflowExecutionStatus.RUNNING: "running",
+    WorkflowExecutionStatus.COMPLETED: "completed",
+    WorkflowExecutionStatus.CANCELED: "canceled",
+}
+
+
+def _quoted(value: str, option: str) -> str:
+    if "'" in value or "\\" in value:
+        raise UserError(f"{option}: '{value}' must not contain quotes or backslashes")
+    return f"'{value}'"
+
+
+def _session_query(policy: str | None, status: str | None) -> str:
+    parts = [f"WorkflowType = '{SESSION_WORKFLOW}'"]
+    if policy:
+        parts.append(f"PolicyName = {_quoted(policy, '--policy')}")
+    if status:
+        value = _STATUS_QUERY.get(status.lower().replace("_", "-"))
+        if value is None:
+            choices = ", ".join(k for k in _STATUS_QUERY if k != "cancelled")
+            raise UserError(f"--status: '{status}' is not one of {choices}")
+        parts.append(f"ExecutionStatus = '{value}'")
+    else:
+        # A session that continued as new is listed once: as its current run.
+        parts.append("ExecutionStatus != 'ContinuedAsNew'")
+    return " AND ".join(parts)
+
+
+async def _memo(wf: WorkflowExecution) -> dict[str, Any]:
+    """The session's memo (phase, policy, instance, region, bytes); {} for older sessions."""
+    try:
+        return dict(await wf.memo())
+    except Exception:
+        return {}
+
+
+def _seconds(wf: WorkflowExecution, now: datetime) -> float:
+    end = wf.close_time or now
+    return round(max(0.0, (end - wf.start_time).total_seconds()), 3)
+
+
+async def _session_row(wf: WorkflowExecution, now: datetime) -> dict[str, Any]:
+    """One `session list` row. JSON carries numbers: bytes (stored) and bytes_read in bytes,
+    duration in seconds (until now for a running session)."""
+    memo = await _memo(wf)
+    attrs = wf.typed_search_attributes
+    stored = int(memo.get("bytes_stored") or 0)
+    return {
+        "session_id": wf.id,
+        "policy": memo.get("policy") or attrs.get(POLICY_NAME),
+        "instance": memo.get("instance") or attrs.get(INSTANCE_ID),
+        "region": memo.get("region"),
+        "status": wf.status.name if wf.status else "",
+        "phase": memo.get("phase"),
+        "bytes": stored,
+        "bytes_read": int(memo.get("bytes_read") or 0),
+        "bytes_stored": stored,
+        "duration": _seconds(wf, now),
+        "start_time": wf.start_time.isoformat(timespec="seconds"),
+        "close_time": wf.close_time.isoformat(timespec="seconds") if wf.close_time else None,
+    }
+
+
+def _table_console() -> Console:
+    """stdout; when it is not a terminal (a pipe, a log), wide enough not to fold rows."""
+    import os
+    import sys
+
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=250)
+
+
+def _bytes_text(read: int, stored: int) -> str:
+    from ec2backup.progress import human_bytes
+
+    text = human_bytes(stored)
+    return f"{text} ({human_bytes(read)} read)" if read else text
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(seconds)
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO time from JSON rows (UTC) as `2024-05-01 03:00:12Z`."""
+    return iso[:19].replace("T", " ") + "Z" if iso else ""
+
+
+def report_summary(report: BackupPolicyOutput, policy_run: bool = True) -> str:
+    """`2 completed, 1 failed; retention: deleted 3 snapshot sets (6 snapshots), ...`."""
+    counts: dict[str, int] = {}
+    for o in report.instances:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    order = ["completed", "failed", "canceled", "running", "pending"]
+    parts = [f"{counts.pop(k)} {k}" for k in order if k in counts]
+    parts += [f"{n} {k}" for k, n in sorted(counts.items())]
+    line = ", ".join(parts) or "no instances"
+    r = report.retention
+    if not policy_run:
+        return line
+    if r is None:
+        return f"{line}; retention: not run" if report.phase == "done" else line
+    from ec2backup.progress import human_bytes
+
+    deleted = [
+        f"{len(r.deleted_snapshot_sets)} snapshot sets ({len(r.deleted_snapshots)} snapshots)",
+        f"{len(r.deleted_replica_sets)} replica sets ({len(r.deleted_replicas)} replicas)",
+        f"{len(r.forgotten_restore_points)} restore points",
+    ]
+    verb = "would delete" if r.dry_run else "deleted"
+    pruned = f", pruned {human_bytes(r.pruned_bytes)}" if r.pruned_bytes else ""
+    return f"{line}; retention: {verb} {', '.join(deleted)}{pruned}"
+
+
+async def _policy_report(run_id: str) -> tuple[BackupPolicyOutput, str, str]:
+    """The report of a BackupPolicy run (or a one-row one of a BackupSession), the workflow's
+    type and its status."""
+    client = await _client()
+    handle = client.get_workflow_handle(run_id)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise NotFoundError(f"no policy run or session {run_id}") from None
+        raise
+    status = desc.status.name if desc.status else ""
+    if desc.workflow_type == SESSION_WORKFLOW:
+        session = client.get_workflow_handle(run_id, result_type=BackupSessionOutput)
+        return await _session_report(session, desc), SESSION_WORKFLOW, status
+    if desc.workflow_type != POLICY_WORKFLOW:
+        raise UserError(f"{run_id} is a {desc.workflow_type} workflow, not a policy run or session")
+    policy_run = client.get_workflow_handle(run_id, result_type=BackupPolicyOutput)
+    report = await _run_report(policy_run, desc)
+    await _from_sessions(client, report)
+    return report, POLICY_WORKFLOW, status
+
+
+async def _run_report(
+    handle: WorkflowHandle[Any, Any], desc: WorkflowExecutionDescription
+) -> BackupPolicyOutput:
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        done: BackupPolicyOutput = await handle.result()
+        return done
+    report: BackupPolicyOutput | None = None
+    problem = ""
+    try:
+        # Running: the live report. Closed (failed, terminated): the worker replays the
+        # history up to the end, so the report shows where it stopped.
+        report = await handle.query(
+            "report", result_type=BackupPolicyOutput, rpc_timeout=QUERY_TIMEOUT
+        )
+    except Exception as exc:
+        problem = f"report query failed: {failure_message(exc)}"
+    if report is None:
+        report = BackupPolicyOutput(
+            policy=desc.typed_search_attributes.get(POLICY_NAME) or "", phase="unknown"
+        )
+        report.notes.append(problem)
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        try:
+            await handle.result()
+        except Exception as exc:
+            status = desc.status.name.lower() if desc.status else "closed"
+            report.notes.append(f"run {status}: {failure_message(exc)}")
+    return report
+
+
+async def _from_sessions(client: Client, report: BackupPolicyOutput) -> None:
+    """What the policy run does not record, from its sessions (a few at a time): a
+    snapshot-only session's restore point is its snapshot set (what `restore instance` takes),
+    and a failed session's error is its own cause (the run keeps only "Activity task failed")."""
+    wanted = [
+        o
+        for o in report.instances
+        if o.session_id
+        and ((o.status == "completed" and not o.restore_point_id) or o.status == "failed")
+    ]
+    limit = asyncio.Semaphore(REPORT_FETCH_CONCURRENCY)
+
+    async def fill(o: InstanceOutcome) -> None:
+        handle = client.get_workflow_handle(str(o.session_id), result_type=BackupSessionOutput)
+        async with limit:
+            try:
+                result: BackupSessionOutput = await handle.result()
+            except RPCError:  # the session's history may be gone: keep what the run says
+                return
+            except Exception as exc:
+                if o.status == "failed":
+                    o.error = failure_message(exc)
+                return
+        o.restore_point_id = result.restore_point_id or result.snapshot_set_id
+
+    await asyncio.gather(*(fill(o) for o in wanted))
+
+
+async def _session_report(
+    handle: WorkflowHandle[Any, Any], desc: WorkflowExecutionDescription
+) -> BackupPolicyOutput:
+    memo = await _memo(desc)
+    attrs = desc.typed_search_attributes
+    running = desc.status == WorkflowExecutionStatus.RUNNING
+    outcome = InstanceOutcome(
+        instance_id=memo.get("instance") or attrs.get(INSTANCE_ID) or "",
+        region=memo.get("region") or "",
+        session_id=desc.id,
+        status=_OUTCOME.get(desc.status, "failed") if desc.status else "failed",
+        bytes_read=int(memo.get("bytes_read") or 0),
+        bytes_stored=int(memo.get("bytes_stored") or 0),
+        seconds=None if running else _seconds(desc, datetime.now(UTC)),
+    )
+    if desc.status == WorkflowExecutionStatus.COMPLETED:
+        result: BackupSessionOutput = await handle.result()
+        outcome.restore_point_id = result.restore_point_id or result.snapshot_set_id
+        outcome.bytes_read = sum(v.bytes_read for v in result.volumes)
+        outcome.bytes_stored = sum(v.bytes_stored for v in result.volumes)
+    elif not running:
+        try:
+            await handle.result()
+        except Exception as exc:
+            outcome.error = failure_message(exc)
+    notes = [f"session {desc.id}: phase {memo['phase']}"] if memo.get("phase") else []
+    return BackupPolicyOutput(
+        policy=memo.get("policy") or attrs.get(POLICY_NAME) or "",
+        phase="backing up" if running else "done",
+        instances=[outcome],
+        notes=notes,
+    )
+
+
+async def _policies_status() -> list[dict[str, Any]]:
+    from ec2backup.schedules import SCHEDULE_PREFIX
+
+    client = await _client()
+    ids = [s.id async for s in await client.list_schedules() if s.id.startswith(SCHEDULE_PREFIX)]
+    rows = await asyncio.gather(*(_policy_status(client, sid, SCHEDULE_PREFIX) for sid in ids))
+    return sorted(rows, key=lambda r: str(r["policy"]))
+
+
+async def _policy_status(client: Client, schedule_id: str, prefix: str) -> dict[str, Any]:
+    """One `status` row. last_status: succeeded (the run completed and so did every
+    instance), failed (failed_instances of instances, or the run itself failed), running,
+    canceled, unknown (the run is no longer in Temporal), or null (never run)."""
+    desc = await client.get_schedule_handle(schedule_id).describe()
+    nxt = desc.info.next_action_times[:1]
+    row: dict[str, Any] = {
+        "policy": schedule_id.removeprefix(prefix),
+        "paused": desc.schedule.state.paused,
+        "last_run_id": None,
+        "last_run_start": None,
+        "last_status": None,
+        "run_status": None,
+        "instances": None,
+        "completed_instances": None,
+        "failed_instances": None,
+        "next_run": nxt[0].isoformat(timespec="seconds") if nxt else None,
+    }
+    if not desc.info.recent_actions:
+        return row
+    last = max(desc.info.recent_actions, key=lambda a: a.started_at)
+    run_id = getattr(last.action, "workflow_id", None)
+    row["last_run_start"] = last.started_at.isoformat(timespec="seconds")
+    row["last_run_id"] = run_id
+    if run_id:
+        row.update(await _last_run(client, run_id))
+    return row
+
+
+async def _last_run(client: Client, run_id: str) -> dict[str, Any]:
+    handle = client.get_workflow_handle(run_id, result_type=BackupPolicyOutput)
+    try:
+        desc = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return {"last_status": "unknown"}
+        raise
+    status = desc.status
+    out: dict[str, Any] = {"run_status": status.name if status else None}
+    report: BackupPolicyOutput | None = None
+    try:
+        if status == WorkflowExecutionStatus.COMPLETED:
+            report = await handle.result()
+        else:
+            report = await handle.query(
+                "report", result_type=BackupPolicyOutput, rpc_timeout=QUERY_TIMEOUT
+            )
+    except Exception:
+        report = None
+    if report is not None:
+        out["instances"] = len(report.instances)
+        out["completed_instances"] = sum(o.status == "completed" for o in report.instances)
+        out["failed_instances"] = sum(o.status in ("failed", "canceled") for o in report.instances)
+    if status == WorkflowExecutionStatus.RUNNING:
+        out["last_status"] = "running"
+    elif status == WorkflowExecutionStatus.COMPLETED:
+        all_done = report is not None and out["completed_instances"] == out["instances"]
+        out["last_status"] = "succeeded" if all_done else "failed"
+    elif status == WorkflowExecutionStatus.CANCELED:
+        out["last_status"] = "canceled"
+    else:  # failed, terminated, timed out
+        out["last_status"] = "failed"
+    return out
+
+
+def status_text(row: dict[str, Any]) -> str:
+    """`succeeded`, `failed (2 of 5)`, `failed (terminated)`, `running (3 of 5 done)`, ..."""
+    status = row["last_status"]
+    if status is None:
+        return "never run"
+    n, ok, bad = row["instances"], row["completed_instances"], row["failed_instances"]
+    if status == "running" and n is not None:
+        return f"running ({ok + bad} of {n} done)"
+    if status == "failed" and row["run_status"] not in (None, "COMPLETED"):
+        return f"failed ({str(row['run_status']).lower().replace('_', ' ')})"
+    if status == "failed" and n is not None:
+        return f"failed ({n - ok} of {n})"
+    return str(status)
