@@ -431,6 +431,7 @@ class InstanceOutcome(BaseModel):
     session_id: str | None = None
     status: str  # pending | running | completed | failed | canceled
     restore_point_id: str | None = None
+    snapshot_set_id: str | None = None
     error: str | None = None
     bytes_read: int = 0
     bytes_stored: int = 0

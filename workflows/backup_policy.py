@@ -106,12 +106,13 @@ class BackupPolicy:
                     )
                     outcome.status = "completed"
                     outcome.restore_point_id = result.restore_point_id
+                    outcome.snapshot_set_id = result.snapshot_set_id
                     outcome.bytes_read = sum(v.bytes_read for v in result.volumes)
                     outcome.bytes_stored = sum(v.bytes_stored for v in result.volumes)
                 except ChildWorkflowError as exc:
                     canceled = isinstance(exc.cause, CancelledError)
                     outcome.status = "canceled" if canceled else "failed"
-                    outcome.error = str(exc.cause or exc)
+                    outcome.error = _innermost(exc)
                 outcome.seconds = (workflow.now() - started).total_seconds()
             return outcome
 
@@ -156,3 +157,10 @@ class BackupPolicy:
             image_backup=image,
             policy_name=name,
         )
+
+
+def _innermost(exc: BaseException) -> str:
+    """The root cause's message ("Activity task failed" says nothing to an operator)."""
+    while getattr(exc, "cause", None) is not None:
+        exc = exc.cause  # type: ignore[attr-defined]
+    return str(exc) or type(exc).__name__
