@@ -2,7 +2,7 @@
 
 Routes (method path -> what):
   GET  health                         liveness
-  GET|POST config                     settings (snapshot_pending_seconds)
+  GET|POST config                     settings (snapshot_pending_seconds, s3_restore_reads)
   POST seed                           instances with data volumes (see `SeedRequest`)
   POST churn                          overwrite about F of a volume's blocks
   GET  checksum/<vol-or-snap-id>      SHA-256 of the whole logical content

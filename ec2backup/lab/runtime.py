@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ec2backup.lab.blockstore import BlockStore
+from ec2backup.lab.s3ext import DEFAULT_S3_RESTORE_READS, set_restore_reads
 
 # How long a new EC2 snapshot stays `pending` before `completed`, by default. Long enough
 # that waiters really poll, short enough for tests.
@@ -55,6 +56,7 @@ class LabRuntime:
         self.root = root
         self.lock = threading.RLock()
         self.snapshot_pending_seconds = DEFAULT_SNAPSHOT_PENDING_SECONDS
+        self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
         self.throttles: list[Throttle] = []
@@ -78,6 +80,12 @@ class LabRuntime:
                 if value < 0:
                     raise ValueError("snapshot_pending_seconds must be >= 0")
                 self.snapshot_pending_seconds = value
+            if "s3_restore_reads" in data:
+                reads = int(data["s3_restore_reads"])
+                if reads < 0:
+                    raise ValueError("s3_restore_reads must be >= 0")
+                self.s3_restore_reads = reads
+                set_restore_reads(reads)
             if "temporal_address" in data:
                 self.temporal_address = str(data["temporal_address"])
             if persist:
@@ -87,6 +95,7 @@ class LabRuntime:
     def config(self) -> dict[str, Any]:
         return {
             "snapshot_pending_seconds": self.snapshot_pending_seconds,
+            "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
         }
 

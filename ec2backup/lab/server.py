@@ -174,9 +174,11 @@ def build_app(root: Path) -> LabMiddleware:
     set_runtime(runtime)
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from ec2backup.lab import control, ebsdirect, ec2ext
+    from ec2backup.lab import control, ebsdirect, ec2ext, s3ext
 
     ec2ext.install()
+    s3ext.install()
+    s3ext.set_restore_reads(runtime.s3_restore_reads)  # the default or the saved setting
     ebsdirect.install(SERVICE_HANDLERS)
     control.install(CONTROL_ROUTES)
     return LabMiddleware(DomainDispatcherApplication(create_backend_app), runtime)

@@ -17,6 +17,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -151,6 +152,8 @@ class S3Backend:
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.client = client or make_s3_client()
+        # Set from the repository config: packs (data/...) are written in this class.
+        self.data_storage_class: str | None = None
 
     def location(self) -> str:
         return self.url
@@ -164,10 +167,13 @@ class S3Backend:
     def put(self, name: str, data: Content) -> None:
         key = self._key(name)
         view = memoryview(b"".join(data) if isinstance(data, list) else data)
+        extra: dict[str, Any] = {}
+        if self.data_storage_class and name.startswith("data/"):
+            extra["StorageClass"] = self.data_storage_class
         if len(view) <= MULTIPART_THRESHOLD:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(view))
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(view), **extra)
             return
-        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
         try:
 
@@ -240,6 +246,61 @@ class S3Backend:
 
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    # ---- archive tier (S3 Glacier classes) ------------------------------------------------
+    def object_state(self, name: str) -> ObjectState:
+        """Storage class, last-modified time and retrieval state of one object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            raise self._missing(name, exc) from exc
+        storage_class = head.get("StorageClass") or "STANDARD"
+        restore = head.get("Restore") or ""
+        if storage_class not in ARCHIVE_CLASSES:
+            retrieval = "readable"
+        elif 'ongoing-request="true"' in restore:
+            retrieval = "in-progress"
+        elif 'ongoing-request="false"' in restore:
+            retrieval = "readable"  # a restored copy exists until its expiry
+        else:
+            retrieval = "archived"
+        return ObjectState(
+            storage_class=storage_class,
+            size=int(head["ContentLength"]),
+            last_modified=head["LastModified"],
+            retrieval=retrieval,
+        )
+
+    def request_retrieval(self, name: str, days: int, tier: str) -> None:
+        """RestoreObject (idempotent: a request already in progress is fine)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.restore_object(
+                Bucket=self.bucket,
+                Key=self._key(name),
+                RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "RestoreAlreadyInProgress":
+                raise
+
+
+# S3 classes whose objects must be restored (RestoreObject) before a GET.
+ARCHIVE_CLASSES = frozenset({"GLACIER", "DEEP_ARCHIVE"})
+# Minimum storage duration billed by each archive class: deleting earlier is charged as if the
+# object had stayed that long (https://aws.amazon.com/s3/pricing/).
+MINIMUM_STORAGE_DAYS = {"GLACIER": 90, "DEEP_ARCHIVE": 180}
+
+
+@dataclass
+class ObjectState:
+    storage_class: str
+    size: int
+    last_modified: Any  # datetime
+    retrieval: str  # readable | archived | in-progress
 
 
 def make_s3_client() -> Any:

@@ -37,6 +37,7 @@ class PruneReport:
     bytes_freed: int = 0
     pages_deleted: int = 0
     index_files_replaced: int = 0
+    packs_held: int = 0  # unused or partly used packs kept: no repack, or `may_delete` refused
     dry_run: bool = False
 
 
@@ -45,8 +46,14 @@ def prune(
     *,
     dry_run: bool = False,
     progress: Callable[[int], None] | None = None,
+    repack: bool = True,
+    may_delete: Callable[[str], bool] | None = None,
 ) -> PruneReport:
-    """Caller must hold the exclusive lock."""
+    """Caller must hold the exclusive lock.
+
+    Archive repositories pass `repack=False` (their packs cannot be read without a retrieval:
+    partly used packs stay whole) and `may_delete` (a pack younger than its storage class's
+    minimum duration stays unless early deletion is allowed)."""
     report = PruneReport(dry_run=dry_run)
     index = repo.load_index(refresh=True)
     _rps, used_pages, used_blobs = referenced(repo)
@@ -69,30 +76,35 @@ def prune(
             )
 
     keep_packs: list[IndexPack] = []
-    repack: list[tuple[IndexPack, set[bytes]]] = []
+    to_repack: list[tuple[IndexPack, set[bytes]]] = []
     delete: list[str] = []
     for pid, ipack in index.packs.items():
         kept = set(keep_in.get(pid, ()))
-        if not kept:
+        deletable = may_delete is None or pid not in present or may_delete(pid)
+        if len(kept) == len(ipack.blobs) or (kept and not repack) or not deletable:
+            keep_packs.append(ipack)
+            report.blobs_kept += len(ipack.blobs)
+            if len(kept) < len(ipack.blobs):
+                report.packs_held += 1
+        elif not kept:
             if pid in present:
                 delete.append(pid)
             report.blobs_removed += len(ipack.blobs)
-        elif len(kept) == len(ipack.blobs):
-            keep_packs.append(ipack)
-            report.blobs_kept += len(kept)
         else:
-            repack.append((ipack, kept))
+            to_repack.append((ipack, kept))
             report.blobs_kept += len(kept)
             report.blobs_removed += len(ipack.blobs) - len(kept)
-    unindexed = [p for p in present if p not in index.packs]
+    unindexed = [
+        p for p in present if p not in index.packs and (may_delete is None or may_delete(p))
+    ]
     report.bytes_freed = sum(present[p] for p in delete + unindexed)
-    report.bytes_freed += sum(ip.size for ip, _ in repack)
+    report.bytes_freed += sum(ip.size for ip, _ in to_repack)
 
     all_pages = {name.rsplit("/", 1)[1]: name for name, _ in repo.backend.list("maps/")}
     dead_pages = [name for pid, name in all_pages.items() if pid not in used_pages]
     report.pages_deleted = len(dead_pages)
     if dry_run:
-        report.packs_deleted = len(delete) + len(unindexed) + len(repack)
+        report.packs_deleted = len(delete) + len(unindexed) + len(to_repack)
         return report
 
     # 2. repack
@@ -110,7 +122,7 @@ def prune(
         report.bytes_freed -= builder.size
         builder = PackBuilder()
 
-    for ipack, kept in repack:
+    for ipack, kept in to_repack:
         name = data_name(ipack.id)
         data = repo.backend.get(name)
         if crypto.content_hash(data).hex() != ipack.id:
@@ -141,7 +153,7 @@ def prune(
     for oid in old_index_ids:
         repo.backend.delete(repo.object_name("index", oid))
     report.index_files_replaced = len(old_index_ids)
-    for pid in delete + unindexed + [ip.id for ip, _ in repack]:
+    for pid in delete + unindexed + [ip.id for ip, _ in to_repack]:
         repo.backend.delete(data_name(pid))
         report.packs_deleted += 1
     for name in dead_pages:

@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ec2backup import crypto, keys
 from ec2backup.errors import NotFoundError, UserError
-from ec2backup.repository.backend import Backend, ObjectMissing, open_backend
+from ec2backup.repository.backend import Backend, ObjectMissing, S3Backend, open_backend
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, PAGE_BLOCKS, PAGE_BYTES
 from ec2backup.repository.index import Index, IndexFile, IndexPack
 from ec2backup.repository.restorepoint import RestorePoint
@@ -77,6 +77,10 @@ class RepoConfig(BaseModel):
     blob_id: str = "blake3-keyed"
     object_id: str = "blake3"
     pack_size: int = DEFAULT_PACK_SIZE
+    # Archive repositories: the S3 storage class of packs (GLACIER, DEEP_ARCHIVE). Metadata
+    # (config, keys, index, maps, restore points) stays STANDARD so listing, planning and
+    # retention never need a retrieval. Absent = STANDARD (a hot repository).
+    data_storage_class: str | None = None
 
 
 def data_name(pack_id: str) -> str:
@@ -102,6 +106,8 @@ class Repository:
         self.backend = backend
         self.config = config
         self.key_id = key_id
+        if isinstance(backend, S3Backend):
+            backend.data_storage_class = config.data_storage_class
         self._master = master
         self.data_key = crypto.derive_key(master, "ec2backup 2026-11 blob encryption v1")
         self.meta_key = crypto.derive_key(master, "ec2backup 2026-11 metadata encryption v1")
@@ -121,8 +127,11 @@ class Repository:
         kms_key_id: str | None = None,
         pack_size: int = DEFAULT_PACK_SIZE,
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
+        data_storage_class: str | None = None,
     ) -> Repository:
         backend = open_backend(url)
+        if data_storage_class and not isinstance(backend, S3Backend):
+            raise UserError(f"--storage-class {data_storage_class} needs an s3:// repository")
         if password is None and not kms_key_id:
             raise UserError(
                 "no password and no KMS key: set EC2BACKUP_REPO_PASSWORD, use --password-file "
@@ -135,7 +144,10 @@ class Repository:
         if exists:
             raise UserError(f"a repository already exists at {backend.location()}")
         config = RepoConfig(
-            id=secrets.token_hex(32), pack_size=pack_size, compression_level=compression_level
+            id=secrets.token_hex(32),
+            pack_size=pack_size,
+            compression_level=compression_level,
+            data_storage_class=data_storage_class,
         )
         master = crypto.random_key()
         wrapped: list[keys.KeyFile] = []

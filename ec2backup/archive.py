@@ -1,0 +1,327 @@
+"""The archive tier: restore points copied into an archive repository whose packs live in an S3
+Glacier class, retrieved (RestoreObject) before a restore, and retained by monthly/yearly counts.
+
+An archive repository has the same format as a hot one (docs/repository-format.md) with two
+config differences: `data_storage_class` (GLACIER or DEEP_ARCHIVE; metadata objects stay
+STANDARD so listing, planning and retention never need a retrieval) and large packs (Glacier
+bills per object: 40 KiB of overhead each, and per request).
+
+An archived restore point is **self-contained**: every block is decrypted from the hot
+repository and re-encrypted into the archive's own packs under the archive's keys; nothing in
+it refers to the hot repository, so forgetting or pruning the hot one cannot affect it. It
+records where it came from (`archived_from`, `hot_repository_id`), which makes archiving the
+same restore point twice a no-op; blocks already in the archive are deduplicated as usual.
+
+Packs are never read back in the archive (that would need a retrieval): verification checks
+the structure (every referenced blob is indexed, every pack exists with its indexed size and
+the archive storage class), prune never repacks, and a pack younger than its class's minimum
+storage duration is only deleted when explicitly allowed (the early-deletion charge is reported).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ec2backup.errors import UserError
+from ec2backup.repository.backend import (
+    ARCHIVE_CLASSES,
+    MINIMUM_STORAGE_DAYS,
+    ObjectMissing,
+    S3Backend,
+)
+from ec2backup.repository.backup import BackupWriter, commit_restore_point
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, ID_SIZE, PAGE_BLOCKS, ZERO_ID
+from ec2backup.repository.pack import BlobCodec
+from ec2backup.repository.repo import Repository, data_name
+from ec2backup.repository.restore import _fetch_run, plan_runs
+from ec2backup.repository.restorepoint import VolumeRecord
+
+# 128 MiB packs: 8x fewer objects than the hot repository's 16 MiB (Glacier charges ~40 KiB of
+# overhead and a request per object) while a copy holds at most two packs in memory.
+ARCHIVE_PACK_SIZE = 128 * 1024 * 1024
+STORAGE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+# Retrieval tiers RestoreObject accepts for both classes (Expedited is GLACIER-only and costly).
+RETRIEVAL_TIERS = ("Standard", "Bulk")
+# How long a retrieved copy stays readable: long enough for a slow restore to finish.
+RETRIEVED_COPY_DAYS = 7
+# us-east-1 storage prices (USD per GB-month) used to estimate early-deletion charges.
+PRICE_PER_GB_MONTH = {"GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099}
+# Runs of blobs fetched from the hot repository ahead of the archive writer.
+COPY_READ_AHEAD = 4
+GIB = 1024**3
+
+
+class ArchiveError(UserError):
+    pass
+
+
+def open_or_create(url: str, password: bytes, storage_class: str | None) -> Repository:
+    """The archive repository at `url`; created (with `storage_class`, large packs) if absent."""
+    from ec2backup.errors import NotFoundError
+
+    if storage_class is not None and storage_class not in STORAGE_CLASSES:
+        raise ArchiveError(
+            f"--storage-class: {storage_class} is not one of {', '.join(STORAGE_CLASSES)}"
+        )
+    try:
+        repo = Repository.open(url, password)
+    except NotFoundError:
+        return Repository.create(
+            url,
+            password,
+            pack_size=ARCHIVE_PACK_SIZE,
+            data_storage_class=storage_class or "GLACIER",
+        )
+    have = repo.config.data_storage_class
+    if have not in ARCHIVE_CLASSES:
+        raise ArchiveError(f"{url} is not an archive repository (its packs are STANDARD)")
+    if storage_class is not None and storage_class != have:
+        raise ArchiveError(
+            f"--storage-class: the archive repository at {url} stores packs in {have}, "
+            f"not {storage_class}"
+        )
+    return repo
+
+
+def find_archived(archive: Repository, hot_repository_id: str, restore_point_id: str) -> str | None:
+    for rid, rp in archive.list_restore_points():
+        if (
+            rp.tags.get("archived_from") == restore_point_id
+            and rp.source.get("hot_repository_id") == hot_repository_id
+        ):
+            return rid
+    return None
+
+
+@dataclass
+class CopyResult:
+    restore_point_id: str
+    already_archived: bool
+    bytes_copied: int = 0
+    blocks_copied: int = 0
+
+
+def _blocks_of(hot: Repository, volume: VolumeRecord) -> Any:
+    """(block index, plaintext) of every non-zero block, in block order, reading ahead."""
+    codec = BlobCodec(hot.data_key, hot.config.compression_level)
+
+    def fetch(run: Any) -> list[tuple[int, bytes]]:
+        out: list[tuple[int, bytes]] = []
+
+        def keep(offset: int, data: bytes | memoryview) -> None:
+            out.append((offset // EBS_BLOCK_SIZE, bytes(data)))
+
+        _fetch_run(hot, codec, run, volume.size, keep)
+        return out
+
+    pending: deque[Future[list[tuple[int, bytes]]]] = deque()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-read") as pool:
+        for run in plan_runs(hot, volume):
+            pending.append(pool.submit(fetch, run))
+            while len(pending) > COPY_READ_AHEAD:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+def copy_restore_point(
+    hot: Repository,
+    restore_point_id: str,
+    archive: Repository,
+    progress: Callable[[int], None] = lambda _n: None,
+) -> CopyResult:
+    """Copy one restore point into the archive (idempotent: an archived one is found)."""
+    rid, rp = hot.load_restore_point(restore_point_id)
+    existing = find_archived(archive, hot.config.id, rid)
+    if existing is not None:
+        return CopyResult(existing, already_archived=True)
+    result = CopyResult("", already_archived=False)
+    with archive.lock(exclusive=False, purpose=f"archive {rid[:12]}", wait=600):
+        records: list[VolumeRecord] = []
+        for volume in rp.volumes:
+            writer = BackupWriter(
+                archive,
+                name=volume.name,
+                size=volume.size,
+                device=volume.device,
+                inherit=False,
+                metadata=dict(volume.metadata),
+            )
+            try:
+                for block, data in _blocks_of(hot, volume):
+                    writer.add(block, data)
+                    result.blocks_copied += 1
+                    result.bytes_copied += len(data)
+                    progress(len(data))
+                record = writer.finish()
+            finally:
+                writer.close()
+            records.append(record)
+        result.restore_point_id = commit_restore_point(
+            archive,
+            records,
+            source={**rp.source, "archived_from": rid, "hot_repository_id": hot.config.id},
+            tags={**rp.tags, "archived_from": rid},
+            when=rp.time,
+        )
+    return result
+
+
+@dataclass
+class VerifyResult:
+    packs: int = 0
+    pack_bytes: int = 0
+    metadata_objects: int = 0
+    logical_bytes: int = 0
+    allocated_bytes: int = 0
+    storage_classes: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def objects_per_gib(self) -> float:
+        """Objects (packs + map pages + the restore point) per GiB of archived data."""
+        gib = max(self.allocated_bytes, 1) / GIB
+        return (self.packs + self.metadata_objects) / gib
+
+
+def packs_of(repo: Repository, volumes: list[VolumeRecord]) -> dict[str, int]:
+    """Pack id -> indexed size, for every pack the volumes' blocks live in."""
+    index = repo.load_index(refresh=True)
+    packs: dict[str, int] = {}
+    for volume in volumes:
+        for page_id in volume.pages:
+            if page_id is None:
+                continue
+            page = repo.load_page(page_id)
+            for slot in range(PAGE_BLOCKS):
+                bid = page[slot * ID_SIZE : (slot + 1) * ID_SIZE]
+                if bid == ZERO_ID:
+                    continue
+                loc = index.blobs.get(bid)
+                if loc is None:
+                    raise ArchiveError(f"blob {bid.hex()[:16]} is in no index of the archive")
+                packs[loc.pack_id] = index.packs[loc.pack_id].size
+    return packs
+
+
+def verify(archive: Repository, restore_point_id: str) -> VerifyResult:
+    """Structural check of an archived restore point (no pack is read: see the module doc)."""
+    _rid, rp = archive.load_restore_point(restore_point_id)
+    out = VerifyResult()
+    try:
+        packs = packs_of(archive, rp.volumes)
+    except ArchiveError as exc:
+        out.problems.append(str(exc))
+        return out
+    backend = archive.backend
+    wanted = archive.config.data_storage_class
+    for pid, size in sorted(packs.items()):
+        name = data_name(pid)
+        try:
+            state = backend.object_state(name) if isinstance(backend, S3Backend) else None
+        except ObjectMissing:
+            out.problems.append(f"{name} is missing")
+            continue
+        out.packs += 1
+        out.pack_bytes += size
+        if state is None:
+            continue
+        out.storage_classes[state.storage_class] = (
+            out.storage_classes.get(state.storage_class, 0) + 1
+        )
+        if state.size != size:
+            out.problems.append(f"{name} has {state.size} bytes, the index says {size}")
+        if wanted and state.storage_class != wanted:
+            out.problems.append(f"{name} is {state.storage_class}, not {wanted}")
+    out.metadata_objects = 1 + sum(1 for v in rp.volumes for p in v.pages if p is not None)
+    out.logical_bytes = sum(v.size for v in rp.volumes)
+    out.allocated_bytes = sum(v.stats.blocks_allocated * v.block_size for v in rp.volumes)
+    return out
+
+
+# ---- retrieval ----------------------------------------------------------------------------------
+@dataclass
+class RetrievalState:
+    packs: int = 0
+    readable: int = 0
+    in_progress: int = 0
+    archived: int = 0
+    requested: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.readable == self.packs
+
+
+def retrieval(
+    archive: Repository,
+    restore_point_id: str,
+    request: bool,
+    tier: str = "Standard",
+    days: int = RETRIEVED_COPY_DAYS,
+) -> RetrievalState:
+    """Where the restore point's packs stand; with `request`, RestoreObject the archived ones."""
+    if tier not in RETRIEVAL_TIERS:
+        raise ArchiveError(f"--retrieval-tier: {tier} is not one of {', '.join(RETRIEVAL_TIERS)}")
+    backend = archive.backend
+    if not isinstance(backend, S3Backend):
+        raise ArchiveError(f"{backend.location()} is not an S3 archive repository")
+    _rid, rp = archive.load_restore_point(restore_point_id)
+    state = RetrievalState()
+    for pid in sorted(packs_of(archive, rp.volumes)):
+        name = data_name(pid)
+        s = backend.object_state(name)
+        state.packs += 1
+        if s.retrieval == "readable":
+            state.readable += 1
+        elif s.retrieval == "in-progress":
+            state.in_progress += 1
+        else:
+            state.archived += 1
+            if request:
+                backend.request_retrieval(name, days, tier)
+                state.requested += 1
+    return state
+
+
+# ---- retention ----------------------------------------------------------------------------------
+@dataclass
+class EarlyDeletion:
+    packs: int = 0
+    bytes: int = 0
+    cost_usd: float = 0.0
+
+
+def young_packs(archive: Repository, now: dt.datetime) -> dict[str, tuple[int, float]]:
+    """Pack id -> (size, days left of the minimum storage duration) for packs still inside it."""
+    backend = archive.backend
+    storage_class = archive.config.data_storage_class or ""
+    minimum = MINIMUM_STORAGE_DAYS.get(storage_class, 0)
+    if not minimum or not isinstance(backend, S3Backend):
+        return {}
+    young: dict[str, tuple[int, float]] = {}
+    for pid, size in archive.list_packs().items():
+        state = backend.object_state(data_name(pid))
+        age = (now - state.last_modified).total_seconds() / 86400
+        if age < minimum:
+            young[pid] = (size, minimum - age)
+    return young
+
+
+def early_deletion_cost(
+    young: dict[str, tuple[int, float]], packs: list[str], storage_class: str
+) -> EarlyDeletion:
+    out = EarlyDeletion()
+    price = PRICE_PER_GB_MONTH.get(storage_class, 0.0)
+    for pid in packs:
+        if pid in young:
+            size, days_left = young[pid]
+            out.packs += 1
+            out.bytes += size
+            out.cost_usd += size / 1e9 * price * days_left / 30
+    return out

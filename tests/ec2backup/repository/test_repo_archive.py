@@ -1,0 +1,130 @@
+"""The archive tier as a library (ec2backup.archive) against the lab's S3: packs in a Glacier
+class, refused to plain reads, idempotent copies independent of the hot repository, retrieval
+that takes several polls, and retention that respects the minimum storage duration."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from repo_helpers import PASSWORD, list_objects, make_bucket, open_repo
+from repo_imagegen import make_image, sha256_file
+
+from ec2backup import archive
+from ec2backup.repository.backup import backup_image
+from ec2backup.repository.prune import prune
+from ec2backup.repository.repo import Repository, data_name
+from ec2backup.repository.restore import restore_image
+
+N_BLOCKS = 48
+
+
+@pytest.fixture
+def hot(lab_aws: Any, aws_env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
+    bucket = make_bucket(lab_aws)
+    url = f"s3://{bucket}/hot"
+    repo = Repository.create(url, PASSWORD.encode(), pack_size=1024 * 1024)
+    image = tmp_path / "disk.img"
+    digest = make_image(image, N_BLOCKS, seed=7)
+    rp = backup_image(repo, image).restore_point
+    return {"bucket": bucket, "url": url, "repo": repo, "rp": rp, "sha": digest, "lab": lab_aws}
+
+
+def _archive(hot: dict[str, Any], storage_class: str = "GLACIER") -> Repository:
+    return archive.open_or_create(f"s3://{hot['bucket']}/archive", PASSWORD.encode(), storage_class)
+
+
+def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -> None:
+    arc = _archive(hot)
+    assert arc.config.data_storage_class == "GLACIER"
+    assert arc.config.pack_size == archive.ARCHIVE_PACK_SIZE
+    copied = archive.copy_restore_point(hot["repo"], hot["rp"], arc)
+    assert not copied.already_archived and copied.blocks_copied > 0
+    check = archive.verify(arc, copied.restore_point_id)
+    assert check.problems == []
+    assert check.packs >= 1 and check.storage_classes == {"GLACIER": check.packs}
+    assert check.objects_per_gib > 0
+
+    # Every pack is in GLACIER and a plain read is refused; metadata stays readable.
+    s3 = hot["lab"].client("s3")
+    packs = [k for k in list_objects(arc.backend.location()) if k.startswith("data/")]
+    assert len(packs) == check.packs
+    for name in packs:
+        head = s3.head_object(Bucket=hot["bucket"], Key=f"archive/{name}")
+        assert head["StorageClass"] == "GLACIER"
+        with pytest.raises(ClientError) as exc:
+            s3.get_object(Bucket=hot["bucket"], Key=f"archive/{name}")
+        assert exc.value.response["Error"]["Code"] == "InvalidObjectState"
+    assert open_repo(arc.backend.location()).list_restore_points()
+
+    # Archiving the same restore point again stores nothing new.
+    before = list_objects(arc.backend.location())
+    again = archive.copy_restore_point(hot["repo"], hot["rp"], arc)
+    assert again.already_archived and again.restore_point_id == copied.restore_point_id
+    assert list_objects(arc.backend.location()) == before
+
+    # Deleting the hot restore point (forget + prune) does not touch the archived one.
+    hot_repo: Repository = hot["repo"]
+    hot_repo.forget(hot["rp"])
+    with hot_repo.lock(exclusive=True, purpose="test prune"):
+        prune(hot_repo)
+    assert not [k for k in list_objects(hot["url"]) if k.startswith("data/")]
+    assert list_objects(arc.backend.location()) == before
+
+    # Retrieval: requested once, in progress for a few polls, then the restore is exact.
+    state = archive.retrieval(arc, copied.restore_point_id, request=True, tier="Bulk")
+    assert state.requested == state.packs and not state.ready
+    polls = 1
+    while not (state := archive.retrieval(arc, copied.restore_point_id, request=True)).ready:
+        assert state.requested == 0  # never asked twice
+        polls += 1
+        assert polls < 20
+    assert polls >= 2, "the lab's retrieval completed at once"
+    out = tmp_path / "restored.img"
+    _rid, rp = arc.load_restore_point(copied.restore_point_id)
+    restore_image(arc, rp.volumes[0], out)
+    assert sha256_file(out) == hot["sha"]
+
+
+def test_storage_class_and_tier_errors(hot: dict[str, Any]) -> None:
+    _archive(hot, "DEEP_ARCHIVE")
+    with pytest.raises(archive.ArchiveError, match="stores packs in DEEP_ARCHIVE, not GLACIER"):
+        _archive(hot, "GLACIER")
+    with pytest.raises(archive.ArchiveError, match="--storage-class: STANDARD_IA is not one of"):
+        _archive(hot, "STANDARD_IA")
+    with pytest.raises(archive.ArchiveError, match="is not an archive repository"):
+        archive.open_or_create(hot["url"], PASSWORD.encode(), None)
+    arc = _archive(hot, None)  # type: ignore[arg-type]
+    rid = archive.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
+    with pytest.raises(archive.ArchiveError, match="--retrieval-tier: Expedited"):
+        archive.retrieval(arc, rid, request=True, tier="Expedited")
+
+
+def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> None:
+    arc = _archive(hot)
+    rid = archive.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
+    packs = sorted(arc.list_packs())
+    now = dt.datetime.now(dt.UTC)
+    young = archive.young_packs(arc, now)
+    assert set(young) == set(packs)
+    assert all(89 < days_left <= 90 for _size, days_left in young.values())
+    cost = archive.early_deletion_cost(young, packs, "GLACIER")
+    assert cost.packs == len(packs) and cost.bytes > 0 and cost.cost_usd > 0
+
+    arc.forget(rid)
+    with arc.lock(exclusive=True, purpose="test prune"):
+        held = prune(arc, repack=False, may_delete=lambda pid: pid not in young)
+    assert held.packs_deleted == 0
+    assert sorted(arc.list_packs()) == packs  # nothing deleted early
+    # 91 days later the same packs may go.
+    later = archive.young_packs(arc, now + dt.timedelta(days=91))
+    assert later == {}
+    with arc.lock(exclusive=True, purpose="test prune"):
+        gone = prune(arc, repack=False, may_delete=lambda pid: pid not in later)
+    assert gone.packs_deleted == len(packs)
+    assert not arc.list_packs()
+    for pid in packs:
+        assert not arc.backend.exists(data_name(pid))
