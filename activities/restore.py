@@ -19,6 +19,8 @@ from ec2backup.models import (
     RestorePlan,
     RestoreSnapshotInput,
     RestoreSnapshotOutput,
+    RetrievalInput,
+    RetrievalOutput,
 )
 
 
@@ -59,7 +61,28 @@ def cleanup_restore(req: CleanupRestoreInput) -> CleanupRestoreOutput:
     return restores.cleanup(req.restore_id, req.region, req.role_arn, req.succeeded)
 
 
+@activity.defn(name="archive_retrieval")
+@adapter
+def archive_retrieval(req: RetrievalInput) -> RetrievalOutput:
+    """Where an archived restore point's packs stand; RestoreObject those still archived."""
+    from activities.session import repository_password
+    from ec2backup import archive
+    from ec2backup.repository.repo import Repository
+
+    repo = Repository.open(req.repository, repository_password().encode())
+    state = archive.retrieval(repo, req.restore_point_id, request=req.request, tier=req.tier)
+    return RetrievalOutput(
+        packs=state.packs,
+        readable=state.readable,
+        in_progress=state.in_progress,
+        archived=state.archived,
+        requested=state.requested,
+        ready=state.ready,
+    )
+
+
 ALL: list[Callable[..., Any]] = [
+    archive_retrieval,
     plan_restore,
     restore_snapshot_from_backup,
     finish_restore,

@@ -21,6 +21,7 @@ storage duration is only deleted when explicitly allowed (the early-deletion cha
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -141,7 +142,12 @@ def copy_restore_point(
     if existing is not None:
         return CopyResult(existing, already_archived=True)
     result = CopyResult("", already_archived=False)
-    with archive.lock(exclusive=False, purpose=f"archive {rid[:12]}", wait=600):
+    # Shared locks on both: a prune of the hot repository must not delete packs being read,
+    # nor a prune of the archive the packs being written.
+    with (
+        hot.lock(exclusive=False, purpose=f"archive {rid[:12]} (source)", wait=600),
+        archive.lock(exclusive=False, purpose=f"archive {rid[:12]}", wait=600),
+    ):
         records: list[VolumeRecord] = []
         for volume in rp.volumes:
             writer = BackupWriter(
@@ -325,3 +331,65 @@ def early_deletion_cost(
             out.bytes += size
             out.cost_usd += size / 1e9 * price * days_left / 30
     return out
+
+
+# ---- control plane of an Archive workflow -------------------------------------------------------
+def bucket_region(url: str) -> str:
+    """The Region of an s3:// repository's bucket (where its archive worker runs)."""
+    from urllib.parse import urlparse
+
+    from ec2backup import aws
+
+    parsed = urlparse(url)
+    if parsed.scheme != "s3":
+        raise ArchiveError(f"--to: {url} is not an s3:// URL (archives live in S3 Glacier)")
+    s3 = aws.client("s3", "us-east-1")
+    try:
+        location = s3.get_bucket_location(Bucket=parsed.netloc).get("LocationConstraint")
+    except Exception as exc:
+        if aws.error_code(exc) == "NoSuchBucket":
+            raise ArchiveError(f"--to: bucket {parsed.netloc} does not exist") from exc
+        raise
+    return str(location or "us-east-1")
+
+
+def plan(archive_id: str, req: Any, password: str) -> Any:
+    """Resolve the restore point, open (or create) the archive, and plan the worker; an
+    already archived restore point needs no worker."""
+    from ec2backup import aws, workers
+    from ec2backup.models import ArchivePlan, ImagePlan
+
+    region = bucket_region(req.archive_repository)
+    hot = Repository.open(req.source_repository, password.encode())
+    rid, _rp = hot.load_restore_point(req.restore_point_id)
+    arc = open_or_create(req.archive_repository, password.encode(), req.storage_class)
+    storage_class = str(arc.config.data_storage_class)
+    existing = find_archived(arc, hot.config.id, rid)
+    if existing is not None:
+        return ArchivePlan(
+            restore_point_id=rid, existing_archive_id=existing, storage_class=storage_class
+        )
+    ec2 = aws.client("ec2", region)
+    zones = ec2.describe_availability_zones()["AvailabilityZones"]
+    worker = ImagePlan(
+        repository=req.archive_repository,
+        placement="backup",
+        placement_reason="archive copies run in the backup account, in the archive's Region",
+        worker_role_arn=None,
+        snapshot_role_arn=None,
+        region=region,
+        availability_zone=zones[0]["ZoneName"] if zones else f"{region}a",
+        instance_type=workers.plan_instance_type(0),
+        range_blocks=0,
+        volumes=[],
+        secret_name=workers.session_secret_name(archive_id),
+        heartbeat_timeout_seconds=float(
+            os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS")
+            or workers.DEFAULT_HEARTBEAT_TIMEOUT
+        ),
+        boot_timeout_seconds=float(
+            os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or workers.DEFAULT_BOOT_TIMEOUT
+        ),
+    )
+    workers.put_session_secret(archive_id, worker, password)
+    return ArchivePlan(restore_point_id=rid, storage_class=storage_class, worker=worker)

@@ -54,6 +54,12 @@ def _policies(app: typer.Typer) -> None:
     register(app)
 
 
+def _archive(app: typer.Typer) -> None:
+    from ec2backup.archive_cli import register
+
+    register(app)
+
+
 def _agent(app: typer.Typer) -> None:
     from worker_agent.cli import register
 
@@ -74,6 +80,7 @@ FAMILIES = {
     "restore": _restores,
     "restore-points": _restores,
     "policy": _policies,
+    "archive": _archive,
     "agent": _agent,
 }
 

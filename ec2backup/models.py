@@ -300,7 +300,7 @@ SessionCarry.model_rebuild()
 
 # ---- Restore workflow ---------------------------------------------------------------------------
 RestoreKind = Literal["instance", "volume"]
-RestoreSource = Literal["snapshot", "backup"]
+RestoreSource = Literal["snapshot", "backup", "archive"]
 
 
 class RestoreInput(BaseModel):
@@ -320,6 +320,10 @@ class RestoreInput(BaseModel):
     device: str | None = None  # volume restores: pick by original device ...
     volume_id: str | None = None  # ... or by original volume id
     dry_run: bool = False
+    # source "archive": RestoreObject tier, and how often to look whether the packs are back
+    # (default by tier: retrievals take hours; the lab's take a few polls).
+    retrieval_tier: str = "Standard"
+    retrieval_poll_seconds: float | None = None
 
 
 class RestoreVolumePlan(BaseModel):
@@ -350,6 +354,22 @@ class RestorePlan(BaseModel):
     instance_tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[RestoreVolumePlan]
     checks: list[str] = Field(default_factory=list)
+
+
+class RetrievalInput(BaseModel):
+    repository: str
+    restore_point_id: str
+    tier: str = "Standard"
+    request: bool = True  # RestoreObject the packs still archived (idempotent)
+
+
+class RetrievalOutput(BaseModel):
+    packs: int
+    readable: int
+    in_progress: int
+    archived: int
+    requested: int
+    ready: bool
 
 
 class PlanRestoreInput(BaseModel):
@@ -406,6 +426,7 @@ class RestoreOutput(BaseModel):
     volumes: list[RestoredVolume] = Field(default_factory=list)
     checks: list[str] = Field(default_factory=list)
     bytes_written: int = 0
+    retrieval_seconds: float | None = None  # source archive: how long the packs took to return
 
 
 # ---- BackupPolicy workflow ----------------------------------------------------------------------
@@ -476,3 +497,67 @@ class RetentionOutput(BaseModel):
 
 
 BackupPolicyOutput.model_rebuild()
+
+
+# ---- Archive workflow ---------------------------------------------------------------------------
+class ArchiveInput(BaseModel):
+    restore_point_id: str  # in the hot repository (any unique prefix)
+    source_repository: str  # the hot repository URL
+    archive_repository: str  # s3://bucket/prefix; created (archive class, large packs) if absent
+    storage_class: str | None = None  # GLACIER | DEEP_ARCHIVE; default: the archive's, or GLACIER
+    policy_name: str = "adhoc"
+
+
+class PlanArchiveInput(BaseModel):
+    archive_id: str  # the workflow id: tags the worker, names its secret
+    request: ArchiveInput
+
+
+class ArchivePlan(BaseModel):
+    restore_point_id: str  # the full hot restore point id
+    existing_archive_id: str | None = None  # already archived: nothing to copy
+    storage_class: str
+    worker: ImagePlan | None = None  # a worker without volumes, in the archive's Region
+
+
+class ArchiveCopyInput(BaseModel):
+    archive_id: str
+    source_repository: str
+    archive_repository: str
+    restore_point_id: str
+    secret_name: str
+    secret_region: str
+
+
+class ArchiveCopyOutput(BaseModel):
+    archive_restore_point_id: str
+    already_archived: bool
+    blocks_copied: int = 0
+    bytes_copied: int = 0
+
+
+class VerifyArchiveInput(BaseModel):
+    archive_repository: str
+    archive_restore_point_id: str
+
+
+class VerifyArchiveOutput(BaseModel):
+    packs: int
+    pack_bytes: int
+    metadata_objects: int
+    allocated_bytes: int
+    objects_per_gib: float
+    storage_classes: dict[str, int] = Field(default_factory=dict)
+    problems: list[str] = Field(default_factory=list)
+
+
+class ArchiveOutput(BaseModel):
+    status: str  # completed | already archived
+    restore_point_id: str
+    archive_restore_point_id: str
+    archive_repository: str
+    storage_class: str
+    already_archived: bool = False
+    bytes_copied: int = 0
+    worker_instance_id: str | None = None
+    verify: VerifyArchiveOutput | None = None

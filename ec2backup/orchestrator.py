@@ -22,6 +22,7 @@ from temporalio.client import (
 )
 from temporalio.worker import Worker
 
+from activities import archive as archive_activities
 from activities import janitor as janitor_activities
 from activities import policy as policy_activities
 from activities import restore as restore_activities
@@ -29,6 +30,7 @@ from activities import session as session_activities
 from ec2backup.models import JanitorInput
 from ec2backup.temporal import TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
+from workflows.archive import Archive
 from workflows.backup_policy import BackupPolicy
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
@@ -74,10 +76,19 @@ async def run_worker(
         worker = Worker(
             client,
             task_queue=TASK_QUEUE,
-            workflows=[BackupSession, BackupPolicy, Janitor, AgentProbe, Restore, PolicyRetention],
+            workflows=[
+                BackupSession,
+                BackupPolicy,
+                Janitor,
+                AgentProbe,
+                Restore,
+                PolicyRetention,
+                Archive,
+            ],
             activities=[
                 *session_activities.ALL,
                 *restore_activities.ALL,
+                *archive_activities.ALL,
                 janitor_activities.janitor_sweep,
                 policy_activities.discover_instances,
                 policy_activities.apply_retention,

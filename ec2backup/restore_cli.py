@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import uuid
-from typing import Any, cast
+from typing import Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -32,9 +32,25 @@ def _region(region: str | None) -> str:
 
 
 def _source(source: str | None) -> RestoreSource | None:
-    if source not in (None, "snapshot", "backup"):
-        raise UserError("--source: must be snapshot or backup")
+    if source not in (None, "snapshot", "backup", "archive"):
+        raise UserError("--source: must be snapshot, backup or archive")
     return cast(RestoreSource | None, source)
+
+
+# Options of restores from the archive tier (both restore commands take them).
+RetrievalTierOpt = Annotated[
+    str,
+    typer.Option(
+        "--retrieval-tier", help="--source archive: Standard (hours) or Bulk (cheaper, slower)"
+    ),
+]
+RetrievalPollOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--retrieval-poll-seconds",
+        help="--source archive: how often to look whether the data is back (default by tier)",
+    ),
+]
 
 
 def _start(req: RestoreInput, wait: bool) -> None:
@@ -53,12 +69,20 @@ def _start(req: RestoreInput, wait: bool) -> None:
         print(restore_id, flush=True)
         if not wait and not req.dry_run:
             return 0
-        with console.status(f"restore {restore_id} running"):
-            try:
-                result: RestoreOutput = await handle.result()
-            except Exception as exc:
-                console.print(f"restore {restore_id} failed: {failure_message(exc)}")
-                return 1
+        result_task = asyncio.ensure_future(handle.result())
+        with console.status(f"restore {restore_id}: planning") as status:
+            while not result_task.done():
+                try:
+                    phase = await handle.query("phase", result_type=str)
+                    status.update(f"restore {restore_id}: {phase}")
+                except Exception:
+                    pass  # a query may race the start or the end
+                await asyncio.wait({result_task}, timeout=WATCH_POLL_SECONDS)
+        try:
+            result: RestoreOutput = result_task.result()
+        except Exception as exc:
+            console.print(f"restore {restore_id} failed: {failure_message(exc)}")
+            return 1
         print(json.dumps(result.model_dump(), indent=2))
         return 0
 
@@ -100,7 +124,9 @@ def _request(
 @restore_app.command("instance")
 def restore_instance(
     restore_point_id: str = typer.Argument(..., help="Snapshot set id (set-...) or backup id"),
-    source: str = typer.Option(None, "--source", help="snapshot|backup (default: what the id is)"),
+    source: str = typer.Option(
+        None, "--source", help="snapshot|backup|archive (default: what the id is)"
+    ),
     repo: str = typer.Option(None, "--repo", help="Repository URL (for backups)"),
     region: str = typer.Option(None, "--region", help="Where the restore point lives"),
     account_role_arn: str = typer.Option(
@@ -113,6 +139,8 @@ def restore_instance(
     kms_key: str = typer.Option(None, "--kms-key"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; change nothing"),
     wait: bool = typer.Option(False, "--wait"),
+    retrieval_tier: RetrievalTierOpt = "Standard",
+    retrieval_poll_seconds: RetrievalPollOpt = None,
 ) -> None:
     """Launch an instance with the original shape from a restore point."""
     _start(
@@ -129,6 +157,8 @@ def restore_instance(
             dry_run=dry_run,
             subnet_id=subnet,
             instance_type=instance_type,
+            retrieval_tier=retrieval_tier,
+            retrieval_poll_seconds=retrieval_poll_seconds,
         ),
         wait,
     )
@@ -141,7 +171,7 @@ def restore_volume(
     volume_id: str = typer.Option(None, "--volume-id", help="The original volume id"),
     az: str = typer.Option(None, "--az", help="Availability zone of the new volume"),
     volume_type: str = typer.Option(None, "--volume-type"),
-    source: str = typer.Option(None, "--source", help="snapshot|backup"),
+    source: str = typer.Option(None, "--source", help="snapshot|backup|archive"),
     repo: str = typer.Option(None, "--repo"),
     region: str = typer.Option(None, "--region"),
     account_role_arn: str = typer.Option(None, "--account-role-arn"),
@@ -150,6 +180,8 @@ def restore_volume(
     kms_key: str = typer.Option(None, "--kms-key"),
     dry_run: bool = typer.Option(False, "--dry-run"),
     wait: bool = typer.Option(False, "--wait"),
+    retrieval_tier: RetrievalTierOpt = "Standard",
+    retrieval_poll_seconds: RetrievalPollOpt = None,
 ) -> None:
     """Create one volume from a restore point."""
     if not device and not volume_id:
@@ -170,6 +202,8 @@ def restore_volume(
             volume_id=volume_id,
             availability_zone=az,
             volume_type=volume_type,
+            retrieval_tier=retrieval_tier,
+            retrieval_poll_seconds=retrieval_poll_seconds,
         ),
         wait,
     )

@@ -145,7 +145,7 @@ def plan_restore(
     set_id = req.restore_point_id if is_set else None
     rp_source: dict[str, Any] = {}
 
-    if source == "backup" or not is_set:
+    if source in ("backup", "archive") or not is_set:
         from ec2backup.repository.repo import Repository
 
         if not req.repository:
@@ -155,7 +155,34 @@ def plan_restore(
                 "no repository password on the orchestrator (EC2BACKUP_REPO_PASSWORD)"
             )
         repo = Repository.open(req.repository, password.encode())
-        if is_set:
+        archived = repo.config.data_storage_class is not None
+        if archived and source != "archive":
+            raise RestoreError(
+                f"{req.repository} is an archive repository ({repo.config.data_storage_class}): "
+                "use --source archive (its data is retrieved first)"
+            )
+        if source == "archive" and not archived:
+            raise RestoreError(f"--source archive: {req.repository} is not an archive repository")
+        if source == "archive":
+            from ec2backup.archive import RETRIEVAL_TIERS
+
+            if req.retrieval_tier not in RETRIEVAL_TIERS:
+                raise RestoreError(
+                    f"--retrieval-tier: {req.retrieval_tier} is not one of "
+                    f"{', '.join(RETRIEVAL_TIERS)}"
+                )
+        if source == "archive" and not is_set:
+            # The archived copy's own id, or the hot restore point it was archived from.
+            by_origin = [
+                (rid, rp)
+                for rid, rp in repo.list_restore_points()
+                if rp.tags.get("archived_from", "").startswith(req.restore_point_id)
+            ]
+            if len(by_origin) == 1:
+                backup_id, rp = by_origin[0]
+            else:
+                backup_id, rp = repo.load_restore_point(req.restore_point_id)
+        elif is_set:
             matches = [
                 (rid, rp)
                 for rid, rp in repo.list_restore_points()
@@ -195,6 +222,11 @@ def plan_restore(
             f"restore point {backup_id[:12]} readable in {req.repository} "
             f"({len(rp.volumes)} volumes, map pages present, key opens)"
         )
+        if source == "archive":
+            checks.append(
+                f"archived in {repo.config.data_storage_class}: its packs are retrieved "
+                f"({req.retrieval_tier} tier) before the data is read"
+            )
         shape = {
             "instance_type": rp_source.get("instance_type"),
             "root_device": rp_source.get("root_device"),

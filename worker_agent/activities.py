@@ -15,7 +15,12 @@ from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from ec2backup.models import TransferRangeInput, TransferRangeOutput
+from ec2backup.models import (
+    ArchiveCopyInput,
+    ArchiveCopyOutput,
+    TransferRangeInput,
+    TransferRangeOutput,
+)
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
 
 
@@ -141,3 +146,43 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
 
 
 ALL.append(transfer_range)
+
+
+# ---- archive copies ------------------------------------------------------------------
+@activity.defn(name="agent_archive_copy")
+def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
+    """Copy one restore point from the hot repository into the archive repository (decrypt,
+    re-encrypt, pack large); heartbeats bytes copied; a cancel stops it (a rerun dedups what
+    the index already holds)."""
+    from activities.common import classify
+    from ec2backup import archive
+    from ec2backup.repository.repo import Repository
+    from ec2backup.workers import read_session_secret
+
+    copied = [0]
+
+    def progress(n: int) -> None:
+        copied[0] += n
+        activity.heartbeat({"bytes_copied": copied[0]})
+        if activity.is_cancelled():
+            raise CancelledError("archive copy cancelled")
+
+    try:
+        secret = read_session_secret(req.secret_name, req.secret_region)
+        password = secret["password"].encode()
+        hot = Repository.open(req.source_repository, password)
+        arc = Repository.open(req.archive_repository, password)
+        result = archive.copy_restore_point(hot, req.restore_point_id, arc, progress)
+    except CancelledError:
+        raise
+    except Exception as exc:
+        raise classify(exc) from exc
+    return ArchiveCopyOutput(
+        archive_restore_point_id=result.restore_point_id,
+        already_archived=result.already_archived,
+        blocks_copied=result.blocks_copied,
+        bytes_copied=result.bytes_copied,
+    )
+
+
+ALL.append(archive_copy)

@@ -1,6 +1,7 @@
-"""`Restore`: an instance or a volume from a snapshot set (or replica) or from a backup.
+"""`Restore`: an instance or a volume from a snapshot set (or replica), a backup, or an archive.
 
-    plan_restore -> [restore_snapshot_from_backup per volume] -> finish_restore
+    plan_restore -> [archive: archive_retrieval, durable timer, ... until every pack is back]
+    -> [restore_snapshot_from_backup per volume] -> finish_restore
     finally (shielded): cleanup_restore (temporary snapshots; on failure/cancel everything the
     restore made, found by its tag)
 
@@ -30,6 +31,8 @@ with workflow.unsafe.imports_passed_through():
         RestorePlan,
         RestoreSnapshotInput,
         RestoreSnapshotOutput,
+        RetrievalInput,
+        RetrievalOutput,
     )
 
 # Planning may copy a snapshot set to another Region/account first.
@@ -37,10 +40,51 @@ PLAN_TIMEOUT = timedelta(hours=24)
 DATA_TIMEOUT = timedelta(hours=12)
 HEARTBEAT = timedelta(minutes=2)
 FINISH_TIMEOUT = timedelta(hours=2)
+# How often a restore from the archive looks whether its packs are back. S3 answers Standard
+# retrievals in 3-5 hours (GLACIER) or 12 (DEEP_ARCHIVE), Bulk in 5-48: polling more often
+# only costs HEAD requests. The wait is a Temporal timer: no worker is held meanwhile.
+RETRIEVAL_POLL = {"Standard": timedelta(minutes=15), "Bulk": timedelta(hours=1)}
 
 
 @workflow.defn(name="Restore")
 class Restore:
+    def __init__(self) -> None:
+        self._phase = "planning"
+        self._retrieval: RetrievalOutput | None = None
+
+    @workflow.query(name="phase")
+    def phase(self) -> str:
+        r = self._retrieval
+        if self._phase == "retrieving" and r is not None:
+            return f"retrieving ({r.readable}/{r.packs} packs back)"
+        return self._phase
+
+    async def _retrieve(self, req: RestoreInput, plan: RestorePlan) -> float:
+        """Request the archived packs and wait (timers) until all are readable; seconds."""
+        assert plan.repository and plan.backup_id
+        self._phase = "retrieving"
+        started = workflow.now()
+        poll = (
+            timedelta(seconds=req.retrieval_poll_seconds)
+            if req.retrieval_poll_seconds
+            else RETRIEVAL_POLL.get(req.retrieval_tier, RETRIEVAL_POLL["Standard"])
+        )
+        while True:
+            self._retrieval = await workflow.execute_activity(
+                "archive_retrieval",
+                RetrievalInput(
+                    repository=plan.repository,
+                    restore_point_id=plan.backup_id,
+                    tier=req.retrieval_tier,
+                ),
+                result_type=RetrievalOutput,
+                start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=CONTROL_RETRY,
+            )
+            if self._retrieval.ready:
+                return (workflow.now() - started).total_seconds()
+            await workflow.sleep(poll)
+
     @workflow.run
     async def run(self, req: RestoreInput) -> RestoreOutput:
         restore_id = workflow.info().workflow_id
@@ -61,9 +105,13 @@ class Restore:
                 checks=plan.checks,
             )
         succeeded = False
+        retrieval_seconds = None
         try:
             written = 0
-            if plan.source == "backup":
+            if plan.source == "archive":
+                retrieval_seconds = await self._retrieve(req, plan)
+            self._phase = "restoring"
+            if plan.source in ("backup", "archive"):
                 results = await asyncio.gather(
                     *(
                         workflow.execute_activity(
@@ -111,6 +159,7 @@ class Restore:
                 volumes=done.volumes,
                 checks=plan.checks,
                 bytes_written=written,
+                retrieval_seconds=retrieval_seconds,
             )
         except ActivityError as exc:
             if cancel_requested():

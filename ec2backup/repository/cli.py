@@ -63,14 +63,32 @@ def repo_init(
         str | None, typer.Option("--kms-key-id", help="Also wrap the master key with this KMS key.")
     ] = None,
     pack_size_mib: Annotated[
-        int, typer.Option("--pack-size-mib", help="Target pack size (16-64 MiB recommended).")
-    ] = DEFAULT_PACK_SIZE >> 20,
+        int | None,
+        typer.Option("--pack-size-mib", help="Target pack size (default 16 MiB; archives 128)."),
+    ] = None,
+    storage_class: Annotated[
+        str | None,
+        typer.Option(
+            "--storage-class",
+            help="An archive repository: packs in GLACIER or DEEP_ARCHIVE (128 MiB packs).",
+        ),
+    ] = None,
 ) -> None:
     """Create a repository: config, and one key file per wrapping (password and/or KMS)."""
+    from ec2backup.archive import ARCHIVE_PACK_SIZE, STORAGE_CLASSES
+
+    if storage_class is not None and storage_class not in STORAGE_CLASSES:
+        raise UserError(f"--storage-class must be one of {', '.join(STORAGE_CLASSES)}")
+    if pack_size_mib is None:
+        pack_size_mib = (ARCHIVE_PACK_SIZE if storage_class else DEFAULT_PACK_SIZE) >> 20
     if not 1 <= pack_size_mib <= 1024:
         raise UserError("--pack-size-mib must be between 1 and 1024")
     r = Repository.create(
-        repo, read_password(password_file), kms_key_id, pack_size=pack_size_mib * 1024 * 1024
+        repo,
+        read_password(password_file),
+        kms_key_id,
+        pack_size=pack_size_mib * 1024 * 1024,
+        data_storage_class=storage_class,
     )
     _say(f"created repository {r.config.id[:SHORT_ID]} at {r.backend.location()}")
     print(r.config.id)

@@ -1,0 +1,47 @@
+"""Control-plane activities of the `Archive` workflow (task queue `ec2backup`): plan (resolve,
+open or create the archive repository, plan the worker, hand it the password) and verify.
+The copy itself is the agent's `agent_archive_copy`, on the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from temporalio import activity
+
+from activities.common import adapter
+from activities.session import repository_password
+from ec2backup import archive
+from ec2backup.models import (
+    ArchivePlan,
+    PlanArchiveInput,
+    VerifyArchiveInput,
+    VerifyArchiveOutput,
+)
+from ec2backup.repository.repo import Repository
+
+
+@activity.defn(name="plan_archive")
+@adapter
+def plan_archive(req: PlanArchiveInput) -> ArchivePlan:
+    result: ArchivePlan = archive.plan(req.archive_id, req.request, repository_password())
+    return result
+
+
+@activity.defn(name="verify_archive")
+@adapter
+def verify_archive(req: VerifyArchiveInput) -> VerifyArchiveOutput:
+    repo = Repository.open(req.archive_repository, repository_password().encode())
+    out = archive.verify(repo, req.archive_restore_point_id)
+    return VerifyArchiveOutput(
+        packs=out.packs,
+        pack_bytes=out.pack_bytes,
+        metadata_objects=out.metadata_objects,
+        allocated_bytes=out.allocated_bytes,
+        objects_per_gib=round(out.objects_per_gib, 3),
+        storage_classes=out.storage_classes,
+        problems=out.problems,
+    )
+
+
+ALL: list[Callable[..., Any]] = [plan_archive, verify_archive]
