@@ -4,6 +4,7 @@ The copy itself is the agent's `agent_archive_copy`, on the worker."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -14,10 +15,15 @@ from activities.session import repository_password
 from ec2backup import archive
 from ec2backup.models import (
     ArchivePlan,
+    ArchiveRetentionInput,
+    ArchiveRetentionOutput,
     PlanArchiveInput,
+    SelectArchiveInput,
+    SelectArchiveOutput,
     VerifyArchiveInput,
     VerifyArchiveOutput,
 )
+from ec2backup.policy import Policy
 from ec2backup.repository.repo import Repository
 
 
@@ -45,3 +51,28 @@ def verify_archive(req: VerifyArchiveInput) -> VerifyArchiveOutput:
 
 
 ALL: list[Callable[..., Any]] = [plan_archive, verify_archive]
+
+
+@activity.defn(name="select_for_archive")
+@adapter
+def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
+    policy = Policy.model_validate(req.policy)
+    candidates, notes = archive.select(policy, repository_password())
+    return SelectArchiveOutput(candidates=candidates, notes=notes)
+
+
+@activity.defn(name="apply_archive_retention")
+@adapter
+def apply_archive_retention(req: ArchiveRetentionInput) -> ArchiveRetentionOutput:
+    policy = Policy.model_validate(req.policy)
+    result: ArchiveRetentionOutput = archive.apply_retention(
+        policy,
+        req.now or dt.datetime.now(dt.UTC),
+        repository_password(),
+        dry_run=req.dry_run,
+        progress=activity.heartbeat,
+    )
+    return result
+
+
+ALL += [select_for_archive, apply_archive_retention]

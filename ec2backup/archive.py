@@ -393,3 +393,108 @@ def plan(archive_id: str, req: Any, password: str) -> Any:
     )
     workers.put_session_secret(archive_id, worker, password)
     return ArchivePlan(restore_point_id=rid, storage_class=storage_class, worker=worker)
+
+
+# ---- the archive part of a policy ---------------------------------------------------------------
+def select(policy: Any, password: str) -> tuple[list[Any], list[str]]:
+    """The newest restore point of each instance the policy backs up, unless it is archived."""
+    from ec2backup.errors import NotFoundError
+    from ec2backup.models import ArchiveCandidate
+
+    assert policy.image_backup is not None and policy.archive is not None
+    hot = Repository.open(policy.image_backup.repository, password.encode())
+    newest: dict[str, tuple[str, Any]] = {}
+    for rid, rp in hot.list_restore_points():
+        if rp.tags.get("policy") != policy.name or rp.source.get("kind") != "ec2-instance":
+            continue
+        instance = str(rp.source.get("instance_id"))
+        if instance not in newest or rp.time > newest[instance][1].time:
+            newest[instance] = (rid, rp)
+    notes: list[str] = []
+    try:
+        arc: Repository | None = Repository.open(policy.archive.repository, password.encode())
+    except NotFoundError:
+        arc = None  # created by the first Archive
+    candidates = []
+    for instance, (rid, rp) in sorted(newest.items()):
+        if arc is not None and find_archived(arc, hot.config.id, rid) is not None:
+            notes.append(f"{instance}: newest restore point {rid[:12]} is archived already")
+            continue
+        candidates.append(
+            ArchiveCandidate(restore_point_id=rid, instance_id=instance, time=rp.time)
+        )
+    return candidates, notes
+
+
+def unreferenced_packs(repo: Repository) -> list[str]:
+    from ec2backup.repository.check import referenced
+
+    index = repo.load_index(refresh=True)
+    _rps, _pages, used = referenced(repo)
+    used_packs = {index.blobs[b].pack_id for b in used if b in index.blobs}
+    return sorted(p for p in repo.list_packs() if p not in used_packs)
+
+
+def apply_retention(
+    policy: Any,
+    now: dt.datetime,
+    password: str,
+    dry_run: bool = False,
+    progress: Callable[[str], None] = lambda _m: None,
+) -> Any:
+    """Archive retention: monthly/yearly counts per instance, then a prune that never repacks
+    and (unless allowed) never deletes a pack inside its minimum storage duration."""
+    from ec2backup.errors import NotFoundError
+    from ec2backup.models import ArchiveRetentionOutput
+    from ec2backup.policy import GfsRetention
+    from ec2backup.repository.prune import prune
+    from ec2backup.retention import by_instance, keep_gfs
+
+    assert policy.archive is not None
+    out = ArchiveRetentionOutput(now=now, dry_run=dry_run)
+    try:
+        arc = Repository.open(policy.archive.repository, password.encode())
+    except NotFoundError:
+        out.notes.append(f"no archive repository at {policy.archive.repository} yet")
+        return out
+    rule = GfsRetention(
+        daily=0, weekly=0, monthly=policy.archive.retention.monthly,
+        yearly=policy.archive.retention.yearly,
+    )  # fmt: skip
+    points = [
+        (rid, rp) for rid, rp in arc.list_restore_points() if rp.tags.get("policy") == policy.name
+    ]
+    for group in by_instance(points, lambda p: str(p[1].source.get("instance_id"))).values():
+        kept, expired = keep_gfs(group, lambda p: p[1].time, rule, policy.schedule.time_zone)
+        out.kept_restore_points += [rid for rid, _ in kept]
+        out.forgotten_restore_points += [rid for rid, _ in expired]
+    if dry_run:
+        return out
+    if out.forgotten_restore_points:
+        progress(f"forgetting {len(out.forgotten_restore_points)} archived restore points")
+        with arc.lock(exclusive=False, purpose=f"archive retention {policy.name}", wait=60):
+            for rid in out.forgotten_restore_points:
+                arc.forget(rid)
+    young = young_packs(arc, now)
+    allow = policy.archive.allow_early_deletion
+    with arc.lock(exclusive=True, purpose=f"archive prune {policy.name}", wait=600):
+        dead = unreferenced_packs(arc)
+        early = early_deletion_cost(young, dead, str(arc.config.data_storage_class))
+        out.young_packs, out.young_bytes = early.packs, early.bytes
+        out.early_deletion_cost_usd = round(early.cost_usd, 6)
+        out.early_deleted = allow and early.packs > 0
+        progress("pruning the archive")
+        report = prune(
+            arc,
+            repack=False,
+            may_delete=None if allow else (lambda pid: pid not in young),
+            progress=lambda _n: progress("pruning the archive"),
+        )
+    out.packs_deleted, out.bytes_freed = report.packs_deleted, report.bytes_freed
+    if early.packs and not allow:
+        out.notes.append(
+            f"{early.packs} unreferenced packs ({early.bytes} bytes) are inside the "
+            f"{arc.config.data_storage_class} minimum storage duration: kept; deleting them now "
+            f"would cost about ${early.cost_usd:.4f} (set archive.allow_early_deletion)"
+        )
+    return out

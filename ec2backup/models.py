@@ -561,3 +561,58 @@ class ArchiveOutput(BaseModel):
     bytes_copied: int = 0
     worker_instance_id: str | None = None
     verify: VerifyArchiveOutput | None = None
+
+
+# ---- ArchivePolicy workflow ---------------------------------------------------------------------
+class SelectArchiveInput(BaseModel):
+    policy: dict[str, Any]  # a validated ec2backup.policy.Policy with an archive section
+
+
+class ArchiveCandidate(BaseModel):
+    restore_point_id: str
+    instance_id: str
+    time: datetime
+
+
+class SelectArchiveOutput(BaseModel):
+    candidates: list[ArchiveCandidate] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class ArchiveRetentionInput(BaseModel):
+    policy: dict[str, Any]
+    now: datetime | None = None  # default: the workflow's now
+    dry_run: bool = False
+
+
+class ArchiveRetentionOutput(BaseModel):
+    now: datetime
+    dry_run: bool = False
+    forgotten_restore_points: list[str] = Field(default_factory=list)
+    kept_restore_points: list[str] = Field(default_factory=list)
+    packs_deleted: int = 0
+    bytes_freed: int = 0
+    # Unreferenced packs still inside the storage class's minimum duration: kept (unless
+    # allow_early_deletion), with what deleting them now costs (deleted or not).
+    young_packs: int = 0
+    young_bytes: int = 0
+    early_deletion_cost_usd: float = 0.0
+    early_deleted: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class ArchiveOutcome(BaseModel):
+    instance_id: str
+    restore_point_id: str
+    archive_id: str | None = None  # the Archive workflow
+    status: str  # pending | running | completed | already archived | failed | canceled
+    archive_restore_point_id: str | None = None
+    error: str | None = None
+
+
+class ArchivePolicyOutput(BaseModel):
+    policy: str
+    phase: str = "done"
+    archived: list[ArchiveOutcome] = Field(default_factory=list)
+    retention: ArchiveRetentionOutput | None = None
+    notes: list[str] = Field(default_factory=list)

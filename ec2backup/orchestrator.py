@@ -31,6 +31,7 @@ from ec2backup.models import JanitorInput
 from ec2backup.temporal import TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
 from workflows.archive import Archive
+from workflows.archive_policy import ArchivePolicy
 from workflows.backup_policy import BackupPolicy
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
@@ -84,6 +85,7 @@ async def run_worker(
                 Restore,
                 PolicyRetention,
                 Archive,
+                ArchivePolicy,
             ],
             activities=[
                 *session_activities.ALL,

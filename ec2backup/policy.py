@@ -239,6 +239,36 @@ class ImageBackup(_Strict):
         return value
 
 
+class ArchiveRetention(_Strict):
+    monthly: int = Field(default=12, ge=0)
+    yearly: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _keeps(self) -> ArchiveRetention:
+        if not (self.monthly or self.yearly):
+            raise ValueError("retention keeps nothing: give monthly and/or yearly > 0")
+        return self
+
+
+class ArchivePolicy(_Strict):
+    schedule: Schedule = Field(description="when restore points are archived, e.g. monthly")
+    repository: str = Field(description="s3://bucket/prefix of the archive repository")
+    storage_class: Literal["GLACIER", "DEEP_ARCHIVE"] = "GLACIER"
+    retention: ArchiveRetention = Field(default_factory=lambda: ArchiveRetention())
+    allow_early_deletion: bool = Field(
+        default=False,
+        description="let retention delete packs younger than the storage class's minimum "
+        "duration (90 days GLACIER, 180 DEEP_ARCHIVE); the charge is reported either way",
+    )
+
+    @field_validator("repository")
+    @classmethod
+    def _s3(cls, value: str) -> str:
+        if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", value):
+            raise ValueError(f"'{value}' is not an s3://bucket/prefix URL (archives live in S3)")
+        return value
+
+
 class Policy(_Strict):
     name: str
     enabled: bool = True
@@ -255,6 +285,13 @@ class Policy(_Strict):
     snapshots: SnapshotPolicy
     replication: Replication | None = None
     image_backup: ImageBackup | None = None
+    archive: ArchivePolicy | None = None
+
+    @model_validator(mode="after")
+    def _archive_needs_backups(self) -> Policy:
+        if self.archive is not None and self.image_backup is None:
+            raise ValueError("archive copies image-level backups: add an image_backup section")
+        return self
 
     @field_validator("name")
     @classmethod

@@ -131,30 +131,45 @@ def policy_show(name: str) -> None:
     print(json.dumps(_run(go()), indent=2))
 
 
-def _schedule_op(name: str, op: str) -> None:
+def _schedule_op(name: str, op: str, archive: bool = False) -> None:
+    """Run, pause, resume or delete a policy's schedules (the archive one follows the policy;
+    `run` starts the backups, or with `archive` the archive run)."""
     from ec2backup import schedules
+    from ec2backup.errors import UserError
 
     async def go() -> None:
         client = await _client()
         await schedules.require(client, name)
-        handle = client.get_schedule_handle(schedules.schedule_id(name))
-        if op == "run":
-            await handle.trigger()
-        elif op == "pause":
-            await handle.pause(note="paused by `ec2backup policy pause`")
-        elif op == "resume":
-            await handle.unpause(note="resumed by `ec2backup policy resume`")
-        else:
-            await handle.delete()
+        ids = [schedules.schedule_id(name)]
+        has_archive = await schedules.archive_schedule_exists(client, name)
+        if op == "run" and archive:
+            if not has_archive:
+                raise UserError(f"policy {name} has no archive section")
+            ids = [schedules.archive_schedule_id(name)]
+        elif op != "run" and has_archive:
+            ids.append(schedules.archive_schedule_id(name))
+        for sid in ids:
+            handle = client.get_schedule_handle(sid)
+            if op == "run":
+                await handle.trigger()
+            elif op == "pause":
+                await handle.pause(note="paused by `ec2backup policy pause`")
+            elif op == "resume":
+                await handle.unpause(note="resumed by `ec2backup policy resume`")
+            else:
+                await handle.delete()
 
     _run(go())
 
 
 @policy_app.command("run")
-def policy_run(name: str) -> None:
+def policy_run(
+    name: str,
+    archive: bool = typer.Option(False, "--archive", help="Start an archive run instead"),
+) -> None:
     """Start a run now (skipped if one is still running)."""
-    _schedule_op(name, "run")
-    print(f"policy {name}: run requested")
+    _schedule_op(name, "run", archive)
+    print(f"policy {name}: {'archive ' if archive else ''}run requested")
 
 
 @policy_app.command("pause")

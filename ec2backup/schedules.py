@@ -1,5 +1,7 @@
 """Policies live in Temporal Schedules: `ec2backup-policy-<name>` starts `BackupPolicy` with
-the policy as its input. Applying is idempotent: an unchanged policy changes nothing."""
+the policy as its input; a policy with an `archive` section also has `ec2backup-archive-<name>`
+starting `ArchivePolicy` on the archive's own schedule. Applying is idempotent: an unchanged
+policy changes nothing."""
 
 from __future__ import annotations
 
@@ -24,6 +26,66 @@ from ec2backup.policy import Policy
 from ec2backup.temporal import TASK_QUEUE, search_attributes
 
 SCHEDULE_PREFIX = "ec2backup-policy-"
+ARCHIVE_SCHEDULE_PREFIX = "ec2backup-archive-"
+
+
+def archive_schedule_id(name: str) -> str:
+    return ARCHIVE_SCHEDULE_PREFIX + name
+
+
+def build_archive_schedule(policy: Policy) -> Schedule:
+    assert policy.archive is not None
+    when = policy.archive.schedule
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            "ArchivePolicy",
+            policy.model_dump(mode="json"),
+            id=f"archive-{policy.name}",
+            task_queue=TASK_QUEUE,
+            typed_search_attributes=search_attributes("archive", policy.name),
+        ),
+        spec=ScheduleSpec(cron_expressions=when.cron_expressions(), time_zone_name=when.time_zone),
+        policy=SchedulePolicy(
+            overlap=ScheduleOverlapPolicy.SKIP,
+            catchup_window=timedelta(minutes=when.window_minutes),
+        ),
+        state=ScheduleState(paused=not policy.enabled, note="managed by `ec2backup policy apply`"),
+    )
+
+
+async def _sync_archive(client: Client, policy: Policy) -> None:
+    """Create, update or delete the archive schedule to match the policy."""
+    handle = client.get_schedule_handle(archive_schedule_id(policy.name))
+    try:
+        await handle.describe()
+        exists = True
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        exists = False
+    if policy.archive is None:
+        if exists:
+            await handle.delete()
+        return
+    schedule = build_archive_schedule(policy)
+    if not exists:
+        await client.create_schedule(archive_schedule_id(policy.name), schedule)
+        return
+
+    def update(_: ScheduleUpdateInput) -> ScheduleUpdate:
+        return ScheduleUpdate(schedule=schedule)
+
+    await handle.update(update)
+
+
+async def archive_schedule_exists(client: Client, name: str) -> bool:
+    try:
+        await client.get_schedule_handle(archive_schedule_id(name)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 def schedule_id(name: str) -> str:
@@ -92,6 +154,9 @@ async def apply(client: Client, policy: Policy) -> str:
     if existing == policy:
         return "unchanged"
     schedule = build_schedule(policy)
+    # The archive schedule first: if it fails, the policy's own schedule (what `unchanged` is
+    # judged by) is not yet updated, so a rerun of apply retries both.
+    await _sync_archive(client, policy)
     if existing is None:
         await client.create_schedule(schedule_id(policy.name), schedule)
         return "created"

@@ -1,0 +1,115 @@
+"""`ArchivePolicy`: what a policy's archive schedule (`ec2backup-archive-<name>`) starts.
+
+    select_for_archive -> Archive child per instance (newest restore point not yet archived;
+    at most `concurrency` at a time, REQUEST_CANCEL) -> apply_archive_retention
+
+Query `report` returns the run so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
+
+from workflows.common import CONTROL_RETRY, ensure_search_attributes
+
+with workflow.unsafe.imports_passed_through():
+    from ec2backup.models import (
+        ArchiveInput,
+        ArchiveOutcome,
+        ArchiveOutput,
+        ArchivePolicyOutput,
+        ArchiveRetentionInput,
+        ArchiveRetentionOutput,
+        SelectArchiveInput,
+        SelectArchiveOutput,
+    )
+    from ec2backup.temporal import search_attributes
+
+DEFAULT_CONCURRENCY = 4
+# Pruning an archive never repacks (no retrieval), so it is bounded by listing and deletes.
+RETENTION_TIMEOUT = timedelta(hours=2)
+
+
+@workflow.defn(name="ArchivePolicy")
+class ArchivePolicy:
+    def __init__(self) -> None:
+        self._report = ArchivePolicyOutput(policy="", phase="selecting")
+
+    @workflow.query(name="report")
+    def report(self) -> ArchivePolicyOutput:
+        return self._report
+
+    @workflow.run
+    async def run(self, policy: dict[str, Any]) -> ArchivePolicyOutput:
+        name = str(policy.get("name", "policy"))
+        self._report.policy = name
+        ensure_search_attributes("archive", name)
+        archive = policy.get("archive") or {}
+        image = policy.get("image_backup") or {}
+        selected: SelectArchiveOutput = await workflow.execute_activity(
+            "select_for_archive",
+            SelectArchiveInput(policy=policy),
+            result_type=SelectArchiveOutput,
+            start_to_close_timeout=timedelta(minutes=10),
+            retry_policy=CONTROL_RETRY,
+        )
+        self._report.notes = list(selected.notes)
+        self._report.archived = [
+            ArchiveOutcome(
+                instance_id=c.instance_id, restore_point_id=c.restore_point_id, status="pending"
+            )
+            for c in selected.candidates
+        ]
+        self._report.phase = "archiving"
+        limit = asyncio.Semaphore(int(policy.get("concurrency") or DEFAULT_CONCURRENCY))
+        run_id = workflow.info().workflow_id
+
+        async def one(index: int) -> None:
+            outcome = self._report.archived[index]
+            async with limit:
+                outcome.archive_id = f"{run_id}-{index:04d}"
+                outcome.status = "running"
+                try:
+                    result: ArchiveOutput = await workflow.execute_child_workflow(
+                        "Archive",
+                        ArchiveInput(
+                            restore_point_id=outcome.restore_point_id,
+                            source_repository=image["repository"],
+                            archive_repository=archive["repository"],
+                            storage_class=archive.get("storage_class"),
+                            policy_name=name,
+                        ),
+                        id=outcome.archive_id,
+                        result_type=ArchiveOutput,
+                        parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                        search_attributes=search_attributes("archive", name, outcome.instance_id),
+                    )
+                    outcome.status = result.status
+                    outcome.archive_restore_point_id = result.archive_restore_point_id
+                except ChildWorkflowError as exc:
+                    outcome.status = (
+                        "canceled" if isinstance(exc.cause, CancelledError) else "failed"
+                    )
+                    outcome.error = str(exc.cause or exc)
+
+        await asyncio.gather(*(one(i) for i in range(len(self._report.archived))))
+        self._report.phase = "retention"
+        try:
+            self._report.retention = await workflow.execute_activity(
+                "apply_archive_retention",
+                ArchiveRetentionInput(policy=policy, now=workflow.now()),
+                result_type=ArchiveRetentionOutput,
+                start_to_close_timeout=RETENTION_TIMEOUT,
+                heartbeat_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=2)),
+            )
+        except ActivityError as exc:
+            self._report.notes.append(f"archive retention failed: {exc.cause or exc}")
+        self._report.phase = "done"
+        return self._report
