@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,40 @@ def test_tag_values_read_as_numbers_or_booleans_are_taken_as_written(tmp_path: P
     nested = BASE.replace("tags: {env: prod}", "tags: {env: [a, b]}")
     with pytest.raises(PolicyError, match=r"selection\.tags\.env"):
         load_policy(_write(tmp_path, nested, "n.yaml"))
+
+
+ARCHIVE = """\
+archive:
+  schedule: {cron: "0 5 1 * *"}
+  repository: s3://archive-bucket/prod
+  storage_class: GLACIER
+  retention: {monthly: 12, yearly: 3}
+"""
+
+
+def test_archive_section(tmp_path: Path) -> None:
+    policy = load_policy(_write(tmp_path, BASE + ARCHIVE))
+    assert policy.archive is not None and policy.archive.retention.yearly == 3
+    assert policy.archive.schedule.cron_expressions() == ["0 5 1 * *"]
+    assert policy.archive.allow_early_deletion is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("storage_class: GLACIER", "storage_class: STANDARD"), "archive.storage_class"),
+        (("s3://archive-bucket/prod", "/tmp/archive"), "is not an s3://bucket/prefix URL"),
+        (("{monthly: 12, yearly: 3}", "{monthly: 0}"), "retention keeps nothing"),
+        (('{cron: "0 5 1 * *"}', '{cron: "0 5 32 * *"}'), "archive.schedule.cron"),
+    ],
+)
+def test_invalid_archive_sections(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    old, new = change
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        load_policy(_write(tmp_path, BASE + ARCHIVE.replace(old, new)))
+
+
+def test_archive_needs_image_backups(tmp_path: Path) -> None:
+    text = BASE.replace("image_backup:\n  repository: s3://bucket/repo\n", "") + ARCHIVE
+    with pytest.raises(PolicyError, match="archive copies image-level backups"):
+        load_policy(_write(tmp_path, text))

@@ -5,6 +5,7 @@ that takes several polls, and retention that respects the minimum storage durati
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,78 @@ def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> N
     assert not arc.list_packs()
     for pid in packs:
         assert not arc.backend.exists(data_name(pid))
+
+
+def _tagged_point(repo: Repository, image: Path, policy: str, instance: str) -> str:
+    """A hot restore point shaped like a session's (policy tag, ec2-instance source)."""
+    from ec2backup.repository.backup import (
+        BackupWriter,
+        allocated_blocks,
+        commit_restore_point,
+        image_size,
+        read_blocks,
+    )
+
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        size = image_size(fd)
+        writer = BackupWriter(repo, name="vol-1", size=size, inherit=False)
+        try:
+            for idx, data in read_blocks(fd, size, list(allocated_blocks(fd, size))):
+                writer.add(idx, data)
+            record = writer.finish()
+        finally:
+            writer.close()
+    finally:
+        os.close(fd)
+    return commit_restore_point(
+        repo,
+        [record],
+        source={"kind": "ec2-instance", "instance_id": instance},
+        tags={"policy": policy},
+    )
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_archive_retention_and_early_deletion(
+    hot: dict[str, Any], tmp_path: Path, allow: bool
+) -> None:
+    from ec2backup.policy import Policy
+
+    url = f"s3://{hot['bucket']}/archive-ret"
+    policy = Policy.model_validate(
+        {
+            "name": "ret",
+            "selection": {"instance_ids": ["i-0123456789abcdef0"], "regions": ["us-east-1"]},
+            "schedule": {"daily": ["03:00"]},
+            "snapshots": {"retention": {"count": 1}},
+            "image_backup": {"repository": hot["url"]},
+            "archive": {
+                "schedule": {"cron": "0 5 1 * *"},
+                "repository": url,
+                "retention": {"monthly": 1},
+                "allow_early_deletion": allow,
+            },
+        }
+    )
+    arc = archive.open_or_create(url, PASSWORD.encode(), "GLACIER")
+    ids = []
+    for seed in (1, 2):  # two unrelated images: no shared blocks, separate packs
+        image = tmp_path / f"d{seed}.img"
+        make_image(image, 16, seed=100 + seed, zero=0.0)
+        rid = _tagged_point(hot["repo"], image, "ret", "i-0123456789abcdef0")
+        ids.append(archive.copy_restore_point(hot["repo"], rid, arc).restore_point_id)
+    first_packs = set(archive.packs_of(arc, arc.load_restore_point(ids[0])[1].volumes))
+
+    out = archive.apply_retention(policy, dt.datetime.now(dt.UTC), PASSWORD)
+    assert out.forgotten_restore_points == [ids[0]] and out.kept_restore_points == [ids[1]]
+    assert out.young_packs == len(first_packs) and out.young_bytes > 0
+    assert out.early_deletion_cost_usd > 0
+    remaining = set(arc.list_packs())
+    if allow:
+        assert out.early_deleted and out.packs_deleted == len(first_packs)
+        assert not remaining & first_packs
+    else:
+        assert not out.early_deleted and out.packs_deleted == 0
+        assert first_packs <= remaining
+        assert any("minimum storage duration" in n and "$" in n for n in out.notes)
