@@ -2,7 +2,9 @@
 
 lab up -> repository in the lab's S3 -> orchestrator worker -> seed an instance ->
 full backup session -> churn 1% -> incremental session (changed blocks only) ->
-restore every volume from the repository and compare with the snapshot -> report.
+restore every volume from the repository and compare with the snapshot -> archive the restore
+point to S3 Glacier -> restore a volume from the archive (retrieval, then EBS) and compare ->
+report.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ec2backup.lab import manager
 console = Console()
 DEMO_BUCKET = "ec2backup-demo"
 DEMO_REPO = f"s3://{DEMO_BUCKET}/repo"
+DEMO_ARCHIVE = f"s3://{DEMO_BUCKET}/archive"
 DEMO_VOLUMES, DEMO_VOLUME_GIB, DEMO_FILL = 2, 2, 0.25
 GIB = 1024**3
 
@@ -65,28 +68,23 @@ def _ensure_repository(password: str) -> None:
         console.print(f"created repository {DEMO_REPO}")
 
 
-def _session(instance_id: str, label: str) -> tuple[dict[str, Any], float]:
-    """Run one session through the CLI with live progress; returns (result, seconds)."""
+def _cli_json(label: str, *args: str) -> tuple[dict[str, Any], float]:
+    """Run one `ec2backup ... --wait` command (live progress on stderr); (result, seconds)."""
     t0 = time.monotonic()
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ec2backup.cli",
-            "backup",
-            instance_id,
-            "--repo",
-            DEMO_REPO,
-            "--wait",
-        ],
+        [sys.executable, "-m", "ec2backup.cli", *args, "--wait"],
         stdout=subprocess.PIPE,
         text=True,
         env=os.environ.copy(),
     )
     if out.returncode != 0:
-        raise SystemExit(f"{label} session failed:\n{out.stdout}")
+        raise SystemExit(f"{label} failed:\n{out.stdout}")
     text = out.stdout
     return json.loads(text[text.index("{") :]), time.monotonic() - t0
+
+
+def _session(instance_id: str, label: str) -> tuple[dict[str, Any], float]:
+    return _cli_json(f"{label} session", "backup", instance_id, "--repo", DEMO_REPO)
 
 
 def _metrics(state: manager.LabState) -> dict[str, Any]:
@@ -115,6 +113,17 @@ def _restore_check(
         expected = _lab_call(state, "GET", f"checksum/{snapshot_id}")["sha256"]
         checks.append((f"{record.name} {record.device}", digest.hexdigest() == expected, seconds))
     return checks
+
+
+def _running_workers() -> int:
+    """Worker instances (tag ec2backup:role=worker) not terminated: every session removes its."""
+    reservations = boto3.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:ec2backup:role", "Values": ["worker"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping"]},
+        ]
+    )["Reservations"]
+    return sum(len(r["Instances"]) for r in reservations)
 
 
 def _mib(n: int) -> str:
@@ -178,6 +187,30 @@ def main() -> None:
         m2 = _metrics(state)
         console.rule("restore check")
         checks = _restore_check(incr, password, state)
+        console.rule("archive to S3 Glacier, and restore a volume from the archive")
+        archived, archive_s = _cli_json(
+            "archive", "archive", incr["restore_point_id"], "--repo", DEMO_REPO,
+            "--to", DEMO_ARCHIVE,
+        )  # fmt: skip
+        data_ids = {v["volume_id"] for v in instance["volumes"]}
+        index = next(i for i, v in enumerate(incr["volumes"]) if v["volume_id"] in data_ids)
+        first = incr["volumes"][index]
+        from_archive, from_archive_s = _cli_json(
+            "restore from the archive", "restore", "volume", incr["restore_point_id"],
+            "--source", "archive", "--repo", DEMO_ARCHIVE, "--volume-id", first["volume_id"],
+            "--retrieval-poll-seconds", "1",
+        )  # fmt: skip
+        snapshot = incr["snapshot_ids"][index]
+        expected = _lab_call(state, "GET", f"checksum/{snapshot}")["sha256"]
+        new_volume = from_archive["volumes"][0]["volume_id"]
+        got = _lab_call(state, "GET", f"checksum/{new_volume}")["sha256"]
+        checks.append(
+            (
+                f"{first['volume_id']} from the archive to {new_volume}",
+                got == expected,
+                from_archive_s,
+            )
+        )
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -204,11 +237,17 @@ def main() -> None:
         f"{_mib(data_bytes)} written of "
         f"{DEMO_VOLUMES * DEMO_VOLUME_GIB} GiB; churned {_mib(churned)}",
     )
+    verify = archived.get("verify") or {}
+    table.add_row(
+        "archive",
+        f"{archive_s:.1f}s; {archived['status']} in {archived['storage_class']}: "
+        f"{verify.get('packs', 0)} packs, {verify.get('objects_per_gib', 0)} objects/GiB; "
+        f"retrieval before the restore took {from_archive.get('retrieval_seconds') or 0:.1f}s",
+    )
     table.add_row("CBT", "; ".join(f"{v['device']}: {v['cbt_reason']}" for v in incr["volumes"]))
     for label, ok, seconds in checks:
         table.add_row(f"restore {label}", f"{'byte-exact' if ok else 'MISMATCH'} ({seconds:.1f}s)")
-    leftovers = m2["running_instances"] - 1  # the seeded instance itself
-    table.add_row("workers left running", str(max(0, leftovers)))
+    table.add_row("workers left running", str(_running_workers()))
     console.print(table)
     console.print(
         f"Temporal Web UI: {state.ui_url}  (sessions are the BackupSession "

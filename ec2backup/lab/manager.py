@@ -185,6 +185,34 @@ def _temporal_ready(binary: str, address: str) -> bool:
     return result.returncode == 0 and "SERVING" in result.stdout
 
 
+def ensure_search_attributes(binary: str, address: str) -> None:
+    """Register our search attributes if the server lacks them: `--search-attribute` only
+    applies when the dev server creates its database, so a lab directory from an older
+    version would otherwise refuse every workflow we start."""
+    listed = subprocess.run(
+        [binary, "operator", "search-attribute", "list", "--address", address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    present = {line.split()[0] for line in listed.stdout.splitlines() if line.split()}
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        if listed.returncode == 0 and name in present:
+            continue
+        created = subprocess.run(
+            [binary, "operator", "search-attribute", "create", "--name", name, "--type", kind,
+             "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )  # fmt: skip
+        if created.returncode != 0 and "already" not in (created.stdout + created.stderr):
+            raise UserError(
+                f"cannot register search attribute {name}: "
+                f"{' '.join((created.stderr or created.stdout).split())}"
+            )
+
+
 def up(
     lab_dir: Path | None,
     aws_port: int,
@@ -196,6 +224,7 @@ def up(
     resolved = resolve_dir(lab_dir)
     state = running_state(resolved)
     if state is not None:
+        ensure_search_attributes(temporal_binary(), state.temporal_address)
         return state, False
     for port, flag in (
         (aws_port, "--aws-port"),
@@ -275,6 +304,7 @@ def up(
             temporal,
             temporal_log,
         )
+        ensure_search_attributes(binary, state.temporal_address)
     except BaseException:
         _stop_pid(aws.pid)
         _stop_pid(temporal.pid)
