@@ -30,8 +30,7 @@ from ec2backup.repository.repo import Repository
 @activity.defn(name="plan_archive")
 @adapter
 def plan_archive(req: PlanArchiveInput) -> ArchivePlan:
-    result: ArchivePlan = archive.plan(req.archive_id, req.request, repository_password())
-    return result
+    return archive.plan(req.archive_id, req.request, repository_password())
 
 
 @activity.defn(name="verify_archive")
@@ -65,14 +64,13 @@ def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
 @adapter
 def apply_archive_retention(req: ArchiveRetentionInput) -> ArchiveRetentionOutput:
     policy = Policy.model_validate(req.policy)
-    result: ArchiveRetentionOutput = archive.apply_retention(
+    return archive.apply_retention(
         policy,
         req.now or dt.datetime.now(dt.UTC),
         repository_password(),
         dry_run=req.dry_run,
         progress=activity.heartbeat,
     )
-    return result
 
 
 ALL += [select_for_archive, apply_archive_retention]

@@ -29,6 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ec2backup.errors import UserError
+from ec2backup.models import (
+    ArchiveCandidate,
+    ArchiveInput,
+    ArchivePlan,
+    ArchiveRetentionOutput,
+)
+from ec2backup.policy import Policy
 from ec2backup.repository.backend import (
     ARCHIVE_CLASSES,
     MINIMUM_STORAGE_DAYS,
@@ -36,7 +43,7 @@ from ec2backup.repository.backend import (
     S3Backend,
 )
 from ec2backup.repository.backup import BackupWriter, commit_restore_point
-from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, ID_SIZE, PAGE_BLOCKS, ZERO_ID
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.pack import BlobCodec
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restore import _fetch_run, plan_runs
@@ -197,21 +204,16 @@ class VerifyResult:
 
 def packs_of(repo: Repository, volumes: list[VolumeRecord]) -> dict[str, int]:
     """Pack id -> indexed size, for every pack the volumes' blocks live in."""
+    from ec2backup.repository.repo import CorruptObjectError
+
     index = repo.load_index(refresh=True)
     packs: dict[str, int] = {}
-    for volume in volumes:
-        for page_id in volume.pages:
-            if page_id is None:
-                continue
-            page = repo.load_page(page_id)
-            for slot in range(PAGE_BLOCKS):
-                bid = page[slot * ID_SIZE : (slot + 1) * ID_SIZE]
-                if bid == ZERO_ID:
-                    continue
-                loc = index.blobs.get(bid)
-                if loc is None:
-                    raise ArchiveError(f"blob {bid.hex()[:16]} is in no index of the archive")
-                packs[loc.pack_id] = index.packs[loc.pack_id].size
+    try:
+        for volume in volumes:
+            for run in plan_runs(repo, volume):
+                packs[run.pack_id] = index.packs[run.pack_id].size
+    except CorruptObjectError as exc:
+        raise ArchiveError(str(exc)) from exc
     return packs
 
 
@@ -353,11 +355,11 @@ def bucket_region(url: str) -> str:
     return str(location or "us-east-1")
 
 
-def plan(archive_id: str, req: Any, password: str) -> Any:
+def plan(archive_id: str, req: ArchiveInput, password: str) -> ArchivePlan:
     """Resolve the restore point, open (or create) the archive, and plan the worker; an
     already archived restore point needs no worker."""
     from ec2backup import aws, workers
-    from ec2backup.models import ArchivePlan, ImagePlan
+    from ec2backup.models import ImagePlan
 
     region = bucket_region(req.archive_repository)
     hot = Repository.open(req.source_repository, password.encode())
@@ -396,10 +398,9 @@ def plan(archive_id: str, req: Any, password: str) -> Any:
 
 
 # ---- the archive part of a policy ---------------------------------------------------------------
-def select(policy: Any, password: str) -> tuple[list[Any], list[str]]:
+def select(policy: Policy, password: str) -> tuple[list[ArchiveCandidate], list[str]]:
     """The newest restore point of each instance the policy backs up, unless it is archived."""
     from ec2backup.errors import NotFoundError
-    from ec2backup.models import ArchiveCandidate
 
     assert policy.image_backup is not None and policy.archive is not None
     hot = Repository.open(policy.image_backup.repository, password.encode())
@@ -436,16 +437,15 @@ def unreferenced_packs(repo: Repository) -> list[str]:
 
 
 def apply_retention(
-    policy: Any,
+    policy: Policy,
     now: dt.datetime,
     password: str,
     dry_run: bool = False,
     progress: Callable[[str], None] = lambda _m: None,
-) -> Any:
+) -> ArchiveRetentionOutput:
     """Archive retention: monthly/yearly counts per instance, then a prune that never repacks
     and (unless allowed) never deletes a pack inside its minimum storage duration."""
     from ec2backup.errors import NotFoundError
-    from ec2backup.models import ArchiveRetentionOutput
     from ec2backup.policy import GfsRetention
     from ec2backup.repository.prune import prune
     from ec2backup.retention import by_instance, keep_gfs

@@ -13,7 +13,6 @@ from rich.console import Console
 from ec2backup.errors import UserError
 
 console = Console(stderr=True, soft_wrap=True)
-PHASE_POLL_SECONDS = 1.0
 
 
 def archive(
@@ -28,8 +27,8 @@ def archive(
 ) -> None:
     """Copy a restore point into an archive repository (S3 Glacier classes); prints the id."""
     from ec2backup.archive import STORAGE_CLASSES
+    from ec2backup.cli_watch import result_with_phase
     from ec2backup.models import ArchiveInput, ArchiveOutput
-    from ec2backup.session_cli import failure_message
     from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
 
     source = repo or os.environ.get("EC2BACKUP_REPO")
@@ -64,19 +63,9 @@ def archive(
         print(archive_id, flush=True)
         if not wait:
             return 0
-        result_task = asyncio.ensure_future(handle.result())
-        with console.status(f"archive {archive_id}: planning") as status:
-            while not result_task.done():
-                try:
-                    phase = await handle.query("phase", result_type=str)
-                    status.update(f"archive {archive_id}: {phase}")
-                except Exception:
-                    pass
-                await asyncio.wait({result_task}, timeout=PHASE_POLL_SECONDS)
-        try:
-            result: ArchiveOutput = result_task.result()
-        except Exception as exc:
-            console.print(f"archive {archive_id} failed: {failure_message(exc)}")
+        result, failed = await result_with_phase(handle, f"archive {archive_id}", console)
+        if failed:
+            console.print(f"archive {archive_id} failed: {failed}")
             return 1
         print(json.dumps(result.model_dump(), indent=2))
         return 0

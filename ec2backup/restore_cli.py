@@ -21,7 +21,6 @@ points_app = typer.Typer(
     help="Every restore point: snapshot sets, replicas, backups.", no_args_is_help=True
 )
 console = Console(stderr=True, soft_wrap=True)
-WATCH_POLL_SECONDS = 1.0
 
 
 def _region(region: str | None) -> str:
@@ -54,7 +53,7 @@ RetrievalPollOpt = Annotated[
 
 
 def _start(req: RestoreInput, wait: bool) -> None:
-    from ec2backup.session_cli import failure_message
+    from ec2backup.cli_watch import result_with_phase
     from ec2backup.temporal import connect
 
     async def go() -> int:
@@ -69,19 +68,9 @@ def _start(req: RestoreInput, wait: bool) -> None:
         print(restore_id, flush=True)
         if not wait and not req.dry_run:
             return 0
-        result_task = asyncio.ensure_future(handle.result())
-        with console.status(f"restore {restore_id}: planning") as status:
-            while not result_task.done():
-                try:
-                    phase = await handle.query("phase", result_type=str)
-                    status.update(f"restore {restore_id}: {phase}")
-                except Exception:
-                    pass  # a query may race the start or the end
-                await asyncio.wait({result_task}, timeout=WATCH_POLL_SECONDS)
-        try:
-            result: RestoreOutput = result_task.result()
-        except Exception as exc:
-            console.print(f"restore {restore_id} failed: {failure_message(exc)}")
+        result, failed = await result_with_phase(handle, f"restore {restore_id}", console)
+        if failed:
+            console.print(f"restore {restore_id} failed: {failed}")
             return 1
         print(json.dumps(result.model_dump(), indent=2))
         return 0

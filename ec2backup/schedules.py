@@ -23,6 +23,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from ec2backup.errors import NotFoundError
 from ec2backup.policy import Policy
+from ec2backup.policy import Schedule as PolicySchedule
 from ec2backup.temporal import TASK_QUEUE, search_attributes
 
 SCHEDULE_PREFIX = "ec2backup-policy-"
@@ -35,34 +36,15 @@ def archive_schedule_id(name: str) -> str:
 
 def build_archive_schedule(policy: Policy) -> Schedule:
     assert policy.archive is not None
-    when = policy.archive.schedule
-    return Schedule(
-        action=ScheduleActionStartWorkflow(
-            "ArchivePolicy",
-            policy.model_dump(mode="json"),
-            id=f"archive-{policy.name}",
-            task_queue=TASK_QUEUE,
-            typed_search_attributes=search_attributes("archive", policy.name),
-        ),
-        spec=ScheduleSpec(cron_expressions=when.cron_expressions(), time_zone_name=when.time_zone),
-        policy=SchedulePolicy(
-            overlap=ScheduleOverlapPolicy.SKIP,
-            catchup_window=timedelta(minutes=when.window_minutes),
-        ),
-        state=ScheduleState(paused=not policy.enabled, note="managed by `ec2backup policy apply`"),
+    return _schedule(
+        policy, "ArchivePolicy", f"archive-{policy.name}", "archive", policy.archive.schedule
     )
 
 
 async def _sync_archive(client: Client, policy: Policy) -> None:
     """Create, update or delete the archive schedule to match the policy."""
     handle = client.get_schedule_handle(archive_schedule_id(policy.name))
-    try:
-        await handle.describe()
-        exists = True
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-        exists = False
+    exists = await archive_schedule_exists(client, policy.name)
     if policy.archive is None:
         if exists:
             await handle.delete()
@@ -93,23 +75,27 @@ def schedule_id(name: str) -> str:
 
 
 def build_schedule(policy: Policy) -> Schedule:
+    return _schedule(policy, "BackupPolicy", f"policy-{policy.name}", "policy", policy.schedule)
+
+
+def _schedule(
+    policy: Policy, workflow: str, workflow_id: str, kind: str, when: PolicySchedule
+) -> Schedule:
+    """A schedule starting `workflow` with the policy as input at the times of `when`."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            "BackupPolicy",
+            workflow,
             policy.model_dump(mode="json"),
-            id=f"policy-{policy.name}",
+            id=workflow_id,
             task_queue=TASK_QUEUE,
-            typed_search_attributes=search_attributes("policy", policy.name),
+            typed_search_attributes=search_attributes(kind, policy.name),
         ),
-        spec=ScheduleSpec(
-            cron_expressions=policy.schedule.cron_expressions(),
-            time_zone_name=policy.schedule.time_zone,
-        ),
+        spec=ScheduleSpec(cron_expressions=when.cron_expressions(), time_zone_name=when.time_zone),
         # A run still going when the next is due: skip the new one (no overlapping runs).
         # A missed run (outage) is still started within the backup window, not later.
         policy=SchedulePolicy(
             overlap=ScheduleOverlapPolicy.SKIP,
-            catchup_window=timedelta(minutes=policy.schedule.window_minutes),
+            catchup_window=timedelta(minutes=when.window_minutes),
         ),
         state=ScheduleState(paused=not policy.enabled, note="managed by `ec2backup policy apply`"),
     )
