@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,7 @@ from ec2backup.repository.backend import (
     ObjectMissing,
     S3Backend,
 )
-from ec2backup.repository.backup import BackupWriter, commit_restore_point
+from ec2backup.repository.backup import BackupWriter, checkpoint_name, commit_restore_point
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.pack import BlobCodec
 from ec2backup.repository.repo import Repository, data_name
@@ -59,6 +60,10 @@ RETRIEVAL_TIERS = ("Standard", "Bulk")
 RETRIEVED_COPY_DAYS = 7
 # us-east-1 storage prices (USD per GB-month) used to estimate early-deletion charges.
 PRICE_PER_GB_MONTH = {"GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099}
+# A copy checkpoints (packs sealed and indexed, map saved) every pack's worth of blocks, or
+# every minute: a lost worker costs at most that much work, and packs stay near full size.
+ARCHIVE_CHECKPOINT_BLOCKS = ARCHIVE_PACK_SIZE // EBS_BLOCK_SIZE
+ARCHIVE_CHECKPOINT_SECONDS = 60.0
 # Runs of blobs fetched from the hot repository ahead of the archive writer.
 COPY_READ_AHEAD = 4
 GIB = 1024**3
@@ -112,10 +117,12 @@ class CopyResult:
     already_archived: bool
     bytes_copied: int = 0
     blocks_copied: int = 0
+    blocks_resumed: int = 0  # blocks an earlier, interrupted attempt had made durable
 
 
-def _blocks_of(hot: Repository, volume: VolumeRecord) -> Any:
-    """(block index, plaintext) of every non-zero block, in block order, reading ahead."""
+def _blocks_of(hot: Repository, volume: VolumeRecord, start: int = 0) -> Any:
+    """(block index, plaintext) of every non-zero block from `start` on, in block order,
+    reading ahead (runs wholly before `start` are not fetched)."""
     codec = BlobCodec(hot.data_key, hot.config.compression_level)
 
     def fetch(run: Any) -> list[tuple[int, bytes]]:
@@ -130,6 +137,8 @@ def _blocks_of(hot: Repository, volume: VolumeRecord) -> Any:
     pending: deque[Future[list[tuple[int, bytes]]]] = deque()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-read") as pool:
         for run in plan_runs(hot, volume):
+            if run.items[-1][0] < start:
+                continue
             pending.append(pool.submit(fetch, run))
             while len(pending) > COPY_READ_AHEAD:
                 yield from pending.popleft().result()
@@ -137,18 +146,41 @@ def _blocks_of(hot: Repository, volume: VolumeRecord) -> Any:
             yield from pending.popleft().result()
 
 
+def _open_writer(archive: Repository, volume: VolumeRecord, key: str | None) -> BackupWriter:
+    """The volume's writer: resumed from its checkpoint if an earlier attempt left one."""
+    if key is not None and archive.backend.exists(checkpoint_name(key)):
+        return BackupWriter.resume(archive, key)
+    return BackupWriter(
+        archive,
+        name=volume.name,
+        size=volume.size,
+        device=volume.device,
+        inherit=False,
+        metadata=dict(volume.metadata),
+        checkpoint_key=key,
+    )
+
+
 def copy_restore_point(
     hot: Repository,
     restore_point_id: str,
     archive: Repository,
     progress: Callable[[int], None] = lambda _n: None,
+    checkpoint_prefix: str | None = None,
 ) -> CopyResult:
-    """Copy one restore point into the archive (idempotent: an archived one is found)."""
+    """Copy one restore point into the archive (idempotent: an archived one is found).
+
+    With `checkpoint_prefix` (the Archive workflow's id) each volume's writer checkpoints every
+    ARCHIVE_CHECKPOINT_BLOCKS, so a copy that a lost worker interrupted resumes where the last
+    checkpoint left it instead of starting over."""
     rid, rp = hot.load_restore_point(restore_point_id)
     existing = find_archived(archive, hot.config.id, rid)
     if existing is not None:
         return CopyResult(existing, already_archived=True)
     result = CopyResult("", already_archived=False)
+    keys = [
+        f"{checkpoint_prefix}/{i}" if checkpoint_prefix else None for i in range(len(rp.volumes))
+    ]
     # Shared locks on both: a prune of the hot repository must not delete packs being read,
     # nor a prune of the archive the packs being written.
     with (
@@ -156,21 +188,28 @@ def copy_restore_point(
         archive.lock(exclusive=False, purpose=f"archive {rid[:12]}", wait=600),
     ):
         records: list[VolumeRecord] = []
-        for volume in rp.volumes:
-            writer = BackupWriter(
-                archive,
-                name=volume.name,
-                size=volume.size,
-                device=volume.device,
-                inherit=False,
-                metadata=dict(volume.metadata),
-            )
+        for volume, key in zip(rp.volumes, keys, strict=True):
+            writer = _open_writer(archive, volume, key)
+            start = writer.position
+            result.blocks_resumed += writer.stats.blocks_read
             try:
-                for block, data in _blocks_of(hot, volume):
+                since_checkpoint, checkpointed_at = 0, time.monotonic()
+                for block, data in _blocks_of(hot, volume, start):
+                    if block < start:
+                        continue
                     writer.add(block, data)
                     result.blocks_copied += 1
                     result.bytes_copied += len(data)
                     progress(len(data))
+                    since_checkpoint += 1
+                    if key is not None and (
+                        since_checkpoint >= ARCHIVE_CHECKPOINT_BLOCKS
+                        or time.monotonic() - checkpointed_at > ARCHIVE_CHECKPOINT_SECONDS
+                    ):
+                        writer.checkpoint(position=block + 1)
+                        since_checkpoint, checkpointed_at = 0, time.monotonic()
+                if key is not None:
+                    writer.checkpoint(position=volume.size // EBS_BLOCK_SIZE + 1)
                 record = writer.finish()
             finally:
                 writer.close()
@@ -180,6 +219,7 @@ def copy_restore_point(
             records,
             source={**rp.source, "archived_from": rid, "hot_repository_id": hot.config.id},
             tags={**rp.tags, "archived_from": rid},
+            checkpoint_keys=[k for k in keys if k is not None],
             when=rp.time,
         )
     return result

@@ -534,6 +534,7 @@ class ArchiveCopyOutput(BaseModel):
     already_archived: bool
     blocks_copied: int = 0
     bytes_copied: int = 0
+    blocks_resumed: int = 0  # made durable by an earlier attempt (a lost worker's checkpoint)
 
 
 class VerifyArchiveInput(BaseModel):
@@ -558,7 +559,9 @@ class ArchiveOutput(BaseModel):
     archive_repository: str
     storage_class: str
     already_archived: bool = False
-    bytes_copied: int = 0
+    bytes_copied: int = 0  # by the last worker
+    blocks_resumed: int = 0  # from checkpoints of lost workers
+    workers_provisioned: int = 0
     worker_instance_id: str | None = None
     verify: VerifyArchiveOutput | None = None
 

@@ -172,7 +172,9 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
         password = secret["password"].encode()
         hot = Repository.open(req.source_repository, password)
         arc = Repository.open(req.archive_repository, password)
-        result = archive.copy_restore_point(hot, req.restore_point_id, arc, progress)
+        result = archive.copy_restore_point(
+            hot, req.restore_point_id, arc, progress, checkpoint_prefix=req.archive_id
+        )
     except CancelledError:
         raise
     except Exception as exc:
@@ -182,6 +184,7 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
         already_archived=result.already_archived,
         blocks_copied=result.blocks_copied,
         bytes_copied=result.bytes_copied,
+        blocks_resumed=result.blocks_resumed,
     )
 
 

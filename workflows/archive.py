@@ -5,8 +5,8 @@
 
 The worker runs in the backup account, in the archive bucket's Region (the copy crosses no
 Region boundary on the way out). Archiving an already archived restore point finds it in
-`plan_archive` and starts no worker. A lost worker is replaced (up to MAX_WORKERS); the copy
-reruns and deduplicates against what the archive already indexed.
+`plan_archive` and starts no worker. A lost worker is replaced (up to MAX_WORKERS); the new
+one resumes the copy from the archive's checkpoints (at most a pack's worth of blocks again).
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Archive:
         try:
             copied: ArchiveCopyOutput | None = None
             worker: WorkerHandle | None = None
+            provisioned = 0
             for attempt in range(MAX_WORKERS):
                 self._phase = "provisioning worker"
                 worker = await workflow.execute_activity(
@@ -93,6 +94,7 @@ class Archive:
                     heartbeat_timeout=timedelta(minutes=2),
                     retry_policy=CONTROL_RETRY,
                 )
+                provisioned += 1
                 _raise_if_cancelled()
                 self._phase = "copying"
                 try:
@@ -156,12 +158,15 @@ class Archive:
                     "archive_restore_point_id": copied.archive_restore_point_id,
                     "already_archived": copied.already_archived,
                     "bytes_copied": copied.bytes_copied,
+                    "blocks_resumed": copied.blocks_resumed,
+                    "workers_provisioned": provisioned,
                     "worker_instance_id": worker.instance_id if worker else None,
                     "verify": verified,
                 }
             )
         finally:
-            self._phase = "cleaning up" if self._phase != "done" else "done"
+            if self._phase != "done":
+                self._phase = "cleaning up"
             await run_to_completion(
                 self._release(archive_id, worker_plan.region, worker_plan.secret_name, None)
             )

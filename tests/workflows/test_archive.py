@@ -167,3 +167,57 @@ def test_worker_removed_on_failure_and_cancel(wb: Workbench, hot: dict[str, Any]
     assert status == "CANCELED"
     time.sleep(0.5)
     _assert_worker_removed(wb, archive_id, launched=False)
+
+
+def test_lost_archive_worker_resumes_from_checkpoint(wb: Workbench) -> None:
+    """The worker dies mid-copy: the Archive workflow notices (heartbeat timeout), provisions
+    another, which resumes from the archive's checkpoint; the result restores exactly."""
+    inst = wb.seed("--volumes", "1", "--size-gib", "2", "--fill", "0.3", "--seed", "9")
+    volume = inst["volumes"][0]["volume_id"]
+    repo = wb.new_repo()
+    session = wb.backup(inst["instance_id"], "--repo", repo)
+    assert session.result is not None
+    rp = session.result["restore_point_id"]
+    snaps = wb.client("ec2").describe_snapshots(SnapshotIds=session.result["snapshot_ids"])
+    snap = next(s["SnapshotId"] for s in snaps["Snapshots"] if s["VolumeId"] == volume)
+    target = f"s3://{BUCKET}/{wb.name}-archive-lost-{uuid.uuid4().hex[:6]}"
+    archive_id = wb.cli("archive", rp, "--repo", repo, "--to", target).stdout.split()[0]
+
+    s3 = wb.client("s3")
+    checkpoints = target.removeprefix(f"s3://{BUCKET}/") + "/checkpoints/"
+    # Two checkpoints: the (empty) root volume's final one and the data volume's first.
+    wait_for(
+        lambda: (
+            s3.list_objects_v2(Bucket=BUCKET, Prefix=checkpoints).get("KeyCount", 0) >= 2 or None
+        ),
+        120,
+        "the data volume's first checkpoint",
+        interval=0.2,
+    )
+    running = [i for i in _instances_of(wb, archive_id) if i["State"]["Name"] == "running"]
+    assert len(running) == 1
+    assert wb.cli_json("lab", "kill-instance", running[0]["InstanceId"])["agent_killed"]
+
+    from ec2backup.models import ArchiveOutput
+
+    async def result(client: Any) -> ArchiveOutput:
+        handle = client.get_workflow_handle(archive_id, result_type=ArchiveOutput)
+        out: ArchiveOutput = await handle.result()
+        return out
+
+    out = wb.temporal(result)
+    print(
+        f"lost archive worker: {out.workers_provisioned} workers, {out.blocks_resumed} blocks "
+        f"resumed from checkpoints, {out.bytes_copied} bytes copied by the last one"
+    )
+    assert out.status == "completed" and out.workers_provisioned == 2
+    assert out.blocks_resumed > 0
+    assert out.verify is not None and out.verify.problems == []
+    _assert_worker_removed(wb, archive_id)
+
+    proc = wb.cli(
+        "restore", "volume", rp, "--source", "archive", "--repo", target, "--volume-id", volume,
+        "--retrieval-poll-seconds", "0.5", "--wait", timeout=400,
+    )  # fmt: skip
+    restored = json.loads("\n".join(proc.stdout.splitlines()[1:]))
+    assert wb.checksum(restored["volumes"][0]["volume_id"]) == wb.checksum(snap)

@@ -204,3 +204,47 @@ def test_archive_retention_and_early_deletion(
         assert not out.early_deleted and out.packs_deleted == 0
         assert first_packs <= remaining
         assert any("minimum storage duration" in n and "$" in n for n in out.notes)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_copy_resumes_from_its_checkpoint(
+    hot: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy killed mid-way (here: its progress callback raises, as a cancelled activity
+    does) resumes from the last checkpoint: fewer blocks copied again, same bytes restored."""
+    monkeypatch.setattr(archive, "ARCHIVE_CHECKPOINT_BLOCKS", 8)
+    arc = _archive(hot)
+    total = archive.copy_restore_point(hot["repo"], hot["rp"], _scratch(hot)).blocks_copied
+    seen = [0]
+
+    def die_after_20(_n: int) -> None:
+        seen[0] += 1
+        if seen[0] == 20:
+            raise _Interrupted()
+
+    with pytest.raises(_Interrupted):
+        archive.copy_restore_point(
+            hot["repo"], hot["rp"], arc, die_after_20, checkpoint_prefix="archive-test"
+        )
+    assert not arc.list_restore_points()  # nothing committed
+    done = archive.copy_restore_point(hot["repo"], hot["rp"], arc, checkpoint_prefix="archive-test")
+    assert done.blocks_resumed == 16  # two checkpoints of 8 blocks before the 20th block
+    assert done.blocks_copied == total - 16
+    assert not [n for n, _ in arc.backend.list("checkpoints/")]  # dropped at commit
+    check = archive.verify(arc, done.restore_point_id)
+    assert check.problems == []
+    archive.retrieval(arc, done.restore_point_id, request=True)
+    while not archive.retrieval(arc, done.restore_point_id, request=True).ready:
+        pass
+    _rid, rp = arc.load_restore_point(done.restore_point_id)
+    out = tmp_path / "resumed.img"
+    restore_image(arc, rp.volumes[0], out)
+    assert sha256_file(out) == hot["sha"]
+
+
+def _scratch(hot: dict[str, Any]) -> Repository:
+    """Another archive, to count the blocks a full copy writes."""
+    return archive.open_or_create(f"s3://{hot['bucket']}/scratch", PASSWORD.encode(), "GLACIER")
