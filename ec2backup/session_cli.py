@@ -114,8 +114,11 @@ def register_status(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(rows, indent=2))
             return
-        table = Table("policy", "paused", "last run", "status", "instances", "next run")
+        table = Table("policy", "paused", "last run", "status", "instances", "next run", "archive")
         for r in rows:
+            archive = ""
+            if r.get("archive_last_status"):
+                archive = f"{r['archive_last_status']}; next {_when(r['archive_next_run'])}"
             table.add_row(
                 r["policy"],
                 "yes" if r["paused"] else "",
@@ -123,6 +126,7 @@ def register_status(app: typer.Typer) -> None:
                 status_text(r),
                 "" if r["instances"] is None else str(r["instances"]),
                 _when(r["next_run"]),
+                archive,
             )
         _table_console().print(table)
 
@@ -747,6 +751,7 @@ async def _policy_status(client: Client, schedule_id: str, prefix: str) -> dict[
         "failed_instances": None,
         "next_run": nxt[0].isoformat(timespec="seconds") if nxt else None,
     }
+    row.update(await _archive_status(client, row["policy"]))
     if not desc.info.recent_actions:
         return row
     last = max(desc.info.recent_actions, key=lambda a: a.started_at)
@@ -756,6 +761,46 @@ async def _policy_status(client: Client, schedule_id: str, prefix: str) -> dict[
     if run_id:
         row.update(await _last_run(client, run_id))
     return row
+
+
+async def _archive_status(client: Client, policy: str) -> dict[str, Any]:
+    """The archive schedule's last run (workflow status; archived/failed counts) and next run;
+    all null for a policy without an archive section."""
+    from ec2backup.models import ArchivePolicyOutput
+    from ec2backup.schedules import archive_schedule_id
+
+    out: dict[str, Any] = {"archive_last_status": None, "archive_next_run": None}
+    try:
+        desc = await client.get_schedule_handle(archive_schedule_id(policy)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return out
+        raise
+    nxt = desc.info.next_action_times[:1]
+    out["archive_next_run"] = nxt[0].isoformat(timespec="seconds") if nxt else None
+    if not desc.info.recent_actions:
+        out["archive_last_status"] = "never run"
+        return out
+    last = max(desc.info.recent_actions, key=lambda a: a.started_at)
+    run_id = getattr(last.action, "workflow_id", None)
+    if not run_id:
+        return out
+    handle = client.get_workflow_handle(run_id, result_type=ArchivePolicyOutput)
+    try:
+        status = (await handle.describe()).status
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+        out["archive_last_status"] = "unknown"
+        return out
+    text = status.name.lower() if status else "unknown"
+    if status == WorkflowExecutionStatus.COMPLETED:
+        result = await handle.result()
+        failed = sum(a.status not in ("completed", "already archived") for a in result.archived)
+        text = f"failed ({failed} of {len(result.archived)})" if failed else "succeeded"
+        text += f", {len(result.archived)} archived"
+    out["archive_last_status"] = text
+    return out
 
 
 async def _last_run(client: Client, run_id: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
 
-from workflows.common import CONTROL_RETRY, ensure_search_attributes
+from workflows.common import CONTROL_RETRY, Pausable, ensure_search_attributes
 from workflows.retention import run_retention
 
 with workflow.unsafe.imports_passed_through():
@@ -26,9 +26,7 @@ with workflow.unsafe.imports_passed_through():
         DiscoverOutput,
         ImageBackupSpec,
         InstanceOutcome,
-        PauseInput,
         ReplicationSpec,
-        ResumeInput,
         RetentionInput,
         WorkerSpec,
     )
@@ -40,7 +38,7 @@ DEFAULT_CONCURRENCY = 4
 
 
 @workflow.defn(name="BackupPolicy")
-class BackupPolicy:
+class BackupPolicy(Pausable):
     def __init__(self) -> None:
         self._paused = False
         self._phase = "discovering"
@@ -51,14 +49,6 @@ class BackupPolicy:
         """The run so far: every discovered instance with its outcome (status `pending` until
         its session ends)."""
         return self._report.model_copy(update={"phase": self._phase, "paused": self._paused})
-
-    @workflow.signal(name="pause")
-    def pause(self, req: PauseInput | None = None) -> None:
-        self._paused = True
-
-    @workflow.signal(name="resume")
-    def resume(self, req: ResumeInput | None = None) -> None:
-        self._paused = False
 
     @workflow.run
     async def run(self, policy: dict[str, Any]) -> BackupPolicyOutput:

@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from workflows.common import (
     CONTROL_RETRY,
+    Pausable,
     cancel_requested,
     ensure_search_attributes,
     run_to_completion,
@@ -33,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         CommitRestorePointInput,
         CommitRestorePointOutput,
         ImagePlan,
-        PauseInput,
         PrepareImageInput,
         ProgressInput,
         ProvisionWorkerInput,
@@ -41,7 +41,6 @@ with workflow.unsafe.imports_passed_through():
         ReleaseWorkerOutput,
         ReplicateInput,
         ReplicateOutput,
-        ResumeInput,
         SessionCarry,
         SessionProgress,
         SnapshotInstanceInput,
@@ -70,7 +69,7 @@ CLEANUP_TIMEOUT = timedelta(minutes=15)
 
 
 @workflow.defn(name="BackupSession")
-class BackupSession:
+class BackupSession(Pausable):
     @workflow.init
     def __init__(self, req: BackupSessionInput) -> None:
         self._req = req
@@ -99,14 +98,6 @@ class BackupSession:
         )
 
     # ---- signals and queries -------------------------------------------------------------
-    @workflow.signal(name="pause")
-    def pause(self, req: PauseInput | None = None) -> None:
-        self._paused = True
-
-    @workflow.signal(name="resume")
-    def resume(self, req: ResumeInput | None = None) -> None:
-        self._paused = False
-
     @workflow.query(name="progress")
     def progress(self, req: ProgressInput | None = None) -> SessionProgress:
         plan = self._carry.plan

@@ -1,4 +1,5 @@
-"""What the workflows share: the control-plane retry policy and shielded cleanup."""
+"""What the workflows share: the control-plane retry policy, shielded cleanup, search
+attributes, and the pause/resume signals."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
+from temporalio import workflow
 from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from ec2backup.models import PauseInput, ResumeInput
 
 # Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
 # with backoff, a bounded number of times, so a misconfiguration fails instead of hanging.
@@ -41,8 +46,6 @@ def cancel_requested() -> bool:
 def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = None) -> None:
     """Set SessionKind/PolicyName/InstanceId when the starter did not (e.g. `temporal workflow
     start` or the Web UI), so list queries by policy find every run however it was started."""
-    from temporalio import workflow
-
     with workflow.unsafe.imports_passed_through():
         from ec2backup.temporal import INSTANCE_ID, POLICY_NAME, SESSION_KIND
 
@@ -56,3 +59,18 @@ def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = N
         updates.append(INSTANCE_ID.value_set(instance_id))
     if updates:
         workflow.upsert_search_attributes(updates)
+
+
+class Pausable:
+    """Signals `pause` and `resume` (BackupSession, BackupPolicy): `_paused` is what the
+    workflow checks where pausing is safe (between transfer rounds, before a child starts)."""
+
+    _paused = False
+
+    @workflow.signal(name="pause")
+    def pause(self, req: PauseInput | None = None) -> None:
+        self._paused = True
+
+    @workflow.signal(name="resume")
+    def resume(self, req: ResumeInput | None = None) -> None:
+        self._paused = False

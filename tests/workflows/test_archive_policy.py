@@ -91,6 +91,12 @@ def test_archive_section_of_a_policy(wb: Workbench, tmp_path: Path) -> None:
     assert all(a.status == "completed" and a.archive_restore_point_id for a in archived.archived)
     assert archived.retention is not None and archived.retention.forgotten_restore_points == []
 
+    # `ec2backup status` shows the archive's last run and next run next to the backups'.
+    rows = {r["policy"]: r for r in wb.cli_json("status", "--json")}
+    assert rows[name]["archive_last_status"] == "succeeded, 2 archived"
+    assert rows[name]["archive_next_run"][8:10] == "01"  # monthly, on the 1st
+    assert "succeeded, 2 archived" in wb.cli("status").stdout
+
     # Nothing new to archive: the next archive run selects nothing.
     _, idle = _run(wb, name, "ArchivePolicy", archives)
     assert idle.archived == [] and len(idle.notes) == 2

@@ -210,3 +210,54 @@ def test_overlapping_runs_are_skipped_and_pause_stops_runs(wb: Workbench, tmp_pa
     wb.cli("policy", "resume", name)
     wait_for(lambda: wb.temporal(info).num_actions > before or None, 30, "runs to start again")
     wb.cli("policy", "delete", name)
+
+
+def test_pause_signal_holds_the_run_until_resume(wb: Workbench, tmp_path: Path) -> None:
+    """`pause` on a BackupPolicy run (started as the Web UI or `temporal` CLI would: the policy
+    as JSON input) holds back sessions not yet started; `resume` lets the run finish."""
+    from ec2backup.models import BackupPolicyOutput
+    from ec2backup.policy import load_policy
+    from ec2backup.temporal import TASK_QUEUE
+
+    team = f"t{uuid.uuid4().hex[:8]}"
+    wb.cli_json(
+        "lab", "seed", "--instances", "3", "--size-gib", "1", "--fill", "0.01", "--tag",
+        f"team={team}",
+    )  # fmt: skip
+    path = tmp_path / "paused.yaml"
+    path.write_text(POLICY.format(name=f"pz-{team}", team=team, priority=0, time="03:00").replace(
+        "concurrency: 2", "concurrency: 1"))  # fmt: skip
+    policy = load_policy(path).model_dump(mode="json")
+    run_id = f"policy-pz-{team}"
+
+    async def start_paused(client: Any) -> None:
+        handle = await client.start_workflow(
+            "BackupPolicy", policy, id=run_id, task_queue=TASK_QUEUE
+        )
+        await handle.signal("pause")
+
+    async def report(client: Any) -> BackupPolicyOutput:
+        out: BackupPolicyOutput = await client.get_workflow_handle(run_id).query(
+            "report", result_type=BackupPolicyOutput
+        )
+        return out
+
+    wb.temporal(start_paused)
+    first = wait_for(
+        lambda: (r := wb.temporal(report)).instances and r.paused and r, 30, "the paused run"
+    )
+    time.sleep(4)  # sessions would finish in about a second each
+    held = wb.temporal(report)
+    assert held.paused and held.phase == "backing up"
+    started = [o for o in held.instances if o.status != "pending"]
+    # At most the session that started before the pause arrived; none since.
+    assert len(held.instances) == 3 and len(started) <= 1, held
+    assert len(started) == len([o for o in first.instances if o.status != "pending"])
+
+    async def resume(client: Any) -> None:
+        await client.get_workflow_handle(run_id).signal("resume")
+
+    wb.temporal(resume)
+    assert wb.wait_status(run_id, timeout=120) == "COMPLETED"
+    done = _result(wb, run_id)
+    assert [o["status"] for o in done["instances"]] == ["completed"] * 3
