@@ -28,7 +28,7 @@ from activities import policy as policy_activities
 from activities import restore as restore_activities
 from activities import session as session_activities
 from ec2backup.models import JanitorInput
-from ec2backup.temporal import TASK_QUEUE, connect
+from ec2backup.temporal import HEARTBEAT_THROTTLE, TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
 from workflows.archive import Archive
 from workflows.archive_policy import ArchivePolicy
@@ -97,6 +97,8 @@ async def run_worker(
             ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             graceful_shutdown_timeout=timedelta(seconds=5),
         )
         print(f"orchestrator polling task queue {TASK_QUEUE}", flush=True)

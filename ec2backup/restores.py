@@ -391,8 +391,12 @@ def snapshot_from_backup(
         params["Encrypted"] = True
         if volume.kms_key_id:
             params["KmsKeyArn"] = volume.kms_key_id
-    heartbeat(f"{volume.device}: starting snapshot")  # a cancel is noticed before any write
-    started = ebs.start_snapshot(**params)
+    # Retried here, not inside boto3, so a cancel is noticed while StartSnapshot is throttled
+    # (and before any write).
+    starter = aws.single_try_client("ebs", plan.region, plan.role_arn)
+    started = aws.call_heartbeating(
+        lambda: starter.start_snapshot(**params), heartbeat, f"{volume.device}: starting snapshot"
+    )
     snapshot_id = started["SnapshotId"]
     if started["Status"] == "completed":
         return RestoreSnapshotOutput(snapshot_id=snapshot_id, blocks_written=0, bytes_written=0)

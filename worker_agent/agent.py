@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
-from ec2backup.temporal import connect
+from ec2backup.temporal import HEARTBEAT_THROTTLE, connect
 from worker_agent import activities
 from worker_agent.devices import flush_io
 
@@ -61,6 +61,8 @@ async def run_agent(task_queue: str, address: str | None, namespace: str | None)
             activities=list(activities.ALL),
             activity_executor=executor,
             max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+            max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+            default_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
             graceful_shutdown_timeout=timedelta(seconds=GRACEFUL_SHUTDOWN_SECONDS),
         )
         log.info("agent polling task queue %s", task_queue)
