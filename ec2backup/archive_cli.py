@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import uuid
 
@@ -27,7 +26,7 @@ def archive(
 ) -> None:
     """Copy a restore point into an archive repository (S3 Glacier classes); prints the id."""
     from ec2backup.archive import STORAGE_CLASSES
-    from ec2backup.cli_watch import result_with_phase
+    from ec2backup.cli_watch import print_result
     from ec2backup.models import ArchiveInput, ArchiveOutput
     from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
 
@@ -63,12 +62,7 @@ def archive(
         print(archive_id, flush=True)
         if not wait:
             return 0
-        result, failed = await result_with_phase(handle, f"archive {archive_id}", console)
-        if failed:
-            console.print(f"archive {archive_id} failed: {failed}")
-            return 1
-        print(json.dumps(result.model_dump(), indent=2))
-        return 0
+        return await print_result(handle, f"archive {archive_id}", console)
 
     rc = asyncio.run(go())
     if rc:

@@ -28,3 +28,15 @@ async def result_with_phase(handle: Any, label: str, console: Console) -> tuple[
         return result_task.result(), None
     except Exception as exc:
         return None, failure_message(exc)
+
+
+async def print_result(handle: Any, label: str, console: Console) -> int:
+    """Wait (showing the phase), then print the result as JSON: the exit code (1 if failed)."""
+    import json
+
+    result, failed = await result_with_phase(handle, label, console)
+    if failed:
+        console.print(f"{label} failed: {failed}")
+        return 1
+    print(json.dumps(result.model_dump(), indent=2))
+    return 0

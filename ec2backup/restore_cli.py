@@ -53,7 +53,7 @@ RetrievalPollOpt = Annotated[
 
 
 def _start(req: RestoreInput, wait: bool) -> None:
-    from ec2backup.cli_watch import result_with_phase
+    from ec2backup.cli_watch import print_result
     from ec2backup.temporal import connect
 
     async def go() -> int:
@@ -68,12 +68,7 @@ def _start(req: RestoreInput, wait: bool) -> None:
         print(restore_id, flush=True)
         if not wait and not req.dry_run:
             return 0
-        result, failed = await result_with_phase(handle, f"restore {restore_id}", console)
-        if failed:
-            console.print(f"restore {restore_id} failed: {failed}")
-            return 1
-        print(json.dumps(result.model_dump(), indent=2))
-        return 0
+        return await print_result(handle, f"restore {restore_id}", console)
 
     rc = asyncio.run(go())
     if rc:
