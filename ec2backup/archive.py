@@ -353,11 +353,11 @@ def young_packs(archive: Repository, now: dt.datetime) -> dict[str, tuple[int, f
     if not minimum or not isinstance(backend, S3Backend):
         return {}
     young: dict[str, tuple[int, float]] = {}
-    for pid, size in archive.list_packs().items():
-        state = backend.object_state(data_name(pid))
-        age = (now - state.last_modified).total_seconds() / 86400
+    # One listing (with each object's LastModified), not a HEAD per pack.
+    for name, size, modified in backend.list_modified("data/"):
+        age = (now - modified).total_seconds() / 86400
         if age < minimum:
-            young[pid] = (size, minimum - age)
+            young[name.rsplit("/", 1)[1]] = (size, minimum - age)
     return young
 
 

@@ -237,12 +237,17 @@ class S3Backend:
         return True
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for name, size, _modified in self.list_modified(prefix):
+            yield name, size
+
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, int, Any]]:
+        """(name, size, last-modified datetime) of every object under `prefix`."""
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
             for obj in page.get("Contents", []):
-                yield obj["Key"][strip:], int(obj["Size"])
+                yield obj["Key"][strip:], int(obj["Size"]), obj["LastModified"]
 
     def delete(self, name: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(name))

@@ -411,6 +411,16 @@ class Workbench:
 
         return asyncio.run(go())
 
+    def workflow_ids(self, workflow_type: str, policy: str) -> list[str]:
+        """Ids of the `workflow_type` workflows of `policy`, newest first (by search attribute;
+        visibility is eventually consistent: poll with `wait_for`)."""
+
+        async def go(client: Any) -> list[str]:
+            query = f"WorkflowType = '{workflow_type}' AND PolicyName = '{policy}'"
+            return [wf.id async for wf in client.list_workflows(query)]
+
+        return list(self.temporal(go))
+
     def progress(self, session_id: str) -> Any:
         from ec2backup.models import ProgressInput, SessionProgress
 

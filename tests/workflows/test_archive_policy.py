@@ -40,16 +40,10 @@ def _run(wb: Workbench, name: str, kind: str, known: set[str]) -> tuple[str, Any
     """Start a run of the policy's backups or archive and wait for its result."""
     wb.cli("policy", "run", name, *(["--archive"] if kind == "ArchivePolicy" else []))
 
-    async def runs(client: Any) -> list[str]:
-        return [
-            wf.id
-            async for wf in client.list_workflows(
-                f"WorkflowType = '{kind}' AND PolicyName = '{name}'"
-            )
-        ]
-
     new = wait_for(
-        lambda: [r for r in wb.temporal(runs) if r not in known] or None, 60, f"a {kind} run"
+        lambda: [r for r in wb.workflow_ids(kind, name) if r not in known] or None,
+        60,
+        f"a {kind} run",
     )[0]
     known.add(new)
     assert wb.wait_status(new, timeout=300) == "COMPLETED"

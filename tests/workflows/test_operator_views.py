@@ -24,18 +24,6 @@ snapshots:
 """
 
 
-def _runs(wb: Workbench, name: str) -> list[str]:
-    async def go(client: Any) -> list[str]:
-        return [
-            wf.id
-            async for wf in client.list_workflows(
-                f"WorkflowType = 'BackupPolicy' AND PolicyName = '{name}'"
-            )
-        ]
-
-    return list(wb.temporal(go))
-
-
 def _seed_and_apply(wb: Workbench, tmp_path: Path, prefix: str) -> tuple[str, set[str]]:
     """Two tiny instances and a snapshot-only policy protecting them (by a unique tag)."""
     team = f"t{uuid.uuid4().hex[:8]}"  # never all digits: YAML would read a number
@@ -55,7 +43,11 @@ def _seed_and_apply(wb: Workbench, tmp_path: Path, prefix: str) -> tuple[str, se
 def _run_policy(wb: Workbench, name: str) -> str:
     """`policy run NAME`, then wait until that run completed; its workflow id."""
     wb.cli("policy", "run", name)
-    run_id = str(wait_for(lambda: _runs(wb, name)[:1], 30, "the policy run", interval=0.5)[0])
+    run_id = str(
+        wait_for(
+            lambda: wb.workflow_ids("BackupPolicy", name)[:1], 30, "the policy run", interval=0.5
+        )[0]
+    )
     assert wb.wait_status(run_id, timeout=120) == "COMPLETED"
     return run_id
 

@@ -51,15 +51,9 @@ def test_fifty_instances(wb: Workbench, tmp_path: Path) -> None:
     wb.cli("policy", "apply", str(path))
     wb.cli("policy", "run", name)
 
-    async def runs(client: Any) -> list[str]:
-        return [
-            wf.id
-            async for wf in client.list_workflows(
-                f"WorkflowType = 'BackupPolicy' AND PolicyName = '{name}'"
-            )
-        ]
-
-    run_id = wait_for(lambda: wb.temporal(runs) or None, 30, "the run to start", interval=0.5)[0]
+    run_id = wait_for(
+        lambda: wb.workflow_ids("BackupPolicy", name) or None, 30, "the run to start", interval=0.5
+    )[0]
     assert wb.wait_status(run_id, timeout=900) == "COMPLETED"
 
     async def result_and_history(client: Any) -> tuple[BackupPolicyOutput, int, int]:

@@ -31,18 +31,6 @@ def _policy(tmp_path: Path, name: str, team: str, priority: int = 0, time: str =
     return path
 
 
-def _runs(wb: Workbench, name: str) -> list[dict[str, Any]]:
-    async def go(client: Any) -> list[dict[str, Any]]:
-        found = []
-        async for wf in client.list_workflows(
-            f"WorkflowType = 'BackupPolicy' AND PolicyName = '{name}'"
-        ):
-            found.append({"id": wf.id, "status": wf.status.name})
-        return found
-
-    return list(wb.temporal(go))
-
-
 def _result(wb: Workbench, workflow_id: str) -> dict[str, Any]:
     async def go(client: Any) -> dict[str, Any]:
         return dict(await client.get_workflow_handle(workflow_id).result())
@@ -110,8 +98,13 @@ def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Pa
     wb.cli("policy", "apply", str(high_path))
     wb.cli("policy", "pause", high)  # paused schedules still own their instances
     wb.cli("policy", "run", low)
-    wait_for(lambda: _runs(wb, low) or None, 30, "the policy run to start", interval=0.5)
-    run_id = _runs(wb, low)[0]["id"]
+    wait_for(
+        lambda: wb.workflow_ids("BackupPolicy", low) or None,
+        30,
+        "the policy run to start",
+        interval=0.5,
+    )
+    run_id = wb.workflow_ids("BackupPolicy", low)[0]
     assert wb.wait_status(run_id, timeout=180) == "COMPLETED"
     result = _result(wb, run_id)
     outcomes = {o["instance_id"]: o for o in result["instances"]}
@@ -121,18 +114,11 @@ def test_run_protects_exactly_the_selected_instances(wb: Workbench, tmp_path: Pa
     assert any(west["instance_id"] in note and high in note for note in result["notes"])
 
     # The policy's sessions are found by search attribute.
-    async def sessions(client: Any) -> set[str]:
-        found = set()
-        async for wf in client.list_workflows(
-            f"WorkflowType = 'BackupSession' AND PolicyName = '{low}'"
-        ):
-            found.add(wf.id)
-        return found
 
     # Visibility (list queries) is eventually consistent: allow it to catch up.
     expected = {o["session_id"] for o in outcomes.values()}
     wait_for(
-        lambda: wb.temporal(sessions) == expected or None,
+        lambda: set(wb.workflow_ids("BackupSession", low)) == expected or None,
         30,
         "the sessions to be listed by PolicyName",
         interval=0.5,

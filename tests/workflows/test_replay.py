@@ -122,11 +122,9 @@ def _cli_result(wb: Workbench, *args: str) -> tuple[str, dict[str, Any]]:
 def _new_run(wb: Workbench, kind: str, policy: str) -> str:
     """The id of the one `kind` workflow of `policy` (visibility is eventually consistent)."""
 
-    async def runs(client: Any) -> list[str]:
-        query = f"WorkflowType = '{kind}' AND PolicyName = '{policy}'"
-        return [wf.id async for wf in client.list_workflows(query)]
-
-    found: list[str] = wait_for(lambda: wb.temporal(runs) or None, 60, f"a {kind} run of {policy}")
+    found: list[str] = wait_for(
+        lambda: wb.workflow_ids(kind, policy) or None, 60, f"a {kind} run of {policy}"
+    )
     assert len(found) == 1, found
     return found[0]
 
