@@ -21,6 +21,7 @@ from workflows.common import (
     CONTROL_RETRY,
     cancel_requested,
     ensure_search_attributes,
+    raise_if_cancelled,
     run_to_completion,
 )
 
@@ -95,7 +96,7 @@ class Archive:
                     retry_policy=CONTROL_RETRY,
                 )
                 provisioned += 1
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 self._phase = "copying"
                 try:
                     copied = await workflow.execute_activity(
@@ -132,7 +133,7 @@ class Archive:
                     type="WorkersLost",
                     non_retryable=True,
                 )
-            _raise_if_cancelled()
+            raise_if_cancelled()
             self._phase = "verifying"
             verified: VerifyArchiveOutput = await workflow.execute_activity(
                 "verify_archive",
@@ -187,10 +188,3 @@ class Archive:
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
-
-
-def _raise_if_cancelled() -> None:
-    import asyncio
-
-    if cancel_requested():
-        raise asyncio.CancelledError()

@@ -24,6 +24,7 @@ from workflows.common import (
     Pausable,
     cancel_requested,
     ensure_search_attributes,
+    raise_if_cancelled,
     run_to_completion,
 )
 
@@ -132,7 +133,7 @@ class BackupSession(Pausable):
         ensure_search_attributes("backup", req.policy_name, req.instance_id)
         try:
             snapshot_set = await self._snapshots(session_id)
-            _raise_if_cancelled()
+            raise_if_cancelled()
             if req.replication and not self._carry.replica_ids:
                 self._phase = "replicating"
                 replicas: ReplicateOutput = await workflow.execute_activity(
@@ -146,7 +147,7 @@ class BackupSession(Pausable):
                     retry_policy=CONTROL_RETRY,
                 )
                 self._carry.replica_ids = replicas.replica_ids
-            _raise_if_cancelled()
+            raise_if_cancelled()
             restore_point_id = None
             if req.image_backup:
                 restore_point_id = await self._image_backup(session_id, snapshot_set)
@@ -269,13 +270,13 @@ class BackupSession(Pausable):
                     retry_policy=CONTROL_RETRY,
                 )
                 self._carry.workers_provisioned += 1
-                _raise_if_cancelled()
+                raise_if_cancelled()
             self._phase = "transferring"
             worker = self._carry.worker
             results = await asyncio.gather(
                 *(self._range(session_id, plan, worker, vp) for vp in todo), return_exceptions=True
             )
-            _raise_if_cancelled()
+            raise_if_cancelled()
             lost = False
             for vp, result in zip(todo, results, strict=True):
                 if isinstance(result, BaseException):
@@ -377,13 +378,6 @@ class BackupSession(Pausable):
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
-
-
-def _raise_if_cancelled() -> None:
-    """An activity awaited with WAIT_CANCELLATION_COMPLETED may finish normally after the
-    (single) cancel request; the session must still stop there."""
-    if cancel_requested():
-        raise asyncio.CancelledError()
 
 
 def _host_lost(exc: BaseException) -> bool:

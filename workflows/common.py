@@ -43,6 +43,13 @@ def cancel_requested() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def raise_if_cancelled() -> None:
+    """An activity awaited with WAIT_CANCELLATION_COMPLETED may finish normally after the
+    (single) cancel request; the workflow must still stop there."""
+    if cancel_requested():
+        raise asyncio.CancelledError()
+
+
 def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = None) -> None:
     """Set SessionKind/PolicyName/InstanceId when the starter did not (e.g. `temporal workflow
     start` or the Web UI), so list queries by policy find every run however it was started."""

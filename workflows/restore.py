@@ -17,7 +17,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from workflows.common import CONTROL_RETRY, cancel_requested, run_to_completion
+from workflows.common import CONTROL_RETRY, cancel_requested, raise_if_cancelled, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models import (
@@ -140,8 +140,7 @@ class Restore:
                 written = sum(r.bytes_written for r in done_parts)
             else:
                 snapshot_ids = {v.device: v.snapshot_id or "" for v in plan.volumes}
-            if cancel_requested():  # the data activities may have finished after the cancel
-                raise asyncio.CancelledError()
+            raise_if_cancelled()  # the data activities may have finished after the cancel
             done: FinishRestoreOutput = await workflow.execute_activity(
                 "finish_restore",
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
