@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ec2backup.demo
+	$(BIN)/python -m ec2backup_lab.demo
 
 test: $(STAMP)
 	$(BIN)/ruff check .

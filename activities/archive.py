@@ -10,10 +10,10 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.common import adapter
-from activities.session import repository_password
-from ec2backup import archive
-from ec2backup.models import (
+from ec2backup.activity_support import adapter, repository_password
+from ec2backup.archive import copy as archive_copy
+from ec2backup.archive import policy as archive_policy
+from ec2backup.models.archive import (
     ArchivePlan,
     ArchiveRetentionInput,
     ArchiveRetentionOutput,
@@ -30,14 +30,14 @@ from ec2backup.repository.repo import Repository
 @activity.defn(name="plan_archive")
 @adapter
 def plan_archive(req: PlanArchiveInput) -> ArchivePlan:
-    return archive.plan(req.archive_id, req.request, repository_password())
+    return archive_policy.plan(req.archive_id, req.request, repository_password())
 
 
 @activity.defn(name="verify_archive")
 @adapter
 def verify_archive(req: VerifyArchiveInput) -> VerifyArchiveOutput:
     repo = Repository.open(req.archive_repository, repository_password().encode())
-    out = archive.verify(repo, req.archive_restore_point_id)
+    out = archive_copy.verify(repo, req.archive_restore_point_id)
     return VerifyArchiveOutput(
         packs=out.packs,
         pack_bytes=out.pack_bytes,
@@ -56,7 +56,7 @@ ALL: list[Callable[..., Any]] = [plan_archive, verify_archive]
 @adapter
 def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
     policy = Policy.model_validate(req.policy)
-    candidates, notes = archive.select(policy, repository_password())
+    candidates, notes = archive_policy.select(policy, repository_password())
     return SelectArchiveOutput(candidates=candidates, notes=notes)
 
 
@@ -64,7 +64,7 @@ def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
 @adapter
 def apply_archive_retention(req: ArchiveRetentionInput) -> ArchiveRetentionOutput:
     policy = Policy.model_validate(req.policy)
-    return archive.apply_retention(
+    return archive_policy.apply_retention(
         policy,
         req.now or dt.datetime.now(dt.UTC),
         repository_password(),

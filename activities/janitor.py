@@ -12,9 +12,11 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.common import classify
-from ec2backup import aws, restores, workers
-from ec2backup.models import JanitorInput, JanitorOutput
+from ec2backup import aws, workers
+from ec2backup.activity_support import classify
+from ec2backup.models.janitor import JanitorInput, JanitorOutput
+from ec2backup.restore import launch as restore_launch
+from ec2backup.restore import plan as restore_plan
 
 
 async def _status(workflow_id: str) -> WorkflowExecutionStatus | None:
@@ -37,13 +39,15 @@ def _restore_ids(region: str, role_arn: str | None) -> set[str]:
     ec2 = aws.client("ec2", region, role_arn)
     found: set[str] = set()
     for snap in ec2.describe_snapshots(
-        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [restores.TEMP_KEY]}]
+        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [restore_plan.TEMP_KEY]}]
     )["Snapshots"]:
-        found.update(t["Value"] for t in snap.get("Tags", []) if t["Key"] == restores.TEMP_KEY)
+        found.update(t["Value"] for t in snap.get("Tags", []) if t["Key"] == restore_plan.TEMP_KEY)
     for vol in ec2.describe_volumes(
-        Filters=[{"Name": "tag-key", "Values": [restores.RESTORE_KEY]}]
+        Filters=[{"Name": "tag-key", "Values": [restore_plan.RESTORE_KEY]}]
     )["Volumes"]:
-        found.update(t["Value"] for t in vol.get("Tags", []) if t["Key"] == restores.RESTORE_KEY)
+        found.update(
+            t["Value"] for t in vol.get("Tags", []) if t["Key"] == restore_plan.RESTORE_KEY
+        )
     return found
 
 
@@ -95,7 +99,7 @@ async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
                     if status == WorkflowExecutionStatus.RUNNING:
                         continue
                     cleaned = await asyncio.to_thread(
-                        restores.cleanup,
+                        restore_launch.cleanup,
                         restore_id,
                         region,
                         role_arn,

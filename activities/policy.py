@@ -8,10 +8,9 @@ import datetime as dt
 
 from temporalio import activity
 
-from activities.common import adapter, classify
-from activities.session import repository_password
 from ec2backup import discovery, installation, retention, schedules
-from ec2backup.models import (
+from ec2backup.activity_support import adapter, classify, repository_password
+from ec2backup.models.policy import (
     DiscoveredInstance,
     DiscoverInput,
     DiscoverOutput,

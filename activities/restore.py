@@ -8,9 +8,9 @@ from typing import Any
 
 from temporalio import activity
 
-from activities.common import adapter
-from ec2backup import installation, restores
-from ec2backup.models import (
+from ec2backup import installation
+from ec2backup.activity_support import adapter, heartbeat, repository_password
+from ec2backup.models.restore import (
     CleanupRestoreInput,
     CleanupRestoreOutput,
     FinishRestoreInput,
@@ -22,16 +22,15 @@ from ec2backup.models import (
     RetrievalInput,
     RetrievalOutput,
 )
-
-
-def _heartbeat(detail: str) -> None:
-    activity.heartbeat(detail)
+from ec2backup.restore import datamover as restore_datamover
+from ec2backup.restore import launch as restore_launch
+from ec2backup.restore import plan as restore_plan
 
 
 @activity.defn(name="plan_restore")
 @adapter
 def plan_restore(req: PlanRestoreInput) -> RestorePlan:
-    return restores.plan_restore(
+    return restore_plan.plan_restore(
         req.restore_id,
         req.request,
         installation.installation_key(create=False),
@@ -42,35 +41,33 @@ def plan_restore(req: PlanRestoreInput) -> RestorePlan:
 @activity.defn(name="restore_snapshot_from_backup")
 @adapter
 def restore_snapshot_from_backup(req: RestoreSnapshotInput) -> RestoreSnapshotOutput:
-    from activities.session import repository_password
 
-    return restores.snapshot_from_backup(
-        req.plan, req.volume, repository_password(), heartbeat=_heartbeat
+    return restore_datamover.snapshot_from_backup(
+        req.plan, req.volume, repository_password(), heartbeat=heartbeat
     )
 
 
 @activity.defn(name="finish_restore")
 @adapter
 def finish_restore(req: FinishRestoreInput) -> FinishRestoreOutput:
-    return restores.finish(req.plan, req.snapshot_ids)
+    return restore_launch.finish(req.plan, req.snapshot_ids)
 
 
 @activity.defn(name="cleanup_restore")
 @adapter
 def cleanup_restore(req: CleanupRestoreInput) -> CleanupRestoreOutput:
-    return restores.cleanup(req.restore_id, req.region, req.role_arn, req.succeeded)
+    return restore_launch.cleanup(req.restore_id, req.region, req.role_arn, req.succeeded)
 
 
 @activity.defn(name="archive_retrieval")
 @adapter
 def archive_retrieval(req: RetrievalInput) -> RetrievalOutput:
     """Where an archived restore point's packs stand; RestoreObject those still archived."""
-    from activities.session import repository_password
-    from ec2backup import archive
+    from ec2backup.archive import copy as archive_copy
     from ec2backup.repository.repo import Repository
 
     repo = Repository.open(req.repository, repository_password().encode())
-    state = archive.retrieval(repo, req.restore_point_id, request=req.request, tier=req.tier)
+    state = archive_copy.retrieval(repo, req.restore_point_id, request=req.request, tier=req.tier)
     return RetrievalOutput(
         packs=state.packs,
         readable=state.readable,

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.common import adapter
 from ec2backup import imagebackup, installation, replication, snapshots, workers
-from ec2backup.models import (
+from ec2backup.activity_support import adapter, heartbeat, repository_password
+from ec2backup.models.session import (
     CommitRestorePointInput,
     CommitRestorePointOutput,
     ImagePlan,
@@ -26,29 +25,12 @@ from ec2backup.models import (
     ReplicateInput,
     ReplicateOutput,
     SnapshotInstanceInput,
-    SnapshotSet,
     WaitSnapshotsInput,
     WaitSnapshotsOutput,
     WorkerHandle,
 )
+from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.temporal import temporal_address
-
-
-def _heartbeat(detail: str) -> None:
-    activity.heartbeat(detail)
-
-
-def repository_password() -> str:
-    """The orchestrator's repository password (never in payloads): EC2BACKUP_REPO_PASSWORD."""
-    password = os.environ.get("EC2BACKUP_REPO_PASSWORD")
-    if not password:
-        raise ApplicationError(
-            "the orchestrator has no repository password (set EC2BACKUP_REPO_PASSWORD for "
-            "`ec2backup worker`)",
-            type="RepositoryPasswordMissing",
-            non_retryable=True,
-        )
-    return password
 
 
 @activity.defn(name="snapshot_instance")
@@ -83,7 +65,7 @@ def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
         snapshot_set=req.snapshot_set,
         target=req.target,
         installation_key=installation.installation_key(),
-        heartbeat=_heartbeat,
+        heartbeat=heartbeat,
     )
 
 
@@ -99,7 +81,7 @@ def provision_worker(req: ProvisionWorkerInput) -> WorkerHandle:
     address = os.environ.get("EC2BACKUP_AGENT_TEMPORAL_ADDRESS") or temporal_address()
     namespace = activity.info().workflow_namespace or "default"
     return workers.provision(
-        req.session_id, req.plan, req.attempt, address, namespace, heartbeat=_heartbeat
+        req.session_id, req.plan, req.attempt, address, namespace, heartbeat=heartbeat
     )
 
 
@@ -112,7 +94,7 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
         req.role_arn,
         req.secret_name,
         req.only_instance_id,
-        heartbeat=_heartbeat,
+        heartbeat=heartbeat,
     )
 
 

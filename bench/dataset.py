@@ -23,7 +23,7 @@ from pathlib import Path
 
 import blake3
 
-from ec2backup.lab.content import layout
+from ec2backup_lab.content import layout
 
 BLOCK_SIZE = 512 * 1024  # the EBS snapshot block, the unit of CBT and of ec2backup's map
 GIB = 1024**3

@@ -12,10 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from ec2backup import aws, workers
-from ec2backup.models import ImageBackupSpec, ImagePlan, SnapshotSet
-from ec2backup.repository.backup import BackupWriter, commit_restore_point
+from ec2backup.models.session import ImageBackupSpec, ImagePlan
+from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.repository.repo import Repository
-from worker_agent.transfer import checkpoint_key
+from ec2backup.repository.writer import BackupWriter, commit_restore_point
+
+
+def checkpoint_key(session_id: str, source_volume_id: str) -> str:
+    """The repository checkpoint of one volume of one session: the durable cursor a retried,
+    resumed or re-provisioned range continues from."""
+    return f"session:{session_id}:{source_volume_id}"
 
 
 def _latest_records(repo: Repository, instance_id: str) -> tuple[str | None, dict[Any, Any]]:

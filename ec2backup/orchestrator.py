@@ -27,8 +27,9 @@ from activities import janitor as janitor_activities
 from activities import policy as policy_activities
 from activities import restore as restore_activities
 from activities import session as session_activities
-from ec2backup.models import JanitorInput
-from ec2backup.temporal import HEARTBEAT_THROTTLE, TASK_QUEUE, connect
+from ec2backup.activity_support import HEARTBEAT_THROTTLE
+from ec2backup.models.janitor import JanitorInput
+from ec2backup.temporal import TASK_QUEUE, connect
 from workflows.agent_probe import AgentProbe
 from workflows.archive import Archive
 from workflows.archive_policy import ArchivePolicy

@@ -15,7 +15,8 @@ from typing import Any
 
 from ec2backup import aws, tagcodec
 from ec2backup.errors import UserError
-from ec2backup.models import ReplicateOutput, ReplicationSpec, SnapshotSet
+from ec2backup.models.session import ReplicateOutput, ReplicationSpec
+from ec2backup.models.snapshots import SnapshotSet
 
 # AWS: at most 20 concurrent snapshot copies per destination Region (ResourceLimitExceeded).
 MAX_CONCURRENT_COPIES = 20

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from ec2backup import aws
-from ec2backup.models import RetentionOutput
+from ec2backup.models.policy import RetentionOutput
 from ec2backup.policy import GfsRetention, Policy, Retention
 from ec2backup.snapshots import CatalogEntry, catalog
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from ec2backup import aws, tagcodec
 from ec2backup.errors import NotFoundError, UserError
-from ec2backup.models import SnapshotMember, SnapshotSet
+from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
 
 # Poll interval while snapshots are pending; the call itself heartbeats in between.
 SNAPSHOT_POLL_SECONDS = 1.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -13,10 +12,6 @@ DEFAULT_TEMPORAL_ADDRESS = "127.0.0.1:7233"
 DEFAULT_NAMESPACE = "default"
 # The orchestrator's task queue: workflows and control-plane activities.
 TASK_QUEUE = "ec2backup"
-# Heartbeats reach the server at most this often (the SDK default is up to 60 s). A running
-# activity learns of a cancel only from a heartbeat's reply, so this bounds how long a cancel
-# waits for an activity to notice; one small RPC per 5 s per running activity is cheap.
-HEARTBEAT_THROTTLE = timedelta(seconds=5)
 
 
 def temporal_address(explicit: str | None = None) -> str:

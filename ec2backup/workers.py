@@ -17,15 +17,15 @@ from typing import Any
 
 from ec2backup import aws, tagcodec
 from ec2backup.errors import UserError
-from ec2backup.models import (
+from ec2backup.models.session import (
     ImageBackupSpec,
     ImagePlan,
     ReleaseWorkerOutput,
-    SnapshotSet,
     VolumePlan,
     WorkerHandle,
     WorkerVolume,
 )
+from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
 
 GIB = 1024**3

@@ -76,7 +76,7 @@ def lab_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabAws]:
         [
             sys.executable,
             "-m",
-            "ec2backup.lab.server",
+            "ec2backup_lab.server",
             "--dir",
             str(lab_dir),
             "--port",

@@ -11,43 +11,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
-from ec2backup.models import (
-    ArchiveCopyInput,
-    ArchiveCopyOutput,
-    TransferRangeInput,
-    TransferRangeOutput,
+from ec2backup.models.agent import (
+    DescribeHostInput,
+    DescribeHostOutput,
+    DigestBlocksInput,
+    DigestBlocksOutput,
+    HostDevice,
 )
+from ec2backup.models.archive import ArchiveCopyInput, ArchiveCopyOutput
+from ec2backup.models.session import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
-
-
-class DescribeHostInput(BaseModel):
-    pass
-
-
-class HostDevice(BaseModel):
-    device: str
-    volume_id: str
-    size_bytes: int
-
-
-class DescribeHostOutput(BaseModel):
-    instance_id: str
-    devices: list[HostDevice]
-
-
-class DigestBlocksInput(BaseModel):
-    device: str
-    block_indexes: list[int]
-
-
-class DigestBlocksOutput(BaseModel):
-    volume_id: str
-    sha256: str
-    bytes_read: int
 
 
 @activity.defn(name="agent_describe_host")
@@ -100,7 +76,7 @@ def _session_paused(workflow_id: str) -> bool:
         return False
     import asyncio
 
-    from ec2backup.models import ProgressInput, SessionProgress
+    from ec2backup.models.session import ProgressInput, SessionProgress
 
     async def ask() -> bool:
         handle = AGENT_CLIENT.get_workflow_handle(workflow_id)
@@ -119,7 +95,7 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
     (returning `stopped`) when its session is paused, raises when it is cancelled."""
     import time
 
-    from activities.common import classify
+    from ec2backup.activity_support import classify
     from worker_agent import transfer
 
     workflow_id = activity.info().workflow_id or ""
@@ -154,8 +130,8 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
     """Copy one restore point from the hot repository into the archive repository (decrypt,
     re-encrypt, pack large); heartbeats bytes copied; a cancel stops it (a rerun dedups what
     the index already holds)."""
-    from activities.common import classify
-    from ec2backup import archive
+    from ec2backup.activity_support import classify
+    from ec2backup.archive import copy as archive_copy
     from ec2backup.repository.repo import Repository
     from ec2backup.workers import read_session_secret
 
@@ -172,7 +148,7 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
         password = secret["password"].encode()
         hot = Repository.open(req.source_repository, password)
         arc = Repository.open(req.archive_repository, password)
-        result = archive.copy_restore_point(
+        result = archive_copy.copy_restore_point(
             hot, req.restore_point_id, arc, progress, checkpoint_prefix=req.archive_id
         )
     except CancelledError:

@@ -12,7 +12,8 @@ from datetime import timedelta
 
 from temporalio.worker import Worker
 
-from ec2backup.temporal import HEARTBEAT_THROTTLE, connect
+from ec2backup.activity_support import HEARTBEAT_THROTTLE
+from ec2backup.temporal import connect
 from worker_agent import activities
 from worker_agent.devices import flush_io
 

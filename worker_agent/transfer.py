@@ -17,16 +17,13 @@ from typing import Any
 
 from ec2backup import aws
 from ec2backup.ebs import LIST_PAGE_SIZE
-from ec2backup.models import TransferRangeInput, TransferRangeOutput, VolumePlan
+from ec2backup.imagebackup import checkpoint_key
+from ec2backup.models.session import TransferRangeInput, TransferRangeOutput, VolumePlan
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.backup import (
-    BackupWriter,
-    Checkpoint,
-    checkpoint_name,
-    recover_unindexed_packs,
-)
 from ec2backup.repository.blockmap import ZERO_BLOCK
+from ec2backup.repository.repair import recover_unindexed_packs
 from ec2backup.repository.repo import Repository
+from ec2backup.repository.writer import BackupWriter, Checkpoint, checkpoint_name
 from ec2backup.workers import read_session_secret
 from worker_agent.devices import DeviceReader
 
@@ -47,10 +44,6 @@ class Progress:
     blocks_read: int = 0
     bytes_read: int = 0
     bytes_stored: int = 0
-
-
-def checkpoint_key(session_id: str, source_volume_id: str) -> str:
-    return f"session:{session_id}:{source_volume_id}"
 
 
 def changed_blocks(

@@ -12,7 +12,8 @@ from pydantic import BaseModel
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from worker_agent.activities import DescribeHostInput, DescribeHostOutput
+    from ec2backup.models.agent import DescribeHostInput, DescribeHostOutput
+    from worker_agent import activities as agent_activities
 
 # A worker boots in about a minute on EC2; past this the host is presumed lost.
 AGENT_BOOT_TIMEOUT = timedelta(minutes=5)
@@ -31,10 +32,9 @@ class AgentProbe:
     @workflow.run
     async def run(self, req: AgentProbeInput) -> AgentProbeOutput:
         host = await workflow.execute_activity(
-            "agent_describe_host",
+            agent_activities.describe_host,
             DescribeHostInput(),
             task_queue=req.task_queue,
-            result_type=DescribeHostOutput,
             schedule_to_start_timeout=AGENT_BOOT_TIMEOUT,
             start_to_close_timeout=timedelta(minutes=1),
         )

@@ -26,20 +26,24 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import (
+    from activities import archive as archive_activities
+    from activities import session as session_activities
+    from ec2backup.models.archive import (
         ArchiveCopyInput,
         ArchiveCopyOutput,
         ArchiveInput,
         ArchiveOutput,
         ArchivePlan,
         PlanArchiveInput,
-        ProvisionWorkerInput,
-        ReleaseWorkerInput,
-        ReleaseWorkerOutput,
         VerifyArchiveInput,
         VerifyArchiveOutput,
+    )
+    from ec2backup.models.session import (
+        ProvisionWorkerInput,
+        ReleaseWorkerInput,
         WorkerHandle,
     )
+    from worker_agent import activities as agent_activities
 
 CONTROL_TIMEOUT = timedelta(minutes=10)
 # A copy moves one restore point: hours at most even for TiB-sized instances.
@@ -62,9 +66,8 @@ class Archive:
         archive_id = workflow.info().workflow_id
         ensure_search_attributes("archive", req.policy_name)
         plan: ArchivePlan = await workflow.execute_activity(
-            "plan_archive",
+            archive_activities.plan_archive,
             PlanArchiveInput(archive_id=archive_id, request=req),
-            result_type=ArchivePlan,
             start_to_close_timeout=CONTROL_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
@@ -87,9 +90,8 @@ class Archive:
             for attempt in range(MAX_WORKERS):
                 self._phase = "provisioning worker"
                 worker = await workflow.execute_activity(
-                    "provision_worker",
+                    session_activities.provision_worker,
                     ProvisionWorkerInput(session_id=archive_id, plan=worker_plan, attempt=attempt),
-                    result_type=WorkerHandle,
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     start_to_close_timeout=CONTROL_TIMEOUT,
                     heartbeat_timeout=timedelta(minutes=2),
@@ -100,7 +102,7 @@ class Archive:
                 self._phase = "copying"
                 try:
                     copied = await workflow.execute_activity(
-                        "agent_archive_copy",
+                        agent_activities.archive_copy,
                         ArchiveCopyInput(
                             archive_id=archive_id,
                             source_repository=req.source_repository,
@@ -109,7 +111,6 @@ class Archive:
                             secret_name=worker_plan.secret_name,
                             secret_region=worker_plan.region,
                         ),
-                        result_type=ArchiveCopyOutput,
                         task_queue=worker.task_queue,
                         start_to_close_timeout=COPY_TIMEOUT,
                         schedule_to_start_timeout=timedelta(
@@ -136,12 +137,11 @@ class Archive:
             raise_if_cancelled()
             self._phase = "verifying"
             verified: VerifyArchiveOutput = await workflow.execute_activity(
-                "verify_archive",
+                archive_activities.verify_archive,
                 VerifyArchiveInput(
                     archive_repository=req.archive_repository,
                     archive_restore_point_id=copied.archive_restore_point_id,
                 ),
-                result_type=VerifyArchiveOutput,
                 start_to_close_timeout=CONTROL_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
@@ -176,7 +176,7 @@ class Archive:
         self, archive_id: str, region: str, secret_name: str | None, only: str | None
     ) -> None:
         await workflow.execute_activity(
-            "release_worker",
+            session_activities.release_worker,
             ReleaseWorkerInput(
                 session_id=archive_id,
                 region=region,
@@ -184,7 +184,6 @@ class Archive:
                 secret_name=secret_name,
                 only_instance_id=only,
             ),
-            result_type=ReleaseWorkerOutput,
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )

@@ -19,13 +19,13 @@ from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowEr
 from workflows.common import CONTROL_RETRY, ensure_search_attributes
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import (
+    from activities import archive as archive_activities
+    from ec2backup.models.archive import (
         ArchiveInput,
         ArchiveOutcome,
         ArchiveOutput,
         ArchivePolicyOutput,
         ArchiveRetentionInput,
-        ArchiveRetentionOutput,
         SelectArchiveInput,
         SelectArchiveOutput,
     )
@@ -53,9 +53,8 @@ class ArchivePolicy:
         archive = policy.get("archive") or {}
         image = policy.get("image_backup") or {}
         selected: SelectArchiveOutput = await workflow.execute_activity(
-            "select_for_archive",
+            archive_activities.select_for_archive,
             SelectArchiveInput(policy=policy),
-            result_type=SelectArchiveOutput,
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=CONTROL_RETRY,
         )
@@ -102,9 +101,8 @@ class ArchivePolicy:
         self._report.phase = "retention"
         try:
             self._report.retention = await workflow.execute_activity(
-                "apply_archive_retention",
+                archive_activities.apply_archive_retention,
                 ArchiveRetentionInput(policy=policy, now=workflow.now()),
-                result_type=ArchiveRetentionOutput,
                 start_to_close_timeout=RETENTION_TIMEOUT,
                 heartbeat_timeout=timedelta(minutes=5),
                 retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=2)),

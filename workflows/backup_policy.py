@@ -18,16 +18,19 @@ from workflows.common import CONTROL_RETRY, Pausable, ensure_search_attributes
 from workflows.retention import run_retention
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import (
+    from activities import policy as policy_activities
+    from ec2backup.models.policy import (
         BackupPolicyOutput,
-        BackupSessionInput,
-        BackupSessionOutput,
         DiscoverInput,
         DiscoverOutput,
-        ImageBackupSpec,
         InstanceOutcome,
-        ReplicationSpec,
         RetentionInput,
+    )
+    from ec2backup.models.session import (
+        BackupSessionInput,
+        BackupSessionOutput,
+        ImageBackupSpec,
+        ReplicationSpec,
         WorkerSpec,
     )
     from ec2backup.temporal import search_attributes
@@ -56,9 +59,8 @@ class BackupPolicy(Pausable):
         self._report.policy = name
         ensure_search_attributes("policy", name)
         found: DiscoverOutput = await workflow.execute_activity(
-            "discover_instances",
+            policy_activities.discover_instances,
             DiscoverInput(policy=policy),
-            result_type=DiscoverOutput,
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=CONTROL_RETRY,
         )

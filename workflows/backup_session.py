@@ -29,7 +29,8 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import (
+    from activities import session as session_activities
+    from ec2backup.models.session import (
         BackupSessionInput,
         BackupSessionOutput,
         CommitRestorePointInput,
@@ -39,22 +40,21 @@ with workflow.unsafe.imports_passed_through():
         ProgressInput,
         ProvisionWorkerInput,
         ReleaseWorkerInput,
-        ReleaseWorkerOutput,
         ReplicateInput,
         ReplicateOutput,
         SessionCarry,
         SessionProgress,
         SnapshotInstanceInput,
-        SnapshotSet,
         TransferRangeInput,
         TransferRangeOutput,
         VolumeCounters,
         VolumePlan,
         VolumeProgress,
         WaitSnapshotsInput,
-        WaitSnapshotsOutput,
         WorkerHandle,
     )
+    from ec2backup.models.snapshots import SnapshotSet
+    from worker_agent import activities as agent_activities
 
 CONTROL_TIMEOUT = timedelta(minutes=10)
 # Snapshots of large, busy volumes can stay pending for hours.
@@ -137,11 +137,10 @@ class BackupSession(Pausable):
             if req.replication and not self._carry.replica_ids:
                 self._phase = "replicating"
                 replicas: ReplicateOutput = await workflow.execute_activity(
-                    "replicate_snapshots",
+                    session_activities.replicate_snapshots,
                     ReplicateInput(
                         session_id=session_id, snapshot_set=snapshot_set, target=req.replication
                     ),
-                    result_type=ReplicateOutput,
                     start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
                     heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
                     retry_policy=CONTROL_RETRY,
@@ -183,7 +182,7 @@ class BackupSession(Pausable):
         req = self._req
         self._phase = "snapshotting"
         snapshot_set: SnapshotSet = await workflow.execute_activity(
-            "snapshot_instance",
+            session_activities.snapshot_instance,
             SnapshotInstanceInput(
                 session_id=session_id,
                 instance_id=req.instance_id,
@@ -192,19 +191,17 @@ class BackupSession(Pausable):
                 policy_name=req.policy_name,
                 created=req.as_of or workflow.now(),
             ),
-            result_type=SnapshotSet,
             start_to_close_timeout=CONTROL_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
         self._phase = "waiting for snapshots"
         await workflow.execute_activity(
-            "wait_snapshots",
+            session_activities.wait_snapshots,
             WaitSnapshotsInput(
                 region=req.region,
                 account_role_arn=req.account_role_arn,
                 snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
             ),
-            result_type=WaitSnapshotsOutput,
             start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
             heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
             retry_policy=CONTROL_RETRY,
@@ -218,9 +215,8 @@ class BackupSession(Pausable):
         if self._carry.plan is None:
             self._phase = "planning"
             self._carry.plan = await workflow.execute_activity(
-                "prepare_image_backup",
+                session_activities.prepare_image_backup,
                 PrepareImageInput(session_id=session_id, snapshot_set=snapshot_set, spec=spec),
-                result_type=ImagePlan,
                 start_to_close_timeout=CONTROL_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
@@ -258,11 +254,10 @@ class BackupSession(Pausable):
                     )
                 self._phase = "provisioning worker"
                 self._carry.worker = await workflow.execute_activity(
-                    "provision_worker",
+                    session_activities.provision_worker,
                     ProvisionWorkerInput(
                         session_id=session_id, plan=plan, attempt=self._carry.workers_provisioned
                     ),
-                    result_type=WorkerHandle,
                     # Cleanup (release by tag) must not run while this still creates things.
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     start_to_close_timeout=CONTROL_TIMEOUT,
@@ -300,7 +295,7 @@ class BackupSession(Pausable):
                 self._carry.worker = None
         self._phase = "committing"
         out: CommitRestorePointOutput = await workflow.execute_activity(
-            "commit_restore_point",
+            session_activities.commit_restore_point,
             CommitRestorePointInput(
                 session_id=session_id,
                 repository=plan.repository,
@@ -308,7 +303,6 @@ class BackupSession(Pausable):
                 plan=plan,
                 policy_name=self._req.policy_name,
             ),
-            result_type=CommitRestorePointOutput,
             start_to_close_timeout=CONTROL_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
@@ -327,7 +321,7 @@ class BackupSession(Pausable):
             else vp.worker_device
         )
         result: TransferRangeOutput = await workflow.execute_activity(
-            "agent_transfer_range",
+            agent_activities.transfer_range,
             TransferRangeInput(
                 session_id=session_id,
                 repository=plan.repository,
@@ -342,7 +336,6 @@ class BackupSession(Pausable):
                 cursor=cursor,
                 last_range=end >= vp.blocks_total,
             ),
-            result_type=TransferRangeOutput,
             task_queue=worker.task_queue,
             start_to_close_timeout=RANGE_TIMEOUT,
             schedule_to_start_timeout=timedelta(seconds=plan.boot_timeout_seconds),
@@ -366,7 +359,7 @@ class BackupSession(Pausable):
         if plan is None:
             return  # nothing provisioned; a secret a cancelled prepare wrote is the janitor's
         await workflow.execute_activity(
-            "release_worker",
+            session_activities.release_worker,
             ReleaseWorkerInput(
                 session_id=session_id,
                 region=plan.region,
@@ -374,7 +367,6 @@ class BackupSession(Pausable):
                 secret_name=plan.secret_name,
                 only_instance_id=only_instance_id,
             ),
-            result_type=ReleaseWorkerOutput,
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )

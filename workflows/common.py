@@ -12,7 +12,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import PauseInput, ResumeInput
+    from ec2backup.models.common import PauseInput, ResumeInput
 
 # Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
 # with backoff, a bounded number of times, so a misconfiguration fails instead of hanging.

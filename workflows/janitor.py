@@ -9,7 +9,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import JanitorInput, JanitorOutput
+    from activities import janitor as janitor_activities
+    from ec2backup.models.janitor import JanitorInput, JanitorOutput
 
 JANITOR_TIMEOUT = timedelta(minutes=30)
 
@@ -19,9 +20,8 @@ class Janitor:
     @workflow.run
     async def run(self, req: JanitorInput) -> JanitorOutput:
         result: JanitorOutput = await workflow.execute_activity(
-            "janitor_sweep",
+            janitor_activities.janitor_sweep,
             req,
-            result_type=JanitorOutput,
             start_to_close_timeout=JANITOR_TIMEOUT,
             heartbeat_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=1)),

@@ -20,9 +20,9 @@ from temporalio.exceptions import ActivityError
 from workflows.common import CONTROL_RETRY, cancel_requested, raise_if_cancelled, run_to_completion
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import (
+    from activities import restore as restore_activities
+    from ec2backup.models.restore import (
         CleanupRestoreInput,
-        CleanupRestoreOutput,
         FinishRestoreInput,
         FinishRestoreOutput,
         PlanRestoreInput,
@@ -71,13 +71,12 @@ class Restore:
         )
         while True:
             self._retrieval = await workflow.execute_activity(
-                "archive_retrieval",
+                restore_activities.archive_retrieval,
                 RetrievalInput(
                     repository=plan.repository,
                     restore_point_id=plan.backup_id,
                     tier=req.retrieval_tier,
                 ),
-                result_type=RetrievalOutput,
                 start_to_close_timeout=timedelta(minutes=10),
                 retry_policy=CONTROL_RETRY,
             )
@@ -89,9 +88,8 @@ class Restore:
     async def run(self, req: RestoreInput) -> RestoreOutput:
         restore_id = workflow.info().workflow_id
         plan: RestorePlan = await workflow.execute_activity(
-            "plan_restore",
+            restore_activities.plan_restore,
             PlanRestoreInput(restore_id=restore_id, request=req),
-            result_type=RestorePlan,
             start_to_close_timeout=PLAN_TIMEOUT,
             heartbeat_timeout=HEARTBEAT,
             retry_policy=CONTROL_RETRY,
@@ -115,9 +113,8 @@ class Restore:
                 results = await asyncio.gather(
                     *(
                         workflow.execute_activity(
-                            "restore_snapshot_from_backup",
+                            restore_activities.restore_snapshot_from_backup,
                             RestoreSnapshotInput(plan=plan, volume=v),
-                            result_type=RestoreSnapshotOutput,
                             start_to_close_timeout=DATA_TIMEOUT,
                             heartbeat_timeout=HEARTBEAT,
                             retry_policy=CONTROL_RETRY,
@@ -142,9 +139,8 @@ class Restore:
                 snapshot_ids = {v.device: v.snapshot_id or "" for v in plan.volumes}
             raise_if_cancelled()  # the data activities may have finished after the cancel
             done: FinishRestoreOutput = await workflow.execute_activity(
-                "finish_restore",
+                restore_activities.finish_restore,
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
-                result_type=FinishRestoreOutput,
                 start_to_close_timeout=FINISH_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
@@ -167,14 +163,13 @@ class Restore:
         finally:
             await run_to_completion(
                 workflow.execute_activity(
-                    "cleanup_restore",
+                    restore_activities.cleanup_restore,
                     CleanupRestoreInput(
                         restore_id=restore_id,
                         region=plan.region,
                         role_arn=plan.role_arn,
                         succeeded=succeeded,
                     ),
-                    result_type=CleanupRestoreOutput,
                     start_to_close_timeout=FINISH_TIMEOUT,
                     retry_policy=CONTROL_RETRY,
                 )

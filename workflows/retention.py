@@ -14,7 +14,8 @@ from temporalio.common import RetryPolicy
 from workflows.common import ensure_search_attributes
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.models import RetentionInput, RetentionOutput
+    from activities import policy as policy_activities
+    from ec2backup.models.policy import RetentionInput, RetentionOutput
 
 # Deleting snapshots is quick; pruning a large repository rewrites packs and can take hours.
 RETENTION_TIMEOUT = timedelta(hours=6)
@@ -28,9 +29,8 @@ async def run_retention(req: RetentionInput) -> RetentionOutput:
     if req.now is None:
         req = req.model_copy(update={"now": workflow.now()})
     result: RetentionOutput = await workflow.execute_activity(
-        "apply_retention",
+        policy_activities.apply_retention,
         req,
-        result_type=RetentionOutput,
         start_to_close_timeout=RETENTION_TIMEOUT,
         heartbeat_timeout=RETENTION_HEARTBEAT_TIMEOUT,
         retry_policy=RETENTION_RETRY,

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 from ec2backup import crypto
 from ec2backup.errors import UserError
-from ec2backup.repository.backup import Checkpoint
 from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, ZERO_ID
 from ec2backup.repository.index import Index, IndexPack
 from ec2backup.repository.pack import BlobCodec, parse_pack
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restorepoint import RestorePoint
+from ec2backup.repository.writer import Checkpoint
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ec2backup import workers
-from ec2backup.models import ImageBackupSpec, SnapshotMember, SnapshotSet, WorkerSpec
+from ec2backup.models.session import ImageBackupSpec, WorkerSpec
+from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
 from ec2backup.workers import WorkerError
 
 BACKUP = "111111111111"

@@ -422,7 +422,7 @@ class Workbench:
         return list(self.temporal(go))
 
     def progress(self, session_id: str) -> Any:
-        from ec2backup.models import ProgressInput, SessionProgress
+        from ec2backup.models.session import ProgressInput, SessionProgress
 
         async def go(client: Any) -> Any:
             return await client.get_workflow_handle(session_id).query(
@@ -446,7 +446,7 @@ class Workbench:
         return wait_for(closed, timeout, f"session {session_id} to close", interval=0.5)
 
     def session_result(self, session_id: str, timeout: float) -> dict[str, Any]:
-        from ec2backup.models import BackupSessionOutput
+        from ec2backup.models.session import BackupSessionOutput
 
         async def go(client: Any) -> Any:
             handle = client.get_workflow_handle(session_id, result_type=BackupSessionOutput)

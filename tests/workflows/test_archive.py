@@ -198,7 +198,7 @@ def test_lost_archive_worker_resumes_from_checkpoint(wb: Workbench) -> None:
     assert len(running) == 1
     assert wb.cli_json("lab", "kill-instance", running[0]["InstanceId"])["agent_killed"]
 
-    from ec2backup.models import ArchiveOutput
+    from ec2backup.models.archive import ArchiveOutput
 
     async def result(client: Any) -> ArchiveOutput:
         handle = client.get_workflow_handle(archive_id, result_type=ArchiveOutput)

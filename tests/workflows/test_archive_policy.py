@@ -11,7 +11,8 @@ from typing import Any
 
 from session_helpers import BUCKET, Workbench, wait_for
 
-from ec2backup.models import ArchivePolicyOutput, BackupPolicyOutput
+from ec2backup.models.archive import ArchivePolicyOutput
+from ec2backup.models.policy import BackupPolicyOutput
 from ec2backup.schedules import archive_schedule_id
 
 POLICY = """\

@@ -9,7 +9,7 @@ from typing import Any
 
 from session_helpers import Workbench, wait_for
 
-from ec2backup.models import BackupPolicyOutput
+from ec2backup.models.policy import BackupPolicyOutput
 
 INSTANCES = 50
 CONCURRENCY = 5

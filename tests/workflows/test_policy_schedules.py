@@ -201,7 +201,7 @@ def test_overlapping_runs_are_skipped_and_pause_stops_runs(wb: Workbench, tmp_pa
 def test_pause_signal_holds_the_run_until_resume(wb: Workbench, tmp_path: Path) -> None:
     """`pause` on a BackupPolicy run (started as the Web UI or `temporal` CLI would: the policy
     as JSON input) holds back sessions not yet started; `resume` lets the run finish."""
-    from ec2backup.models import BackupPolicyOutput
+    from ec2backup.models.policy import BackupPolicyOutput
     from ec2backup.policy import load_policy
     from ec2backup.temporal import TASK_QUEUE
 

@@ -60,7 +60,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from ec2backup.models import JanitorInput, JanitorOutput
+from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.temporal import TASK_QUEUE
 from workflows.agent_probe import AgentProbe
 from workflows.archive import Archive

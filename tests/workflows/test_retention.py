@@ -17,7 +17,7 @@ from typing import Any
 
 from session_helpers import Workbench
 
-from ec2backup.models import (
+from ec2backup.models.session import (
     BackupSessionInput,
     BackupSessionOutput,
     ImageBackupSpec,

@@ -38,9 +38,9 @@ from temporalio.client import Client
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
+from ec2backup.models.agent import DigestBlocksInput, DigestBlocksOutput
 from ec2backup.temporal import connect
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
-from worker_agent.activities import DigestBlocksInput, DigestBlocksOutput
 from workflows.agent_probe import AgentProbe, AgentProbeInput, AgentProbeOutput
 
 AGENT_TIMEOUT = timedelta(seconds=60)

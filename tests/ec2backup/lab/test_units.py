@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from ec2backup.lab.blockstore import (
+from ec2backup.userdata import parse_agent_command, render_agent_user_data
+from ec2backup_lab.blockstore import (
     EBS_BLOCK_SIZE,
     ZERO_BLOCK,
     BlockStore,
     VolumeData,
     allocated_blocks,
 )
-from ec2backup.lab.content import ContentGenerator, layout
-from ec2backup.lab.requests import classify
-from ec2backup.userdata import parse_agent_command, render_agent_user_data
+from ec2backup_lab.content import ContentGenerator, layout
+from ec2backup_lab.requests import classify
 
 
 def test_allocated_blocks_follow_extents(tmp_path: Path) -> None:

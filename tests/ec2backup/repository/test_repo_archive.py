@@ -14,11 +14,11 @@ from botocore.exceptions import ClientError
 from repo_helpers import PASSWORD, list_objects, make_bucket, open_repo
 from repo_imagegen import make_image, sha256_file
 
-from ec2backup import archive
-from ec2backup.repository.backup import backup_image
+from ec2backup.archive import copy as archive_copy
+from ec2backup.archive import policy as archive_policy
+from ec2backup.repository.image import backup_image, restore_image
 from ec2backup.repository.prune import prune
 from ec2backup.repository.repo import Repository, data_name
-from ec2backup.repository.restore import restore_image
 
 N_BLOCKS = 48
 
@@ -35,16 +35,18 @@ def hot(lab_aws: Any, aws_env: dict[str, str], tmp_path: Path) -> dict[str, Any]
 
 
 def _archive(hot: dict[str, Any], storage_class: str = "GLACIER") -> Repository:
-    return archive.open_or_create(f"s3://{hot['bucket']}/archive", PASSWORD.encode(), storage_class)
+    return archive_copy.open_or_create(
+        f"s3://{hot['bucket']}/archive", PASSWORD.encode(), storage_class
+    )
 
 
 def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -> None:
     arc = _archive(hot)
     assert arc.config.data_storage_class == "GLACIER"
-    assert arc.config.pack_size == archive.ARCHIVE_PACK_SIZE
-    copied = archive.copy_restore_point(hot["repo"], hot["rp"], arc)
+    assert arc.config.pack_size == archive_copy.ARCHIVE_PACK_SIZE
+    copied = archive_copy.copy_restore_point(hot["repo"], hot["rp"], arc)
     assert not copied.already_archived and copied.blocks_copied > 0
-    check = archive.verify(arc, copied.restore_point_id)
+    check = archive_copy.verify(arc, copied.restore_point_id)
     assert check.problems == []
     assert check.packs >= 1 and check.storage_classes == {"GLACIER": check.packs}
     assert check.objects_per_gib > 0
@@ -63,7 +65,7 @@ def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -
 
     # Archiving the same restore point again stores nothing new.
     before = list_objects(arc.backend.location())
-    again = archive.copy_restore_point(hot["repo"], hot["rp"], arc)
+    again = archive_copy.copy_restore_point(hot["repo"], hot["rp"], arc)
     assert again.already_archived and again.restore_point_id == copied.restore_point_id
     assert list_objects(arc.backend.location()) == before
 
@@ -76,10 +78,10 @@ def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -
     assert list_objects(arc.backend.location()) == before
 
     # Retrieval: requested once, in progress for a few polls, then the restore is exact.
-    state = archive.retrieval(arc, copied.restore_point_id, request=True, tier="Bulk")
+    state = archive_copy.retrieval(arc, copied.restore_point_id, request=True, tier="Bulk")
     assert state.requested == state.packs and not state.ready
     polls = 1
-    while not (state := archive.retrieval(arc, copied.restore_point_id, request=True)).ready:
+    while not (state := archive_copy.retrieval(arc, copied.restore_point_id, request=True)).ready:
         assert state.requested == 0  # never asked twice
         polls += 1
         assert polls < 20
@@ -92,27 +94,31 @@ def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -
 
 def test_storage_class_and_tier_errors(hot: dict[str, Any]) -> None:
     _archive(hot, "DEEP_ARCHIVE")
-    with pytest.raises(archive.ArchiveError, match="stores packs in DEEP_ARCHIVE, not GLACIER"):
+    with pytest.raises(
+        archive_copy.ArchiveError, match="stores packs in DEEP_ARCHIVE, not GLACIER"
+    ):
         _archive(hot, "GLACIER")
-    with pytest.raises(archive.ArchiveError, match="--storage-class: STANDARD_IA is not one of"):
+    with pytest.raises(
+        archive_copy.ArchiveError, match="--storage-class: STANDARD_IA is not one of"
+    ):
         _archive(hot, "STANDARD_IA")
-    with pytest.raises(archive.ArchiveError, match="is not an archive repository"):
-        archive.open_or_create(hot["url"], PASSWORD.encode(), None)
+    with pytest.raises(archive_copy.ArchiveError, match="is not an archive repository"):
+        archive_copy.open_or_create(hot["url"], PASSWORD.encode(), None)
     arc = _archive(hot, None)  # type: ignore[arg-type]
-    rid = archive.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
-    with pytest.raises(archive.ArchiveError, match="--retrieval-tier: Expedited"):
-        archive.retrieval(arc, rid, request=True, tier="Expedited")
+    rid = archive_copy.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
+    with pytest.raises(archive_copy.ArchiveError, match="--retrieval-tier: Expedited"):
+        archive_copy.retrieval(arc, rid, request=True, tier="Expedited")
 
 
 def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> None:
     arc = _archive(hot)
-    rid = archive.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
+    rid = archive_copy.copy_restore_point(hot["repo"], hot["rp"], arc).restore_point_id
     packs = sorted(arc.list_packs())
     now = dt.datetime.now(dt.UTC)
-    young = archive.young_packs(arc, now)
+    young = archive_policy.young_packs(arc, now)
     assert set(young) == set(packs)
     assert all(89 < days_left <= 90 for _size, days_left in young.values())
-    cost = archive.early_deletion_cost(young, packs, "GLACIER")
+    cost = archive_policy.early_deletion_cost(young, packs, "GLACIER")
     assert cost.packs == len(packs) and cost.bytes > 0 and cost.cost_usd > 0
 
     arc.forget(rid)
@@ -121,7 +127,7 @@ def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> N
     assert held.packs_deleted == 0
     assert sorted(arc.list_packs()) == packs  # nothing deleted early
     # 91 days later the same packs may go.
-    later = archive.young_packs(arc, now + dt.timedelta(days=91))
+    later = archive_policy.young_packs(arc, now + dt.timedelta(days=91))
     assert later == {}
     with arc.lock(exclusive=True, purpose="test prune"):
         gone = prune(arc, repack=False, may_delete=lambda pid: pid not in later)
@@ -133,13 +139,8 @@ def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> N
 
 def _tagged_point(repo: Repository, image: Path, policy: str, instance: str) -> str:
     """A hot restore point shaped like a session's (policy tag, ec2-instance source)."""
-    from ec2backup.repository.backup import (
-        BackupWriter,
-        allocated_blocks,
-        commit_restore_point,
-        image_size,
-        read_blocks,
-    )
+    from ec2backup.repository.image import allocated_blocks, image_size, read_blocks
+    from ec2backup.repository.writer import BackupWriter, commit_restore_point
 
     fd = os.open(image, os.O_RDONLY)
     try:
@@ -183,16 +184,16 @@ def test_archive_retention_and_early_deletion(
             },
         }
     )
-    arc = archive.open_or_create(url, PASSWORD.encode(), "GLACIER")
+    arc = archive_copy.open_or_create(url, PASSWORD.encode(), "GLACIER")
     ids = []
     for seed in (1, 2):  # two unrelated images: no shared blocks, separate packs
         image = tmp_path / f"d{seed}.img"
         make_image(image, 16, seed=100 + seed, zero=0.0)
         rid = _tagged_point(hot["repo"], image, "ret", "i-0123456789abcdef0")
-        ids.append(archive.copy_restore_point(hot["repo"], rid, arc).restore_point_id)
-    first_packs = set(archive.packs_of(arc, arc.load_restore_point(ids[0])[1].volumes))
+        ids.append(archive_copy.copy_restore_point(hot["repo"], rid, arc).restore_point_id)
+    first_packs = set(archive_copy.packs_of(arc, arc.load_restore_point(ids[0])[1].volumes))
 
-    out = archive.apply_retention(policy, dt.datetime.now(dt.UTC), PASSWORD)
+    out = archive_policy.apply_retention(policy, dt.datetime.now(dt.UTC), PASSWORD)
     assert out.forgotten_restore_points == [ids[0]] and out.kept_restore_points == [ids[1]]
     assert out.young_packs == len(first_packs) and out.young_bytes > 0
     assert out.early_deletion_cost_usd > 0
@@ -215,9 +216,9 @@ def test_interrupted_copy_resumes_from_its_checkpoint(
 ) -> None:
     """A copy killed mid-way (here: its progress callback raises, as a cancelled activity
     does) resumes from the last checkpoint: fewer blocks copied again, same bytes restored."""
-    monkeypatch.setattr(archive, "ARCHIVE_CHECKPOINT_BLOCKS", 8)
+    monkeypatch.setattr(archive_copy, "ARCHIVE_CHECKPOINT_BLOCKS", 8)
     arc = _archive(hot)
-    total = archive.copy_restore_point(hot["repo"], hot["rp"], _scratch(hot)).blocks_copied
+    total = archive_copy.copy_restore_point(hot["repo"], hot["rp"], _scratch(hot)).blocks_copied
     seen = [0]
 
     def die_after_20(_n: int) -> None:
@@ -226,18 +227,20 @@ def test_interrupted_copy_resumes_from_its_checkpoint(
             raise _Interrupted()
 
     with pytest.raises(_Interrupted):
-        archive.copy_restore_point(
+        archive_copy.copy_restore_point(
             hot["repo"], hot["rp"], arc, die_after_20, checkpoint_prefix="archive-test"
         )
     assert not arc.list_restore_points()  # nothing committed
-    done = archive.copy_restore_point(hot["repo"], hot["rp"], arc, checkpoint_prefix="archive-test")
+    done = archive_copy.copy_restore_point(
+        hot["repo"], hot["rp"], arc, checkpoint_prefix="archive-test"
+    )
     assert done.blocks_resumed == 16  # two checkpoints of 8 blocks before the 20th block
     assert done.blocks_copied == total - 16
     assert not [n for n, _ in arc.backend.list("checkpoints/")]  # dropped at commit
-    check = archive.verify(arc, done.restore_point_id)
+    check = archive_copy.verify(arc, done.restore_point_id)
     assert check.problems == []
-    archive.retrieval(arc, done.restore_point_id, request=True)
-    while not archive.retrieval(arc, done.restore_point_id, request=True).ready:
+    archive_copy.retrieval(arc, done.restore_point_id, request=True)
+    while not archive_copy.retrieval(arc, done.restore_point_id, request=True).ready:
         pass
     _rid, rp = arc.load_restore_point(done.restore_point_id)
     out = tmp_path / "resumed.img"
@@ -247,4 +250,6 @@ def test_interrupted_copy_resumes_from_its_checkpoint(
 
 def _scratch(hot: dict[str, Any]) -> Repository:
     """Another archive, to count the blocks a full copy writes."""
-    return archive.open_or_create(f"s3://{hot['bucket']}/scratch", PASSWORD.encode(), "GLACIER")
+    return archive_copy.open_or_create(
+        f"s3://{hot['bucket']}/scratch", PASSWORD.encode(), "GLACIER"
+    )

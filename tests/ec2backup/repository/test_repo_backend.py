@@ -12,7 +12,7 @@ from repo_helpers import make_bucket
 from ec2backup import crypto
 from ec2backup.errors import UserError
 from ec2backup.repository import backend as be
-from ec2backup.repository.backup import allocated_blocks
+from ec2backup.repository.image import allocated_blocks
 from ec2backup.repository.pack import (
     COMPRESSION_NONE,
     COMPRESSION_ZSTD,

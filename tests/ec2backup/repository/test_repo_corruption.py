@@ -9,7 +9,7 @@ from repo_helpers import open_repo, run_inproc
 from repo_imagegen import make_image
 
 from ec2backup.repository.backend import open_backend
-from ec2backup.repository.backup import backup_image
+from ec2backup.repository.image import backup_image
 
 
 def _flip(url: str, name: str, offset: int) -> None:

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from repo_helpers import PASSWORD, TEST_PACK_MIB, open_repo, run_inproc, run_sub
 from repo_imagegen import BS, make_image, mutate, sha256_file, text_block
 
-from ec2backup.repository.backup import BackupWriter, backup_image, commit_restore_point
+from ec2backup.repository.image import backup_image, restore_image
 from ec2backup.repository.repo import Repository
-from ec2backup.repository.restore import restore_image
+from ec2backup.repository.writer import BackupWriter, commit_restore_point
 
 
 def _write(path: Path, size: int, blocks: dict[int, bytes]) -> str:
@@ -290,8 +290,8 @@ def test_writer_rejects_out_of_order(tmp_path: Path) -> None:
 def test_parallel_parts_of_one_volume(tmp_path: Path) -> None:
     """Two writers cover page-aligned halves of one (sparse, > 2 GiB) volume; merged and
     restored, every block is where it belongs."""
-    from ec2backup.repository.backup import merge_volume_parts
     from ec2backup.repository.blockmap import PAGE_BLOCKS
+    from ec2backup.repository.writer import merge_volume_parts
 
     repo = Repository.create(str(tmp_path / "r"), PASSWORD.encode(), pack_size=TEST_PACK_MIB << 20)
     size = (PAGE_BLOCKS + 3) * BS

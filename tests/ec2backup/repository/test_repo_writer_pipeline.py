@@ -14,13 +14,13 @@ from repo_helpers import PASSWORD, TEST_PACK_MIB
 from repo_imagegen import BS, random_block, text_block
 
 from ec2backup import crypto
-from ec2backup.repository import backup as backup_mod
-from ec2backup.repository.backup import BackupWriter, commit_restore_point
+from ec2backup.repository import writer as backup_mod
 from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, ZERO_ID
 from ec2backup.repository.check import check
 from ec2backup.repository.pack import BlobCodec, PackBuilder, pack_id
+from ec2backup.repository.reader import restore_volume
 from ec2backup.repository.repo import Repository
-from ec2backup.repository.restore import restore_volume
+from ec2backup.repository.writer import BackupWriter, commit_restore_point
 
 
 def _restored(repo: Repository, vol: Any) -> dict[int, bytes]:

@@ -1,0 +1,79 @@
+"""The Temporal helpers every activity shares, orchestrator and worker agent alike: error
+classification, heartbeats and their throttle, the orchestrator's repository password.
+
+Errors:
+
+- `UserError` (bad input, missing resource) and permanent AWS errors (not found, access denied,
+  invalid parameter) fail at once: `ApplicationError(non_retryable=True)`, typed by cause.
+- Transient AWS errors (throttling, 5xx, connection trouble) are re-raised as retryable
+  failures; boto3's standard retry mode has already backed off inside the call.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from botocore.exceptions import ClientError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from ec2backup import aws
+from ec2backup.errors import UserError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Heartbeats reach the server at most this often (the SDK default is up to 60 s). A running
+# activity learns of a cancel only from a heartbeat's reply, so this bounds how long a cancel
+# waits for an activity to notice; one small RPC per 5 s per running activity is cheap.
+HEARTBEAT_THROTTLE = timedelta(seconds=5)
+
+
+def heartbeat(detail: str) -> None:
+    """Record progress (a text detail) from inside a running activity."""
+    activity.heartbeat(detail)
+
+
+def repository_password() -> str:
+    """The orchestrator's repository password (never in payloads): EC2BACKUP_REPO_PASSWORD."""
+    password = os.environ.get("EC2BACKUP_REPO_PASSWORD")
+    if not password:
+        raise ApplicationError(
+            "the orchestrator has no repository password (set EC2BACKUP_REPO_PASSWORD for "
+            "`ec2backup worker`)",
+            type="RepositoryPasswordMissing",
+            non_retryable=True,
+        )
+    return password
+
+
+def classify(exc: BaseException) -> ApplicationError:
+    if isinstance(exc, ApplicationError):
+        return exc
+    if isinstance(exc, UserError):
+        return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
+    if isinstance(exc, ClientError):
+        code = aws.error_code(exc) or "ClientError"
+        message = str(exc)
+        return ApplicationError(message, type=code, non_retryable=not aws.is_transient(exc))
+    if aws.is_transient(exc):
+        return ApplicationError(str(exc), type=type(exc).__name__)
+    return ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__)
+
+
+def adapter(fn: F) -> F:
+    """Wrap a sync activity body so every failure is classified."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ApplicationError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,268 @@
+"""`ec2backup restore instance|volume` and `ec2backup restore-points list`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from typing import Annotated, Any, cast
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ec2backup.errors import UserError
+from ec2backup.models.restore import RestoreInput, RestoreKind, RestoreOutput, RestoreSource
+from ec2backup.temporal import TASK_QUEUE
+
+restore_app = typer.Typer(help="Restore instances and volumes.", no_args_is_help=True)
+points_app = typer.Typer(
+    help="Every restore point: snapshot sets, replicas, backups.", no_args_is_help=True
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _region(region: str | None) -> str:
+    value = region or os.environ.get("AWS_DEFAULT_REGION")
+    if not value:
+        raise UserError("--region: no Region given and AWS_DEFAULT_REGION is not set")
+    return value
+
+
+def _source(source: str | None) -> RestoreSource | None:
+    if source not in (None, "snapshot", "backup", "archive"):
+        raise UserError("--source: must be snapshot, backup or archive")
+    return cast(RestoreSource | None, source)
+
+
+# Options of restores from the archive tier (both restore commands take them).
+RetrievalTierOpt = Annotated[
+    str,
+    typer.Option(
+        "--retrieval-tier", help="--source archive: Standard (hours) or Bulk (cheaper, slower)"
+    ),
+]
+RetrievalPollOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--retrieval-poll-seconds",
+        help="--source archive: how often to look whether the data is back (default by tier)",
+    ),
+]
+
+
+def _start(req: RestoreInput, wait: bool) -> None:
+    from ec2backup.cli.watch import print_result
+    from ec2backup.temporal import connect
+
+    async def go() -> int:
+        try:
+            client = await connect()
+        except Exception as exc:
+            raise UserError(f"cannot reach Temporal: {exc}") from None
+        restore_id = f"restore-{req.kind}-{uuid.uuid4().hex[:8]}"
+        handle = await client.start_workflow(
+            "Restore", req, id=restore_id, task_queue=TASK_QUEUE, result_type=RestoreOutput
+        )
+        print(restore_id, flush=True)
+        if not wait and not req.dry_run:
+            return 0
+        return await print_result(handle, f"restore {restore_id}", console)
+
+    rc = asyncio.run(go())
+    if rc:
+        raise typer.Exit(rc)
+
+
+def _request(
+    kind: RestoreKind,
+    restore_point_id: str,
+    *,
+    source: str | None,
+    repo: str | None,
+    region: str | None,
+    account_role_arn: str | None,
+    to_region: str | None,
+    to_account: str | None,
+    kms_key: str | None,
+    dry_run: bool,
+    **specific: Any,
+) -> RestoreInput:
+    """The workflow input from the options both restore commands share, plus their own."""
+    return RestoreInput(
+        kind=kind,
+        restore_point_id=restore_point_id,
+        source=_source(source),
+        repository=repo,
+        region=_region(region),
+        account_role_arn=account_role_arn,
+        to_region=to_region,
+        to_account_role_arn=to_account,
+        kms_key_id=kms_key,
+        dry_run=dry_run,
+        **specific,
+    )
+
+
+@restore_app.command("instance")
+def restore_instance(
+    restore_point_id: str = typer.Argument(..., help="Snapshot set id (set-...) or backup id"),
+    source: str = typer.Option(
+        None, "--source", help="snapshot|backup|archive (default: what the id is)"
+    ),
+    repo: str = typer.Option(None, "--repo", help="Repository URL (for backups)"),
+    region: str = typer.Option(None, "--region", help="Where the restore point lives"),
+    account_role_arn: str = typer.Option(
+        None, "--account-role-arn", help="Role in the restore point's account"
+    ),
+    to_region: str = typer.Option(None, "--to-region"),
+    to_account: str = typer.Option(None, "--to-account", help="Role ARN in the target account"),
+    subnet: str = typer.Option(None, "--subnet"),
+    instance_type: str = typer.Option(None, "--instance-type"),
+    kms_key: str = typer.Option(None, "--kms-key"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate only; change nothing"),
+    wait: bool = typer.Option(False, "--wait"),
+    retrieval_tier: RetrievalTierOpt = "Standard",
+    retrieval_poll_seconds: RetrievalPollOpt = None,
+) -> None:
+    """Launch an instance with the original shape from a restore point."""
+    _start(
+        _request(
+            "instance",
+            restore_point_id,
+            source=source,
+            repo=repo,
+            region=region,
+            account_role_arn=account_role_arn,
+            to_region=to_region,
+            to_account=to_account,
+            kms_key=kms_key,
+            dry_run=dry_run,
+            subnet_id=subnet,
+            instance_type=instance_type,
+            retrieval_tier=retrieval_tier,
+            retrieval_poll_seconds=retrieval_poll_seconds,
+        ),
+        wait,
+    )
+
+
+@restore_app.command("volume")
+def restore_volume(
+    restore_point_id: str = typer.Argument(...),
+    device: str = typer.Option(None, "--device", help="The volume's original device"),
+    volume_id: str = typer.Option(None, "--volume-id", help="The original volume id"),
+    az: str = typer.Option(None, "--az", help="Availability zone of the new volume"),
+    volume_type: str = typer.Option(None, "--volume-type"),
+    source: str = typer.Option(None, "--source", help="snapshot|backup|archive"),
+    repo: str = typer.Option(None, "--repo"),
+    region: str = typer.Option(None, "--region"),
+    account_role_arn: str = typer.Option(None, "--account-role-arn"),
+    to_region: str = typer.Option(None, "--to-region"),
+    to_account: str = typer.Option(None, "--to-account"),
+    kms_key: str = typer.Option(None, "--kms-key"),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    wait: bool = typer.Option(False, "--wait"),
+    retrieval_tier: RetrievalTierOpt = "Standard",
+    retrieval_poll_seconds: RetrievalPollOpt = None,
+) -> None:
+    """Create one volume from a restore point."""
+    if not device and not volume_id:
+        raise UserError("restore volume needs --device or --volume-id")
+    _start(
+        _request(
+            "volume",
+            restore_point_id,
+            source=source,
+            repo=repo,
+            region=region,
+            account_role_arn=account_role_arn,
+            to_region=to_region,
+            to_account=to_account,
+            kms_key=kms_key,
+            dry_run=dry_run,
+            device=device,
+            volume_id=volume_id,
+            availability_zone=az,
+            volume_type=volume_type,
+            retrieval_tier=retrieval_tier,
+            retrieval_poll_seconds=retrieval_poll_seconds,
+        ),
+        wait,
+    )
+
+
+@points_app.command("list")
+def restore_points_list(
+    instance: str = typer.Option(None, "--instance"),
+    region: str = typer.Option(None, "--region"),
+    account_role_arn: str = typer.Option(None, "--account-role-arn"),
+    repo: str = typer.Option(None, "--repo", help="Also list this repository's backups"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Snapshot sets, replicas and image-level backups together, with where they live."""
+    from ec2backup import installation, snapshots
+
+    region = _region(region)
+    rows: list[dict[str, Any]] = []
+    entries, problems = snapshots.catalog(
+        region, account_role_arn, installation.installation_key(create=False), instance_id=instance
+    )
+    for e in entries:
+        rows.append(
+            {
+                "id": e.set_id,
+                "kind": "replica" if e.replica else "snapshot",
+                "instance_id": e.instance_id,
+                "created": e.created.isoformat(),
+                "where": f"{e.region}/{e.account}",
+                "complete": e.complete,
+                "restores": "instance, volumes" if e.complete else "volumes",
+                "volumes": [s.device for s in e.snapshots],
+            }
+        )
+    if repo:
+        from ec2backup.repository.repo import Repository, read_password
+
+        repository = Repository.open(repo, read_password(None))
+        for rid, rp in repository.list_restore_points():
+            if rp.source.get("kind") != "ec2-instance":
+                continue
+            if instance and rp.source.get("instance_id") != instance:
+                continue
+            rows.append(
+                {
+                    "id": rid,
+                    "kind": "backup",
+                    "instance_id": rp.source.get("instance_id"),
+                    "created": rp.time.isoformat(),
+                    "where": repo,
+                    "complete": True,
+                    "restores": "instance, volumes, images",
+                    "snapshot_set": rp.source.get("snapshot_set_id"),
+                    "volumes": [v.device for v in rp.volumes],
+                }
+            )
+    rows.sort(key=lambda r: r["created"])
+    for p in problems:
+        console.print(f"skipped {p.snapshot_id}: {p.problem}")
+    if as_json:
+        print(json.dumps({"restore_points": rows}, indent=2))
+        return
+    table = Table("id", "kind", "instance", "created", "where", "restores")
+    for r in rows:
+        table.add_row(
+            r["id"][:20],
+            r["kind"],
+            r["instance_id"] or "",
+            r["created"][:19],
+            r["where"],
+            r["restores"],
+        )
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(restore_app, name="restore")
+    app.add_typer(points_app, name="restore-points")

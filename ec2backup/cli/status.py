@@ -1,0 +1,43 @@
+"""`ec2backup status`: the last run of every applied policy and the next one."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ec2backup.cli.common import client as temporal_client
+from ec2backup.cli.common import run
+from ec2backup.cli.format import status_text, table_console, when_text
+from ec2backup.views import policies_status
+
+
+async def _rows() -> list[dict[str, Any]]:
+    return await policies_status(await temporal_client())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    def status(as_json: bool = typer.Option(False, "--json")) -> None:
+        """The last run of every applied policy (succeeded, failed, running) and the next."""
+        rows = run(_rows())
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        table = Table("policy", "paused", "last run", "status", "instances", "next run", "archive")
+        for r in rows:
+            archive = ""
+            if r.get("archive_last_status"):
+                archive = f"{r['archive_last_status']}; next {when_text(r['archive_next_run'])}"
+            table.add_row(
+                r["policy"],
+                "yes" if r["paused"] else "",
+                when_text(r["last_run_start"]),
+                status_text(r),
+                "" if r["instances"] is None else str(r["instances"]),
+                when_text(r["next_run"]),
+                archive,
+            )
+        table_console().print(table)

@@ -1,0 +1,31 @@
+"""The worker agent's own activities (host task queue): who the host is, block digests."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+
+class DescribeHostInput(BaseModel):
+    pass
+
+
+class HostDevice(BaseModel):
+    device: str
+    volume_id: str
+    size_bytes: int
+
+
+class DescribeHostOutput(BaseModel):
+    instance_id: str
+    devices: list[HostDevice]
+
+
+class DigestBlocksInput(BaseModel):
+    device: str
+    block_indexes: list[int]
+
+
+class DigestBlocksOutput(BaseModel):
+    volume_id: str
+    sha256: str
+    bytes_read: int

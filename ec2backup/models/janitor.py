@@ -1,0 +1,26 @@
+"""Janitor: the sweep of what terminated sessions and restores left behind."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ec2backup.models.session import SessionCarry
+
+
+def _backup_account_only() -> list[str | None]:
+    return [None]
+
+
+class JanitorInput(BaseModel):
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
+    role_arns: list[str | None] = Field(default_factory=_backup_account_only)
+
+
+class JanitorOutput(BaseModel):
+    instances_terminated: list[str] = Field(default_factory=list)
+    volumes_deleted: list[str] = Field(default_factory=list)
+    secrets_deleted: list[str] = Field(default_factory=list)
+    sessions_checked: int = 0
+
+
+SessionCarry.model_rebuild()

@@ -1,0 +1,78 @@
+"""BackupPolicy and Retention: a policy run's report, discovery and retention."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+# ---- BackupPolicy workflow ----------------------------------------------------------------------
+class DiscoverInput(BaseModel):
+    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+
+
+class DiscoveredInstance(BaseModel):
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+
+
+class DiscoverOutput(BaseModel):
+    instances: list[DiscoveredInstance]
+    notes: list[str] = Field(default_factory=list)
+
+
+class InstanceOutcome(BaseModel):
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+    session_id: str | None = None
+    status: str  # pending | running | completed | failed | canceled
+    restore_point_id: str | None = None
+    snapshot_set_id: str | None = None
+    error: str | None = None
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    seconds: float | None = None  # the session's wall time, once it ended
+
+
+class BackupPolicyOutput(BaseModel):
+    """A policy run's result, and (query `report`) its state while it runs."""
+
+    policy: str
+    phase: str = "done"  # discovering | backing up | retention | done
+    paused: bool = False
+    instances: list[InstanceOutcome] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    retention: RetentionOutput | None = None
+
+
+# ---- retention ---------------------------------------------------------------------------------
+class RetentionInput(BaseModel):
+    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+    now: datetime | None = None  # retention's "today"; default: the workflow's now
+    dry_run: bool = False
+
+
+class RetentionOutput(BaseModel):
+    """What retention deleted (or, with dry_run, would delete) and what it kept on purpose."""
+
+    policy: str
+    now: datetime
+    dry_run: bool = False
+    deleted_snapshot_sets: list[str] = Field(default_factory=list)
+    deleted_snapshots: list[str] = Field(default_factory=list)
+    deleted_replica_sets: list[str] = Field(default_factory=list)
+    deleted_replicas: list[str] = Field(default_factory=list)
+    kept_snapshot_sets: list[str] = Field(default_factory=list)
+    kept_replica_sets: list[str] = Field(default_factory=list)
+    cbt_bases: list[str] = Field(default_factory=list)  # snapshots kept as CBT bases
+    forgotten_restore_points: list[str] = Field(default_factory=list)
+    kept_restore_points: list[str] = Field(default_factory=list)
+    pruned_bytes: int = 0
+    notes: list[str] = Field(default_factory=list)
+
+
+BackupPolicyOutput.model_rebuild()

@@ -1,0 +1,245 @@
+"""BackupSession: the workflow's contract, its signals and queries, and its activities'
+inputs and outputs.
+
+Payloads through Temporal stay small (ids, cursors, counters); block lists and maps live in
+the repository. The workflow input is what `temporal workflow start --input '{...}'` sends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ec2backup.models.snapshots import SnapshotSet
+
+Placement = Literal["backup", "production", "auto"]
+
+
+# ---- BackupSession workflow (the contract) -----------------------------------------------------
+class ReplicationSpec(BaseModel):
+    region: str
+    account_role_arn: str | None = None
+    kms_key_id: str | None = None
+
+
+class WorkerSpec(BaseModel):
+    placement: Placement = "backup"
+    subnet_id: str | None = None
+    instance_type: str | None = None
+
+
+class ImageBackupSpec(BaseModel):
+    repository: str
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
+
+
+class VolumeProgress(BaseModel):
+    volume_id: str
+    device: str
+    blocks_total: int = 0
+    blocks_done: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+
+
+class VolumeCounters(BaseModel):
+    volume_id: str
+    device: str
+    blocks_listed: int = 0
+    blocks_read: int = 0
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    cbt_used: bool = False
+    cbt_reason: str = ""
+
+
+class SessionCarry(BaseModel):
+    """State carried through continue-as-new (resources and cursors survive it)."""
+
+    snapshot_set: SnapshotSet | None = None
+    replica_ids: list[str] = Field(default_factory=list)
+    plan: ImagePlan | None = None
+    worker: WorkerHandle | None = None
+    cursors: dict[str, int] = Field(default_factory=dict)  # source volume id -> next block
+    volumes: list[VolumeCounters] = Field(default_factory=list)
+    workers_provisioned: int = 0
+
+
+class BackupSessionInput(BaseModel):
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+    replication: ReplicationSpec | None = None
+    image_backup: ImageBackupSpec | None = None
+    policy_name: str = "adhoc"
+    # The restore point's nominal time (snapshot tags, restore point, retention age). Default:
+    # when the session started. Given explicitly by back-dated runs and simulated-days tests.
+    as_of: datetime | None = None
+    carry: SessionCarry | None = None  # internal: set by continue-as-new
+
+
+class BackupSessionOutput(BaseModel):
+    status: str
+    snapshot_set_id: str | None = None
+    snapshot_ids: list[str] = Field(default_factory=list)
+    replica_ids: list[str] = Field(default_factory=list)
+    restore_point_id: str | None = None
+    placement: str | None = None
+    placement_reason: str | None = None
+    workers_provisioned: int = 0
+    volumes: list[VolumeCounters] = Field(default_factory=list)
+
+
+class ProgressInput(BaseModel):
+    pass
+
+
+class SessionProgress(BaseModel):
+    phase: str
+    paused: bool
+    worker_instance_id: str | None = None
+    volumes: list[VolumeProgress] = Field(default_factory=list)
+
+
+class SnapshotInstanceInput(BaseModel):
+    session_id: str
+    instance_id: str
+    region: str
+    account_role_arn: str | None = None
+    policy_name: str = "adhoc"
+    created: datetime | None = None  # nominal time recorded in the tags (default: now)
+
+
+class WaitSnapshotsInput(BaseModel):
+    region: str
+    account_role_arn: str | None = None
+    snapshot_ids: list[str]
+
+
+class WaitSnapshotsOutput(BaseModel):
+    completed: list[str]
+
+
+class ReplicateInput(BaseModel):
+    session_id: str
+    snapshot_set: SnapshotSet
+    target: ReplicationSpec
+
+
+class ReplicateOutput(BaseModel):
+    replica_ids: list[str]
+    region: str
+    account: str
+
+
+# ---- image-level backup -------------------------------------------------------------------------
+class VolumePlan(BaseModel):
+    source_volume_id: str
+    snapshot_id: str
+    device: str  # the source instance's device name (restores re-create it)
+    worker_device: str  # where the worker sees the volume copy
+    size_gib: int
+    volume_type: str
+    iops: int | None = None
+    throughput: int | None = None
+    parent_snapshot_id: str | None = None  # CBT base, when usable
+    parent_restore_point_id: str | None = None
+    cbt_reason: str = ""
+    blocks_total: int
+    copies: int = 1
+    worker_devices: list[str] = Field(default_factory=list)  # one per copy
+
+
+class ImagePlan(BaseModel):
+    repository: str
+    placement: Literal["backup", "production"]
+    placement_reason: str
+    worker_role_arn: str | None  # account the worker runs in (None = the backup account)
+    snapshot_role_arn: str | None  # account owning the snapshots (for EBS direct listing)
+    region: str
+    availability_zone: str
+    subnet_id: str | None = None
+    instance_type: str
+    range_blocks: int
+    volumes: list[VolumePlan]
+    secret_name: str
+    # Dead-host detection for transfer ranges (set by the orchestrator's configuration).
+    heartbeat_timeout_seconds: float = 60.0
+    boot_timeout_seconds: float = 600.0
+
+
+class PrepareImageInput(BaseModel):
+    session_id: str
+    snapshot_set: SnapshotSet
+    spec: ImageBackupSpec
+
+
+class WorkerVolume(BaseModel):
+    source_volume_id: str
+    volume_id: str
+    device: str
+
+
+class WorkerHandle(BaseModel):
+    instance_id: str
+    task_queue: str
+    region: str
+    role_arn: str | None = None
+    volumes: list[WorkerVolume] = Field(default_factory=list)
+
+
+class ProvisionWorkerInput(BaseModel):
+    session_id: str
+    plan: ImagePlan
+    attempt: int = 0  # a new attempt after a lost host gets a new ClientToken
+
+
+class ReleaseWorkerInput(BaseModel):
+    session_id: str
+    region: str
+    role_arn: str | None = None
+    secret_name: str | None = None
+    only_instance_id: str | None = None  # release one lost worker, keep the session's others
+
+
+class ReleaseWorkerOutput(BaseModel):
+    instances_terminated: list[str] = Field(default_factory=list)
+    volumes_deleted: list[str] = Field(default_factory=list)
+
+
+class TransferRangeInput(BaseModel):
+    session_id: str
+    repository: str
+    secret_name: str
+    secret_region: str
+    snapshot_role_arn: str | None
+    region: str
+    volume: VolumePlan
+    worker_device: str
+    start_block: int
+    end_block: int
+    cursor: int  # resume point within [start_block, end_block)
+    last_range: bool
+
+
+class TransferRangeOutput(BaseModel):
+    cursor: int
+    blocks_listed: int
+    blocks_read: int
+    bytes_read: int
+    bytes_stored: int
+    stopped: bool = False  # paused before end_block; `cursor` is where to go on
+
+
+class CommitRestorePointInput(BaseModel):
+    session_id: str
+    repository: str
+    snapshot_set: SnapshotSet
+    plan: ImagePlan
+    policy_name: str
+
+
+class CommitRestorePointOutput(BaseModel):
+    restore_point_id: str

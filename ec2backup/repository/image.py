@@ -1,0 +1,179 @@
+"""Image I/O: `image backup` and `image restore` of a raw disk image or block device,
+sparse-aware."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ec2backup.errors import UserError
+from ec2backup.repository.blockmap import (
+    EBS_BLOCK_SIZE,
+    blocks_for,
+)
+from ec2backup.repository.reader import restore_volume
+from ec2backup.repository.repair import recover_unindexed_packs
+from ec2backup.repository.repo import Repository
+from ec2backup.repository.restorepoint import VolumeRecord
+from ec2backup.repository.writer import BackupWriter, commit_restore_point
+
+# ---- images and block devices ------------------------------------------------------------
+
+
+def image_size(fd: int) -> int:
+    return os.lseek(fd, 0, os.SEEK_END)
+
+
+def allocated_blocks(fd: int, size: int) -> Iterator[int]:
+    """Indexes of blocks that overlap a data extent (SEEK_DATA/SEEK_HOLE); all if unsupported."""
+    n = blocks_for(size)
+    pos = 0
+    last = -1
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after pos; EINVAL: not supported
+            if pos == 0 and last < 0:
+                try:
+                    os.lseek(fd, 0, os.SEEK_HOLE)
+                except OSError:
+                    yield from range(n)
+            return
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        first_block = max(start // EBS_BLOCK_SIZE, last + 1)
+        last_block = min((end - 1) // EBS_BLOCK_SIZE, n - 1)
+        yield from range(first_block, last_block + 1)
+        last = max(last, last_block)
+        pos = end
+
+
+# Read-ahead hint: ask the kernel for the next 64 MiB while we hash and compress the current.
+READAHEAD = 64 * 1024 * 1024
+
+
+def read_blocks(fd: int, size: int, blocks: Iterable[int]) -> Iterator[tuple[int, bytes]]:
+    hinted = 0
+    for b in blocks:
+        off = b * EBS_BLOCK_SIZE
+        if off >= hinted and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, off, READAHEAD, os.POSIX_FADV_WILLNEED)
+            hinted = off + READAHEAD // 2
+        data = os.pread(fd, min(EBS_BLOCK_SIZE, size - off), off)
+        yield b, data
+
+
+class BackupResult(BaseModel):
+    restore_point: str
+    volume: VolumeRecord
+    packs_adopted: int = 0
+
+
+def backup_image(
+    repo: Repository,
+    path: str | Path,
+    *,
+    parent: str | None = None,
+    changed_blocks: list[int] | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    lock_wait: float = 60.0,
+) -> BackupResult:
+    """Back up a raw image or block device as a one-volume restore point."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise UserError(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UserError(f"{path} is not a regular file or block device")
+        size = image_size(fd)
+        with repo.lock(exclusive=False, purpose=f"backup of {path}", wait=lock_wait):
+            adopted = recover_unindexed_packs(repo)
+            parent_vol: VolumeRecord | None = None
+            parent_id: str | None = None
+            if parent is not None:
+                parent_id, prp = repo.load_restore_point(parent)
+                parent_vol = prp.volume(None if len(prp.volumes) == 1 else str(path))
+            if changed_blocks is not None:
+                if parent_vol is None:
+                    raise UserError("--changed-blocks needs --parent")
+                n = blocks_for(size)
+                wanted = sorted({b for b in changed_blocks if 0 <= b < n})
+                # a larger image: blocks past the parent's end are new, read them if allocated
+                grown = (
+                    range(blocks_for(parent_vol.size), n)
+                    if n > blocks_for(parent_vol.size)
+                    else range(0)
+                )
+                blocks = sorted(set(wanted) | set(grown))
+                inherit = True
+            else:
+                blocks = list(allocated_blocks(fd, size))
+                inherit = False
+            if on_start is not None:
+                on_start(len(blocks) * EBS_BLOCK_SIZE)
+            writer = BackupWriter(
+                repo, name=str(path), size=size, parent=parent_vol, inherit=inherit
+            )
+            try:
+                for idx, data in read_blocks(fd, size, blocks):
+                    writer.add(idx, data)
+                    if progress is not None:
+                        progress(len(data))
+                volume = writer.finish()
+            finally:
+                writer.close()
+            source = {"kind": "image", "path": str(path.absolute())}
+            rp_id = commit_restore_point(repo, [volume], parent=parent_id, source=source)
+            return BackupResult(restore_point=rp_id, volume=volume, packs_adopted=adopted)
+    finally:
+        os.close(fd)
+
+
+def restore_image(
+    repo: Repository,
+    volume: VolumeRecord,
+    output: str | Path,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Restore to a sparse raw image: written to a temp file, renamed only when complete."""
+    output = Path(output)
+    if output.exists() and not output.is_file():
+        raise UserError(f"{output} exists and is not a regular file")
+    if not output.parent.is_dir():
+        raise UserError(f"directory {output.parent} does not exist")
+    tmp = output.parent / f".{output.name}.ec2backup-tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    ok = False
+    try:
+        os.ftruncate(fd, volume.size)  # holes everywhere; zero blocks are never written
+
+        def write(off: int, data: bytes | memoryview) -> None:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, off)
+                view = view[n:]
+                off += n
+
+        total = restore_volume(repo, volume, write, progress=progress)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+        ok = True
+        return total
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)

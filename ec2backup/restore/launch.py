@@ -1,0 +1,190 @@
+"""Restore delivery: volumes created from the snapshots, or an instance launched over an image
+registered from them; cleanup of whatever a failed or cancelled restore made."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ec2backup import aws
+from ec2backup.models.restore import (
+    CleanupRestoreOutput,
+    FinishRestoreOutput,
+    RestoredVolume,
+    RestorePlan,
+    RestoreVolumePlan,
+)
+from ec2backup.restore.plan import (
+    POLL_SECONDS,
+    RESTORE_KEY,
+    RESTORE_WAIT_SECONDS,
+    TEMP_KEY,
+    RestoreError,
+    _token,
+)
+
+
+# ---- snapshots -> volumes or an instance ------------------------------------------------------
+def _restore_tags(restore_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    tags = {**(extra or {}), RESTORE_KEY: restore_id}
+    return [{"Key": k, "Value": v} for k, v in tags.items() if not k.startswith("aws:")]
+
+
+def _wait(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + RESTORE_WAIT_SECONDS
+    while not check():
+        if time.monotonic() > deadline:
+            raise RestoreError(f"timed out waiting for {what}")
+        time.sleep(POLL_SECONDS)
+
+
+def _volume_is(ec2: Any, volume_id: str, state: str) -> bool:
+    return bool(ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]["State"] == state)
+
+
+def _ebs_mapping(v: RestoreVolumePlan, snapshot_id: str) -> dict[str, Any]:
+    ebs: dict[str, Any] = {
+        "SnapshotId": snapshot_id,
+        "VolumeType": v.volume_type,
+        "DeleteOnTermination": False,
+    }
+    if v.volume_type in ("gp3", "io1", "io2") and v.iops:
+        ebs["Iops"] = v.iops
+    if v.volume_type == "gp3" and v.throughput:
+        ebs["Throughput"] = v.throughput
+    if v.kms_key_id:
+        ebs.update(Encrypted=True, KmsKeyId=v.kms_key_id)
+    return ebs
+
+
+def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutput:
+    ec2 = aws.client("ec2", plan.region, plan.role_arn)
+    if plan.kind == "volume":
+        out = FinishRestoreOutput()
+        for v in plan.volumes:
+            params: dict[str, Any] = {
+                "AvailabilityZone": plan.availability_zone,
+                "ClientToken": _token(plan.restore_id, "volume", v.device),
+                "TagSpecifications": [
+                    {
+                        "ResourceType": "volume",
+                        "Tags": _restore_tags(
+                            plan.restore_id, {"Name": f"restored {v.source_volume_id} {v.device}"}
+                        ),
+                    }
+                ],
+            }
+            params.update(
+                {
+                    k: val
+                    for k, val in _ebs_mapping(v, snapshot_ids[v.device]).items()
+                    if k != "DeleteOnTermination"
+                }
+            )
+            volume_id = ec2.create_volume(**params)["VolumeId"]
+            _wait(functools.partial(_volume_is, ec2, volume_id, "available"), f"volume {volume_id}")
+            out.volumes.append(
+                RestoredVolume(
+                    device=v.device, volume_id=volume_id, source_volume_id=v.source_volume_id
+                )
+            )
+        return out
+    mappings = [
+        {"DeviceName": v.device, "Ebs": _ebs_mapping(v, snapshot_ids[v.device])}
+        for v in plan.volumes
+    ]
+    root = plan.root_device or plan.volumes[0].device
+    image_id = ec2.register_image(
+        Name=f"ec2backup-restore-{plan.restore_id}"[:128],
+        RootDeviceName=root,
+        BlockDeviceMappings=mappings,
+        Architecture="x86_64",
+        VirtualizationType="hvm",
+        Description=f"ec2backup restore {plan.restore_id}",
+    )["ImageId"]
+    try:
+        params = {
+            "ImageId": image_id,
+            "InstanceType": plan.instance_type,
+            "MinCount": 1,
+            "MaxCount": 1,
+            "ClientToken": _token(plan.restore_id, "instance"),
+            "Placement": {"AvailabilityZone": plan.availability_zone},
+            "BlockDeviceMappings": mappings,
+            "TagSpecifications": [
+                {
+                    "ResourceType": "instance",
+                    "Tags": _restore_tags(plan.restore_id, plan.instance_tags),
+                },
+                {"ResourceType": "volume", "Tags": _restore_tags(plan.restore_id)},
+            ],
+        }
+        if plan.subnet_id:
+            params["SubnetId"] = plan.subnet_id
+        instance_id = ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+
+        def running() -> bool:
+            reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            return bool(reservations[0]["Instances"][0]["State"]["Name"] == "running")
+
+        _wait(running, f"instance {instance_id}")
+    finally:
+        ec2.deregister_image(ImageId=image_id)
+    instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    devices = {
+        m["DeviceName"]: m["Ebs"]["VolumeId"]
+        for m in instance.get("BlockDeviceMappings", [])
+        if "Ebs" in m
+    }
+    return FinishRestoreOutput(
+        instance_id=instance_id,
+        volumes=[
+            RestoredVolume(
+                device=v.device,
+                volume_id=devices.get(v.device, ""),
+                source_volume_id=v.source_volume_id,
+            )
+            for v in plan.volumes
+        ],
+    )
+
+
+def cleanup(
+    restore_id: str, region: str, role_arn: str | None, succeeded: bool
+) -> CleanupRestoreOutput:
+    """Delete temporary snapshots; after a failure also what the restore made, by tag."""
+    ec2 = aws.client("ec2", region, role_arn)
+    out = CleanupRestoreOutput()
+    if not succeeded:
+        reservations = ec2.describe_instances(
+            Filters=[
+                {"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ]
+        )["Reservations"]
+        ids = [i["InstanceId"] for r in reservations for i in r["Instances"]]
+        if ids:
+            ec2.terminate_instances(InstanceIds=ids)
+            out.instances_terminated = ids
+        for vol in ec2.describe_volumes(
+            Filters=[{"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]}]
+        )["Volumes"]:
+            if vol["State"] == "in-use":
+                ec2.detach_volume(VolumeId=vol["VolumeId"], Force=True)
+                _wait(
+                    functools.partial(_volume_is, ec2, vol["VolumeId"], "available"),
+                    f"detach of {vol['VolumeId']}",
+                )
+            ec2.delete_volume(VolumeId=vol["VolumeId"])
+            out.volumes_deleted.append(vol["VolumeId"])
+    for snap in ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": f"tag:{TEMP_KEY}", "Values": [restore_id]}]
+    )["Snapshots"]:
+        ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+        out.snapshots_deleted.append(snap["SnapshotId"])
+    return out

@@ -1,0 +1,343 @@
+"""Restore planning: which snapshots (own, replica, or to be built from a backup) become which
+volumes, in which zone, with which shape. Shared names of the restore package live here."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ec2backup import aws, replication, tagcodec
+from ec2backup.errors import NotFoundError, UserError
+from ec2backup.models.restore import (
+    RestoreInput,
+    RestorePlan,
+    RestoreVolumePlan,
+)
+from ec2backup.models.session import ReplicationSpec
+from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
+
+RESTORE_KEY = "ec2backup:restore"
+
+TEMP_KEY = "ec2backup:restore-temp"
+
+EBS_BLOCK_SIZE = 512 * 1024
+
+GIB = 1024**3
+
+POLL_SECONDS = 0.5
+
+RESTORE_WAIT_SECONDS = 3600.0
+
+# How often a data restore reports progress (and learns of a cancel).
+HEARTBEAT_SECONDS = 1.0
+
+
+class RestoreError(UserError):
+    pass
+
+
+def _token(*parts: str) -> str:
+    return hashlib.sha256("#".join(parts).encode()).hexdigest()[:64]
+
+
+# ---- resolving what to restore -----------------------------------------------------------------
+def _set_members(
+    region: str, role_arn: str | None, set_id: str, installation_key: bytes, replicas: bool
+) -> list[tuple[str, tagcodec.SnapshotMetadata]]:
+    ec2 = aws.client("ec2", region, role_arn)
+    found = []
+    kwargs: dict[str, Any] = {
+        "OwnerIds": ["self"],
+        "Filters": [{"Name": f"tag:{tagcodec.SET_KEY}", "Values": [set_id]}],
+    }
+    while True:
+        page = ec2.describe_snapshots(**kwargs)
+        for snap in page["Snapshots"]:
+            try:
+                meta = tagcodec.decode(snap.get("Tags", []), installation_key, snap["SnapshotId"])
+            except tagcodec.TagError:
+                continue  # never trust a foreign or tampered tag
+            if (meta.source_snapshot_id is not None) == replicas and snap["State"] == "completed":
+                found.append((snap["SnapshotId"], meta))
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+    found.sort(key=lambda m: m[1].index)
+    return found
+
+
+def _snapshot_set(
+    members: list[tuple[str, tagcodec.SnapshotMetadata]], region: str, role_arn: str | None
+) -> SnapshotSet:
+    first = members[0][1]
+    return SnapshotSet(
+        set_id=first.set_id,
+        region=region,
+        account_role_arn=role_arn,
+        account=first.account,
+        instance_id=first.instance_id,
+        availability_zone=first.availability_zone or f"{region}a",
+        members=[
+            SnapshotMember(
+                snapshot_id=sid,
+                volume_id=m.volume_id,
+                device=m.device,
+                size_gib=m.size_gib,
+                encrypted=m.encrypted,
+                kms_key_id=m.kms_key_id,
+            )
+            for sid, m in members
+        ],
+    )
+
+
+def _pick(volumes: list[RestoreVolumePlan], req: RestoreInput) -> list[RestoreVolumePlan]:
+    if req.kind == "instance":
+        return volumes
+    if not req.device and not req.volume_id:
+        raise RestoreError("restore volume needs --device or --volume-id")
+    chosen = [
+        v
+        for v in volumes
+        if (req.device and v.device == req.device)
+        or (req.volume_id and v.source_volume_id == req.volume_id)
+    ]
+    if not chosen:
+        have = ", ".join(f"{v.device}={v.source_volume_id}" for v in volumes)
+        raise NotFoundError(
+            f"no volume {req.device or req.volume_id} in restore point "
+            f"{req.restore_point_id} (it has {have})"
+        )
+    return chosen[:1]
+
+
+def plan_restore(
+    restore_id: str, req: RestoreInput, installation_key: bytes, password: str | None
+) -> RestorePlan:
+    is_set = req.restore_point_id.startswith("set-")
+    source = req.source or ("snapshot" if is_set else "backup")
+    region = req.to_region or req.region
+    role_arn = req.to_account_role_arn or req.account_role_arn
+    target_account = aws.caller_account(region, role_arn)
+    checks: list[str] = []
+    shape: dict[str, Any] = {}
+    volumes: list[RestoreVolumePlan] = []
+    backup_id = None
+    set_id = req.restore_point_id if is_set else None
+    rp_source: dict[str, Any] = {}
+
+    if source in ("backup", "archive") or not is_set:
+        from ec2backup.repository.repo import Repository
+
+        if not req.repository:
+            raise RestoreError("restoring from a backup needs --repo (the repository URL)")
+        if password is None:
+            raise RestoreError(
+                "no repository password on the orchestrator (EC2BACKUP_REPO_PASSWORD)"
+            )
+        repo = Repository.open(req.repository, password.encode())
+        archived = repo.config.data_storage_class is not None
+        if archived and source != "archive":
+            raise RestoreError(
+                f"{req.repository} is an archive repository ({repo.config.data_storage_class}): "
+                "use --source archive (its data is retrieved first)"
+            )
+        if source == "archive" and not archived:
+            raise RestoreError(f"--source archive: {req.repository} is not an archive repository")
+        if source == "archive":
+            from ec2backup.archive.copy import RETRIEVAL_TIERS
+
+            if req.retrieval_tier not in RETRIEVAL_TIERS:
+                raise RestoreError(
+                    f"--retrieval-tier: {req.retrieval_tier} is not one of "
+                    f"{', '.join(RETRIEVAL_TIERS)}"
+                )
+        if source == "archive" and not is_set:
+            # The archived copy's own id, or the hot restore point it was archived from.
+            by_origin = [
+                (rid, rp)
+                for rid, rp in repo.list_restore_points()
+                if rp.tags.get("archived_from", "").startswith(req.restore_point_id)
+            ]
+            if len(by_origin) == 1:
+                backup_id, rp = by_origin[0]
+            else:
+                backup_id, rp = repo.load_restore_point(req.restore_point_id)
+        elif is_set:
+            matches = [
+                (rid, rp)
+                for rid, rp in repo.list_restore_points()
+                if rp.source.get("snapshot_set_id") == req.restore_point_id
+            ]
+            if not matches:
+                raise NotFoundError(
+                    f"no backup of snapshot set {req.restore_point_id} in {req.repository}"
+                )
+            backup_id, rp = max(matches, key=lambda m: m[1].time)
+        else:
+            backup_id, rp = repo.load_restore_point(req.restore_point_id)
+        rp_source = rp.source
+        set_id = set_id or rp.source.get("snapshot_set_id")
+        for i, record in enumerate(rp.volumes):
+            meta = record.metadata
+            for page in record.pages:
+                if page is not None and not repo.backend.exists(repo.object_name("map", page)):
+                    raise RestoreError(
+                        f"restore point {backup_id[:12]} is not readable: map "
+                        f"page {page[:12]} of {record.name} is missing"
+                    )
+            volumes.append(
+                RestoreVolumePlan(
+                    device=record.device or f"/dev/sd{chr(ord('f') + i)}",
+                    source_volume_id=meta.get("source_volume_id", record.name),
+                    size_gib=int(meta.get("size_gib") or -(-record.size // GIB)),
+                    volume_type=req.volume_type or meta.get("volume_type") or "gp3",
+                    iops=meta.get("iops"),
+                    throughput=meta.get("throughput"),
+                    record_index=i,
+                    encrypted=bool(meta.get("encrypted")) or bool(req.kms_key_id),
+                    kms_key_id=req.kms_key_id,
+                )
+            )
+        checks.append(
+            f"restore point {backup_id[:12]} readable in {req.repository} "
+            f"({len(rp.volumes)} volumes, map pages present, key opens)"
+        )
+        if source == "archive":
+            checks.append(
+                f"archived in {repo.config.data_storage_class}: its packs are retrieved "
+                f"({req.retrieval_tier} tier) before the data is read"
+            )
+        shape = {
+            "instance_type": rp_source.get("instance_type"),
+            "root_device": rp_source.get("root_device"),
+            "instance_tags": rp_source.get("instance_tags") or {},
+            "availability_zone": rp_source.get("availability_zone"),
+            "source_region": rp_source.get("region"),
+        }
+    if source == "snapshot":
+        if set_id is None:
+            raise RestoreError(f"restore point {req.restore_point_id} has no snapshot set")
+        src_region = rp_source.get("region", req.region)
+        members = _set_members(
+            src_region, req.account_role_arn, set_id, installation_key, replicas=False
+        )
+        if not members:
+            raise NotFoundError(f"snapshot set {set_id} not found in {src_region}")
+        first = members[0][1]
+        same_place = region == src_region and target_account == first.account
+        if same_place:
+            targets = {m.volume_id: sid for sid, m in members}
+        else:
+            replicas = _set_members(region, role_arn, set_id, installation_key, replicas=True)
+            targets = {m.volume_id: sid for sid, m in replicas}
+            if len(targets) < len(members):
+                checks.append(
+                    f"replicas of {set_id} in {region}/{target_account}: "
+                    f"{len(targets)} of {len(members)}; the rest are copied now"
+                )
+                if not req.dry_run:
+                    out = replication.replicate_set(
+                        session_id=restore_id,
+                        snapshot_set=_snapshot_set(members, src_region, req.account_role_arn),
+                        target=ReplicationSpec(
+                            region=region, account_role_arn=role_arn, kms_key_id=req.kms_key_id
+                        ),
+                        installation_key=installation_key,
+                    )
+                    targets = {
+                        m.volume_id: rid
+                        for (_, m), rid in zip(members, out.replica_ids, strict=True)
+                    }
+        volumes = [
+            RestoreVolumePlan(
+                device=m.device,
+                source_volume_id=m.volume_id,
+                size_gib=m.size_gib,
+                volume_type=req.volume_type or m.volume_type or "gp3",
+                iops=m.iops,
+                throughput=m.throughput,
+                snapshot_id=targets.get(m.volume_id),
+                encrypted=m.encrypted or bool(req.kms_key_id),
+                kms_key_id=req.kms_key_id,
+            )
+            for _, m in members
+        ]
+        shape = {
+            "instance_type": first.instance_type,
+            "root_device": first.root_device,
+            "instance_tags": first.instance_tags,
+            "availability_zone": first.availability_zone,
+            "source_region": src_region,
+        }
+        checks.append(f"snapshot set {set_id}: {len(members)} completed snapshots")
+    volumes = _pick(volumes, req)
+    az = _target_zone(req, region, role_arn, shape, checks)
+    instance_type = req.instance_type or shape.get("instance_type")
+    if req.kind == "instance":
+        if not instance_type:
+            raise RestoreError(
+                "the restore point does not record an instance type: give --instance-type"
+            )
+        _check_instance_type(region, role_arn, instance_type, checks)
+    if req.kms_key_id:
+        kms = aws.client("kms", region, role_arn)
+        try:
+            kms.describe_key(KeyId=req.kms_key_id)
+        except Exception as exc:
+            raise RestoreError(
+                f"KMS key {req.kms_key_id} is not usable in {region}: {aws.error_code(exc) or exc}"
+            ) from exc
+        checks.append(f"KMS key {req.kms_key_id} usable")
+    return RestorePlan(
+        restore_id=restore_id,
+        kind=req.kind,
+        source=source,
+        repository=req.repository,
+        backup_id=backup_id,
+        region=region,
+        role_arn=role_arn,
+        availability_zone=az,
+        subnet_id=req.subnet_id,
+        instance_type=instance_type,
+        root_device=shape.get("root_device"),
+        instance_tags=shape.get("instance_tags") or {},
+        volumes=volumes,
+        checks=checks,
+    )
+
+
+def _target_zone(
+    req: RestoreInput, region: str, role_arn: str | None, shape: dict[str, Any], checks: list[str]
+) -> str:
+    ec2 = aws.client("ec2", region, role_arn)
+    if req.subnet_id:
+        try:
+            subnet = ec2.describe_subnets(SubnetIds=[req.subnet_id])["Subnets"][0]
+        except Exception as exc:
+            raise RestoreError(f"subnet {req.subnet_id} does not exist in {region}") from exc
+        az = str(subnet["AvailabilityZone"])
+        if req.availability_zone and req.availability_zone != az:
+            raise RestoreError(f"subnet {req.subnet_id} is in {az}, not {req.availability_zone}")
+        checks.append(f"subnet {req.subnet_id} in {az}")
+        return az
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    if req.availability_zone:
+        if req.availability_zone not in zones:
+            raise RestoreError(f"availability zone {req.availability_zone} is not in {region}")
+        return req.availability_zone
+    original = shape.get("availability_zone")
+    zone = str(original) if original in zones else str(zones[0])
+    checks.append(f"availability zone {zone}")
+    return zone
+
+
+def _check_instance_type(
+    region: str, role_arn: str | None, instance_type: str, checks: list[str]
+) -> None:
+    ec2 = aws.client("ec2", region, role_arn)
+    try:
+        ec2.describe_instance_types(InstanceTypes=[instance_type])
+    except Exception as exc:
+        raise RestoreError(f"instance type {instance_type} is not offered in {region}") from exc
+    checks.append(f"instance type {instance_type} offered")

@@ -1,0 +1,146 @@
+"""Worker instances "boot": the lab runs their user-data's agent as a local process.
+
+The agent gets what a real worker would get from its instance: an instance id, credentials of
+its instance role (assumed-role keys of the instance's account), its Region, and block devices
+(here the directory of device links `<lab>/instances/<id>/devices/`). Terminating or stopping
+the instance stops the process; `lab kill-instance` kills it without warning, like a lost host.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+from ec2backup.userdata import parse_agent_command
+from ec2backup_lab.runtime import get_runtime
+
+log = logging.getLogger("ec2backup_lab.agents")
+
+# Seconds a terminated instance's agent gets to stop cleanly before it is killed (EC2 gives
+# an ACPI shutdown; the agent drains its heartbeats).
+AGENT_STOP_GRACE_SECONDS = 5.0
+# The role name the lab's worker instances act as (instance profile).
+WORKER_ROLE_NAME = "ec2backup-worker"
+
+_procs: dict[str, subprocess.Popen[bytes]] = {}
+_lock = threading.Lock()
+
+
+def _user_data_text(instance: Any) -> str:
+    raw = instance.user_data
+    if raw is None:
+        return ""
+    if isinstance(raw, list):
+        raw = raw[0] if raw else ""
+    text = getattr(raw, "encoded_string", raw)
+    if not isinstance(text, str):
+        text = str(text)
+    try:
+        return base64.b64decode(text).decode("utf-8", "replace")
+    except ValueError:
+        return text
+
+
+def _role_credentials(account_id: str, region: str) -> dict[str, str]:
+    from moto.sts.models import sts_backends
+
+    sts = sts_backends[account_id]["aws"]
+    role = sts.assume_role(
+        region_name=region,
+        role_session_name="ec2backup-worker",
+        role_arn=f"arn:aws:iam::{account_id}:role/{WORKER_ROLE_NAME}",
+        policy="",
+        duration=43200,
+        external_id="",
+    )
+    return {
+        "AWS_ACCESS_KEY_ID": role.access_key_id,
+        "AWS_SECRET_ACCESS_KEY": role.secret_access_key,
+        "AWS_SESSION_TOKEN": role.session_token,
+    }
+
+
+def maybe_start(backend: Any, instance: Any) -> None:
+    argv = parse_agent_command(_user_data_text(instance))
+    if argv is None:
+        return
+    runtime = get_runtime()
+    inst_dir = runtime.root / "instances" / instance.id
+    inst_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2BACKUP_", "TEMPORAL_"))
+    }
+    env.update(_role_credentials(backend.account_id, backend.region_name))
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": runtime.endpoint_url,
+            "AWS_DEFAULT_REGION": backend.region_name,
+            "EC2BACKUP_INSTANCE_ID": instance.id,
+            "EC2BACKUP_DEVICE_DIR": str(inst_dir / "devices"),
+            "EC2BACKUP_AGENT_IO_FILE": str(inst_dir / "agent-io.json"),
+            "EC2BACKUP_LAB_URL": runtime.endpoint_url,
+        }
+    )
+    log_file = open(inst_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ec2backup.cli", *argv],
+        env=env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        cwd=inst_dir,
+        start_new_session=True,
+    )
+    log_file.close()
+    with _lock:
+        _procs[instance.id] = proc
+    (inst_dir / "agent.pid").write_text(str(proc.pid))
+    log.info("instance %s booted its agent (pid %s)", instance.id, proc.pid)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+def stop(instance_id: str, kill: bool = False) -> bool:
+    """Stop an instance's agent; `kill` = SIGKILL at once (a lost host). True if one ran."""
+    with _lock:
+        proc = _procs.pop(instance_id, None)
+    if proc is None:
+        return False
+    if kill:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+        return True
+    _signal_group(proc, signal.SIGTERM)
+
+    def _reap() -> None:
+        try:
+            proc.wait(timeout=AGENT_STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc, signal.SIGKILL)
+            proc.wait()
+
+    _reap()
+    return True
+
+
+def running() -> dict[str, int]:
+    """Instance id -> pid of every live agent process."""
+    with _lock:
+        return {iid: p.pid for iid, p in _procs.items() if p.poll() is None}
+
+
+def stop_all() -> None:
+    for instance_id in list(running()):
+        stop(instance_id)
+    with _lock:
+        _procs.clear()

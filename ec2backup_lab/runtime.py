@@ -1,0 +1,134 @@
+"""Process-wide state of one running lab: its directory, settings, counters and faults.
+
+moto keeps its backends in module globals, so the lab does too: one lab per process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ec2backup_lab.blockstore import BlockStore
+from ec2backup_lab.s3ext import DEFAULT_S3_RESTORE_READS, set_restore_reads
+
+# How long a new EC2 snapshot stays `pending` before `completed`, by default. Long enough
+# that waiters really poll, short enough for tests.
+DEFAULT_SNAPSHOT_PENDING_SECONDS = 1.0
+
+
+@dataclass
+class Fault:
+    """An injected failure: the next `times` calls of `api` answer `code`."""
+
+    api: str
+    code: str
+    times: int
+    status: int | None = None
+    message: str = "injected by the lab"
+
+
+@dataclass
+class Throttle:
+    """A token bucket limiting `api` (or every API when None) to `rate` calls per second."""
+
+    rate: float
+    api: str | None = None
+    tokens: float = 0.0
+    last: float = field(default_factory=time.monotonic)
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class LabRuntime:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.lock = threading.RLock()
+        self.snapshot_pending_seconds = DEFAULT_SNAPSHOT_PENDING_SECONDS
+        self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
+        self.api_calls: Counter[str] = Counter()
+        self.faults: list[Fault] = []
+        self.throttles: list[Throttle] = []
+        self.endpoint_url = ""
+        self.temporal_address = ""
+        self.config_path = root / "lab-config.json"
+        self.block_store = BlockStore(root)
+        self.blocks_served = 0
+        self._load_config()
+
+    # -- settings ------------------------------------------------------------------------
+    def _load_config(self) -> None:
+        if self.config_path.exists():
+            data = json.loads(self.config_path.read_text())
+            self.apply_config(data, persist=False)
+
+    def apply_config(self, data: dict[str, Any], persist: bool = True) -> dict[str, Any]:
+        with self.lock:
+            if "snapshot_pending_seconds" in data:
+                value = float(data["snapshot_pending_seconds"])
+                if value < 0:
+                    raise ValueError("snapshot_pending_seconds must be >= 0")
+                self.snapshot_pending_seconds = value
+            if "s3_restore_reads" in data:
+                reads = int(data["s3_restore_reads"])
+                if reads < 0:
+                    raise ValueError("s3_restore_reads must be >= 0")
+                self.s3_restore_reads = reads
+                set_restore_reads(reads)
+            if "temporal_address" in data:
+                self.temporal_address = str(data["temporal_address"])
+            if persist:
+                self.config_path.write_text(json.dumps(self.config(), indent=2))
+            return self.config()
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "snapshot_pending_seconds": self.snapshot_pending_seconds,
+            "s3_restore_reads": self.s3_restore_reads,
+            "temporal_address": self.temporal_address,
+        }
+
+    # -- faults --------------------------------------------------------------------------
+    def take_fault(self, api: str) -> Fault | None:
+        with self.lock:
+            for fault in self.faults:
+                if fault.api == api and fault.times > 0:
+                    fault.times -= 1
+                    if fault.times == 0:
+                        self.faults.remove(fault)
+                    return fault
+        return None
+
+    def throttled(self, api: str) -> bool:
+        with self.lock:
+            return any(not t.allow() for t in self.throttles if t.api in (None, api))
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self.throttles.clear()
+
+
+_RUNTIME: LabRuntime | None = None
+
+
+def set_runtime(runtime: LabRuntime) -> None:
+    global _RUNTIME
+    _RUNTIME = runtime
+
+
+def get_runtime() -> LabRuntime:
+    if _RUNTIME is None:
+        raise RuntimeError("the lab runtime is not initialised (run through ec2backup_lab.server)")
+    return _RUNTIME
