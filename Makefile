@@ -17,16 +17,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ec2backup_lab.demo
 
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy ec2backup workflows activities worker_agent
+test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x --durations=15
 
+# lint-imports enforces the dependency direction (docs/architecture.md, [tool.importlinter]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy ec2backup workflows activities worker_agent
+	$(BIN)/mypy ec2backup ec2backup_lab workflows activities worker_agent
+	$(BIN)/lint-imports --no-cache
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -23,7 +23,6 @@ from ec2backup.models.archive import (
     VerifyArchiveInput,
     VerifyArchiveOutput,
 )
-from ec2backup.policy import Policy
 from ec2backup.repository.repo import Repository
 
 
@@ -55,7 +54,7 @@ ALL: list[Callable[..., Any]] = [plan_archive, verify_archive]
 @activity.defn(name="select_for_archive")
 @adapter
 def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
-    policy = Policy.model_validate(req.policy)
+    policy = req.policy
     candidates, notes = archive_policy.select(policy, repository_password())
     return SelectArchiveOutput(candidates=candidates, notes=notes)
 
@@ -63,7 +62,7 @@ def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
 @activity.defn(name="apply_archive_retention")
 @adapter
 def apply_archive_retention(req: ArchiveRetentionInput) -> ArchiveRetentionOutput:
-    policy = Policy.model_validate(req.policy)
+    policy = req.policy
     return archive_policy.apply_retention(
         policy,
         req.now or dt.datetime.now(dt.UTC),

@@ -17,13 +17,12 @@ from ec2backup.models.policy import (
     RetentionInput,
     RetentionOutput,
 )
-from ec2backup.policy import Policy
 
 
 @activity.defn(name="discover_instances")
 async def discover_instances(req: DiscoverInput) -> DiscoverOutput:
     try:
-        policy = Policy.model_validate(req.policy)
+        policy = req.policy
         others = await schedules.all_policies(activity.client())
         targets, notes = await asyncio.to_thread(discovery.protected_by, policy, others)
     except Exception as exc:
@@ -42,7 +41,7 @@ async def discover_instances(req: DiscoverInput) -> DiscoverOutput:
 @activity.defn(name="apply_retention")
 @adapter
 def apply_retention(req: RetentionInput) -> RetentionOutput:
-    policy = Policy.model_validate(req.policy)
+    policy = req.policy
     password = repository_password() if policy.image_backup is not None else None
     return retention.apply(
         policy,

@@ -17,8 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import boto3
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from temporalio import workflow
 
 from ec2backup.errors import UserError
 
@@ -40,14 +42,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _in_workflow() -> bool:
+    """Inside workflow code (a `Policy` is the typed input of BackupPolicy/ArchivePolicy)
+    checks that read files (botocore's Region list, the time zone database) are skipped: they
+    would be I/O in a workflow, and the policy was checked by `policy apply` and is checked
+    again by every activity that receives it."""
+    return workflow.unsafe.in_sandbox()
+
+
 @lru_cache(maxsize=1)
 def known_regions() -> frozenset[str]:
-    import boto3
-
     return frozenset(boto3.Session().get_available_regions("ec2"))
 
 
 def _check_region(value: str) -> str:
+    if _in_workflow():
+        return value
     if value not in known_regions():
         raise ValueError(f"unknown Region '{value}'")
     return value
@@ -150,6 +160,8 @@ class Schedule(_Strict):
     @field_validator("time_zone")
     @classmethod
     def _tz(cls, value: str) -> str:
+        if _in_workflow():
+            return value
         try:
             zoneinfo.ZoneInfo(value)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
@@ -216,12 +228,47 @@ class ReplicationTarget(_Strict):
 class Replication(_Strict):
     targets: list[ReplicationTarget] = Field(min_length=1)
 
+    @field_validator("targets")
+    @classmethod
+    def _distinct(cls, value: list[ReplicationTarget]) -> list[ReplicationTarget]:
+        """Two targets in one Region and account would be one replica set (a copy is found
+        again by its source snapshot) kept by two rules: refused rather than half applied."""
+        seen: set[tuple[str, str | None]] = set()
+        for t in value:
+            where = (t.region, t.account_role_arn)
+            if where in seen:
+                account = t.account_role_arn or "the backup account"
+                raise ValueError(f"two targets in {t.region} for {account}: give each once")
+            seen.add(where)
+        return value
+
 
 class WorkerConfig(_Strict):
     placement: Literal["backup", "production", "auto"] = "auto"
     subnet_id: str | None = None
-    security_group_ids: list[str] = Field(default_factory=list)
+    security_group_ids: list[str] = Field(
+        default_factory=list,
+        description="the worker's security groups, in the account the worker runs in "
+        "(default: the VPC's default group)",
+    )
     instance_type: str | None = None
+
+    @field_validator("subnet_id")
+    @classmethod
+    def _subnet(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^subnet-[0-9a-f]{8,17}$", value):
+            raise ValueError(f"'{value}' is not a subnet id")
+        return value
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        for v in value:
+            if not re.match(r"^sg-[0-9a-f]{8,17}$", v):
+                raise ValueError(f"'{v}' is not a security group id")
+        if len(set(value)) != len(value):
+            raise ValueError("a security group is listed twice")
+        return value
 
 
 class ImageBackup(_Strict):

@@ -17,7 +17,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from ec2backup.errors import NotFoundError, UserError
-from ec2backup.models.policy import BackupPolicyOutput, InstanceOutcome
+from ec2backup.models.policy import BackupPolicyOutput, InstanceOutcome, OutcomeStatus
 from ec2backup.models.session import (
     BackupSessionOutput,
 )
@@ -64,7 +64,7 @@ _STATUS_QUERY = {
 }
 
 # A session's workflow status -> its outcome in a report (InstanceOutcome.status).
-_OUTCOME = {
+_OUTCOME: dict[WorkflowExecutionStatus, OutcomeStatus] = {
     WorkflowExecutionStatus.RUNNING: "running",
     WorkflowExecutionStatus.COMPLETED: "completed",
     WorkflowExecutionStatus.CANCELED: "canceled",

@@ -147,6 +147,7 @@ def build_plan(
         region=snapshot_set.region,
         availability_zone=snapshot_set.availability_zone,
         subnet_id=spec.worker.subnet_id,
+        security_group_ids=list(spec.worker.security_group_ids),
         instance_type=plan_instance_type(total, spec.worker.instance_type),
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
@@ -250,6 +251,10 @@ def provision(
     }
     if plan.subnet_id:
         params["SubnetId"] = plan.subnet_id
+    if plan.security_group_ids:
+        # Exactly the policy's groups (of the worker's account); without any, EC2 puts the
+        # instance in its VPC's default group.
+        params["SecurityGroupIds"] = list(plan.security_group_ids)
     profile = os.environ.get("EC2BACKUP_WORKER_INSTANCE_PROFILE")
     if profile:
         params["IamInstanceProfile"] = {"Name": profile}

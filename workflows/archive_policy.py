@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
 from workflows.common import CONTROL_RETRY, ensure_search_attributes
 
@@ -29,9 +33,9 @@ with workflow.unsafe.imports_passed_through():
         SelectArchiveInput,
         SelectArchiveOutput,
     )
+    from ec2backup.policy import Policy
     from ec2backup.temporal import search_attributes
 
-DEFAULT_CONCURRENCY = 4
 # Pruning an archive never repacks (no retrieval), so it is bounded by listing and deletes.
 RETENTION_TIMEOUT = timedelta(hours=2)
 
@@ -46,12 +50,17 @@ class ArchivePolicy:
         return self._report
 
     @workflow.run
-    async def run(self, policy: dict[str, Any]) -> ArchivePolicyOutput:
-        name = str(policy.get("name", "policy"))
+    async def run(self, policy: Policy) -> ArchivePolicyOutput:
+        name = policy.name
         self._report.policy = name
         ensure_search_attributes("archive", name)
-        archive = policy.get("archive") or {}
-        image = policy.get("image_backup") or {}
+        archive, image = policy.archive, policy.image_backup
+        if archive is None or image is None:
+            raise ApplicationError(
+                f"policy {name} has no archive section (or no image_backup to archive)",
+                type="PolicyWithoutArchive",
+                non_retryable=True,
+            )
         selected: SelectArchiveOutput = await workflow.execute_activity(
             archive_activities.select_for_archive,
             SelectArchiveInput(policy=policy),
@@ -66,7 +75,7 @@ class ArchivePolicy:
             for c in selected.candidates
         ]
         self._report.phase = "archiving"
-        limit = asyncio.Semaphore(int(policy.get("concurrency") or DEFAULT_CONCURRENCY))
+        limit = asyncio.Semaphore(policy.concurrency)
         run_id = workflow.info().workflow_id
 
         async def one(index: int) -> None:
@@ -79,9 +88,9 @@ class ArchivePolicy:
                         "Archive",
                         ArchiveInput(
                             restore_point_id=outcome.restore_point_id,
-                            source_repository=image["repository"],
-                            archive_repository=archive["repository"],
-                            storage_class=archive.get("storage_class"),
+                            source_repository=image.repository,
+                            archive_repository=archive.repository,
+                            storage_class=archive.storage_class,
                             policy_name=name,
                         ),
                         id=outcome.archive_id,

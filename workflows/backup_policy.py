@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
@@ -21,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities import policy as policy_activities
     from ec2backup.models.policy import (
         BackupPolicyOutput,
+        DiscoveredInstance,
         DiscoverInput,
         DiscoverOutput,
         InstanceOutcome,
@@ -33,11 +33,8 @@ with workflow.unsafe.imports_passed_through():
         ReplicationSpec,
         WorkerSpec,
     )
+    from ec2backup.policy import Policy, WorkerConfig
     from ec2backup.temporal import search_attributes
-
-# Sessions of one policy run side by side: bounded so a 500-instance policy does not start 500
-# workers (and EBS direct / copy quotas are shared by the account).
-DEFAULT_CONCURRENCY = 4
 
 
 @workflow.defn(name="BackupPolicy")
@@ -54,8 +51,8 @@ class BackupPolicy(Pausable):
         return self._report.model_copy(update={"phase": self._phase, "paused": self._paused})
 
     @workflow.run
-    async def run(self, policy: dict[str, Any]) -> BackupPolicyOutput:
-        name = str(policy.get("name", "policy"))
+    async def run(self, policy: Policy) -> BackupPolicyOutput:
+        name = policy.name
         self._report.policy = name
         ensure_search_attributes("policy", name)
         found: DiscoverOutput = await workflow.execute_activity(
@@ -64,7 +61,7 @@ class BackupPolicy(Pausable):
             start_to_close_timeout=timedelta(minutes=10),
             retry_policy=CONTROL_RETRY,
         )
-        limit = asyncio.Semaphore(int(policy.get("concurrency") or DEFAULT_CONCURRENCY))
+        limit = asyncio.Semaphore(policy.concurrency)
         run_id = workflow.info().workflow_id
         self._report.notes = list(found.notes)
         self._report.instances = [
@@ -119,33 +116,33 @@ class BackupPolicy(Pausable):
         return self._report.model_copy(update={"phase": "done"})
 
     @staticmethod
-    def _session_input(policy: dict[str, Any], target: Any, name: str) -> BackupSessionInput:
-        replication = None
-        targets = (policy.get("replication") or {}).get("targets") or []
-        if targets:
-            first = targets[0]
-            replication = ReplicationSpec(
-                region=first["region"],
-                account_role_arn=first.get("account_role_arn"),
-                kms_key_id=first.get("kms_key_id"),
+    def _session_input(policy: Policy, target: DiscoveredInstance, name: str) -> BackupSessionInput:
+        """The session of one instance: every replication target of the policy, and the image
+        backup with the worker settings of the instance's Region."""
+        replications = [
+            ReplicationSpec(
+                region=t.region, account_role_arn=t.account_role_arn, kms_key_id=t.kms_key_id
             )
+            for t in (policy.replication.targets if policy.replication else [])
+        ]
         image = None
-        spec = policy.get("image_backup")
-        if spec:
-            worker = (spec.get("workers") or {}).get(target.region) or {}
+        spec = policy.image_backup
+        if spec is not None:
+            worker = spec.workers.get(target.region) or WorkerConfig()
             image = ImageBackupSpec(
-                repository=spec["repository"],
+                repository=spec.repository,
                 worker=WorkerSpec(
-                    placement=worker.get("placement", "auto"),
-                    subnet_id=worker.get("subnet_id"),
-                    instance_type=worker.get("instance_type"),
+                    placement=worker.placement,
+                    subnet_id=worker.subnet_id,
+                    security_group_ids=list(worker.security_group_ids),
+                    instance_type=worker.instance_type,
                 ),
             )
         return BackupSessionInput(
             instance_id=target.instance_id,
             region=target.region,
             account_role_arn=target.account_role_arn,
-            replication=replication,
+            replications=replications,
             image_backup=image,
             policy_name=name,
         )

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         ReleaseWorkerInput,
         ReplicateInput,
         ReplicateOutput,
+        ReplicationSpec,
         SessionCarry,
         SessionProgress,
         SnapshotInstanceInput,
@@ -134,18 +135,7 @@ class BackupSession(Pausable):
         try:
             snapshot_set = await self._snapshots(session_id)
             raise_if_cancelled()
-            if req.replication and not self._carry.replica_ids:
-                self._phase = "replicating"
-                replicas: ReplicateOutput = await workflow.execute_activity(
-                    session_activities.replicate_snapshots,
-                    ReplicateInput(
-                        session_id=session_id, snapshot_set=snapshot_set, target=req.replication
-                    ),
-                    start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
-                    heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
-                    retry_policy=CONTROL_RETRY,
-                )
-                self._carry.replica_ids = replicas.replica_ids
+            await self._replicate(session_id, snapshot_set, req.replication_targets())
             raise_if_cancelled()
             restore_point_id = None
             if req.image_backup:
@@ -157,6 +147,7 @@ class BackupSession(Pausable):
                 snapshot_set_id=snapshot_set.set_id,
                 snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
                 replica_ids=self._carry.replica_ids,
+                replicas=self._carry.replicas,
                 restore_point_id=restore_point_id,
                 placement=plan.placement if plan else None,
                 placement_reason=plan.placement_reason if plan else None,
@@ -175,6 +166,24 @@ class BackupSession(Pausable):
                 self._phase = ended_in
 
     _continuing = False
+
+    async def _replicate(
+        self, session_id: str, snapshot_set: SnapshotSet, targets: list[ReplicationSpec]
+    ) -> None:
+        """Copy the set to every target, one after the other (each target is its own Region's
+        copy quota); the targets done so far survive continue-as-new in the carry."""
+        for target in targets[len(self._carry.replicas) :]:
+            self._phase = "replicating"
+            raise_if_cancelled()
+            replicas: ReplicateOutput = await workflow.execute_activity(
+                session_activities.replicate_snapshots,
+                ReplicateInput(session_id=session_id, snapshot_set=snapshot_set, target=target),
+                start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
+                heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
+                retry_policy=CONTROL_RETRY,
+            )
+            self._carry.replicas.append(replicas)
+            self._carry.replica_ids += replicas.replica_ids
 
     async def _snapshots(self, session_id: str) -> SnapshotSet:
         if self._carry.snapshot_set is not None:

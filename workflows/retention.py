@@ -42,5 +42,5 @@ async def run_retention(req: RetentionInput) -> RetentionOutput:
 class PolicyRetention:
     @workflow.run
     async def run(self, req: RetentionInput) -> RetentionOutput:
-        ensure_search_attributes("retention", str(req.policy.get("name", "")))
+        ensure_search_attributes("retention", req.policy.name)
         return await run_retention(req)

@@ -1,5 +1,5 @@
 """`ec2backup lab ...`: mounted from the `ec2backup_lab` package when the `lab` extra is
-installed (it carries moto); a production install says how to get it instead."""
+installed (it brings moto); a production install says how to get it instead."""
 
 from __future__ import annotations
 
@@ -7,30 +7,26 @@ import typer
 
 from ec2backup.errors import UserError
 
-# What a production install (`pip install ec2backup`, no extras) lacks for the lab.
-LAB_EXTRA_HINT = (
-    "the lab is not installed: pip install 'ec2backup[lab]' (or -e '.[lab]' in a checkout)"
-)
-
-
-class LabNotInstalled(UserError):
-    exit_code = 2
+# One line on stderr, exit 2: what a production install (no extras) answers to `lab ...`.
+LAB_EXTRA_HINT = "the lab is not installed: pip install 'ec2backup[lab]' (checkout: -e '.[lab]')"
 
 
 def register(app: typer.Typer) -> None:
     try:
+        import moto  # noqa: F401  (the lab's control plane; absent from a production install)
+
         from ec2backup_lab.cli import lab_app
     except ImportError as exc:
-        missing = getattr(exc, "name", None) or str(exc)
-        stub = typer.Typer(help="The local AWS lab (needs the `lab` extra).")
+        missing = exc.name or "moto"
+        hint = f"{LAB_EXTRA_HINT} (no module {missing!r})"
 
-        @stub.callback(
-            invoke_without_command=True,
+        @app.command(
+            "lab",
+            help="The local AWS lab (needs the `lab` extra).",
             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
         )
         def _missing(ctx: typer.Context) -> None:
-            raise LabNotInstalled(f"{LAB_EXTRA_HINT} (missing module: {missing})")
+            raise UserError(hint)
 
-        app.add_typer(stub, name="lab")
         return
     app.add_typer(lab_app, name="lab")

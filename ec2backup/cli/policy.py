@@ -230,7 +230,7 @@ def policy_retention(
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         result: RetentionOutput = await client.execute_workflow(
             "Retention",
-            RetentionInput(policy=policy.model_dump(mode="json"), now=when, dry_run=dry_run),
+            RetentionInput(policy=policy, now=when, dry_run=dry_run),
             id=f"retention-{policy.name}-{stamp}",
             task_queue=TASK_QUEUE,
             result_type=RetentionOutput,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
 from ec2backup.models.session import ImagePlan
+from ec2backup.policy import Policy
 
 
 # ---- Archive workflow ---------------------------------------------------------------------------
@@ -64,7 +65,7 @@ class VerifyArchiveOutput(BaseModel):
 
 
 class ArchiveOutput(BaseModel):
-    status: str  # completed | already archived
+    status: Literal["completed", "already archived"]
     restore_point_id: str
     archive_restore_point_id: str
     archive_repository: str
@@ -79,7 +80,7 @@ class ArchiveOutput(BaseModel):
 
 # ---- ArchivePolicy workflow ---------------------------------------------------------------------
 class SelectArchiveInput(BaseModel):
-    policy: dict[str, Any]  # a validated ec2backup.policy.Policy with an archive section
+    policy: Policy  # with an archive section
 
 
 class ArchiveCandidate(BaseModel):
@@ -94,7 +95,7 @@ class SelectArchiveOutput(BaseModel):
 
 
 class ArchiveRetentionInput(BaseModel):
-    policy: dict[str, Any]
+    policy: Policy
     now: datetime | None = None  # default: the workflow's now
     dry_run: bool = False
 
@@ -115,18 +116,22 @@ class ArchiveRetentionOutput(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+# One restore point in an ArchivePolicy run.
+ArchiveStatus = Literal["pending", "running", "completed", "already archived", "failed", "canceled"]
+
+
 class ArchiveOutcome(BaseModel):
     instance_id: str
     restore_point_id: str
     archive_id: str | None = None  # the Archive workflow
-    status: str  # pending | running | completed | already archived | failed | canceled
+    status: ArchiveStatus
     archive_restore_point_id: str | None = None
     error: str | None = None
 
 
 class ArchivePolicyOutput(BaseModel):
     policy: str
-    phase: str = "done"
+    phase: Literal["selecting", "archiving", "retention", "done"] = "done"
     archived: list[ArchiveOutcome] = Field(default_factory=list)
     retention: ArchiveRetentionOutput | None = None
     notes: list[str] = Field(default_factory=list)

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from ec2backup.policy import Policy
+
+# An instance's outcome in a policy run (and in `session report`).
+OutcomeStatus = Literal["pending", "running", "completed", "failed", "canceled"]
+# Where a policy run is; `unknown` when a closed run's report could not be read back.
+PolicyPhase = Literal["discovering", "backing up", "retention", "done", "unknown"]
 
 
 # ---- BackupPolicy workflow ----------------------------------------------------------------------
 class DiscoverInput(BaseModel):
-    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+    policy: Policy
 
 
 class DiscoveredInstance(BaseModel):
@@ -29,7 +36,7 @@ class InstanceOutcome(BaseModel):
     region: str
     account_role_arn: str | None = None
     session_id: str | None = None
-    status: str  # pending | running | completed | failed | canceled
+    status: OutcomeStatus
     restore_point_id: str | None = None
     snapshot_set_id: str | None = None
     error: str | None = None
@@ -42,7 +49,7 @@ class BackupPolicyOutput(BaseModel):
     """A policy run's result, and (query `report`) its state while it runs."""
 
     policy: str
-    phase: str = "done"  # discovering | backing up | retention | done
+    phase: PolicyPhase = "done"
     paused: bool = False
     instances: list[InstanceOutcome] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
@@ -51,7 +58,7 @@ class BackupPolicyOutput(BaseModel):
 
 # ---- retention ---------------------------------------------------------------------------------
 class RetentionInput(BaseModel):
-    policy: dict[str, Any]  # a validated ec2backup.policy.Policy, as JSON
+    policy: Policy
     now: datetime | None = None  # retention's "today"; default: the workflow's now
     dry_run: bool = False
 

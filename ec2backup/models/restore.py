@@ -127,7 +127,7 @@ class CleanupRestoreOutput(BaseModel):
 
 
 class RestoreOutput(BaseModel):
-    status: str
+    status: Literal["completed", "dry-run ok"]
     kind: RestoreKind
     source: RestoreSource | None = None
     region: str | None = None

@@ -27,6 +27,8 @@ class ReplicationSpec(BaseModel):
 class WorkerSpec(BaseModel):
     placement: Placement = "backup"
     subnet_id: str | None = None
+    # The worker's security groups (of the account it runs in); none: the VPC's default group.
+    security_group_ids: list[str] = Field(default_factory=list)
     instance_type: str | None = None
 
 
@@ -59,7 +61,8 @@ class SessionCarry(BaseModel):
     """State carried through continue-as-new (resources and cursors survive it)."""
 
     snapshot_set: SnapshotSet | None = None
-    replica_ids: list[str] = Field(default_factory=list)
+    replica_ids: list[str] = Field(default_factory=list)  # every target's, in target order
+    replicas: list[ReplicateOutput] = Field(default_factory=list)  # one per finished target
     plan: ImagePlan | None = None
     worker: WorkerHandle | None = None
     cursors: dict[str, int] = Field(default_factory=dict)  # source volume id -> next block
@@ -71,7 +74,11 @@ class BackupSessionInput(BaseModel):
     instance_id: str
     region: str
     account_role_arn: str | None = None
+    # Replication targets: `replication` is one (what `ec2backup backup --replicate-to` sends),
+    # `replications` any number (what a policy run sends: every target of the policy). A
+    # session copies its set to each, in this order: `replication` first.
     replication: ReplicationSpec | None = None
+    replications: list[ReplicationSpec] = Field(default_factory=list)
     image_backup: ImageBackupSpec | None = None
     policy_name: str = "adhoc"
     # The restore point's nominal time (snapshot tags, restore point, retention age). Default:
@@ -79,12 +86,16 @@ class BackupSessionInput(BaseModel):
     as_of: datetime | None = None
     carry: SessionCarry | None = None  # internal: set by continue-as-new
 
+    def replication_targets(self) -> list[ReplicationSpec]:
+        return ([self.replication] if self.replication else []) + list(self.replications)
+
 
 class BackupSessionOutput(BaseModel):
-    status: str
+    status: Literal["completed"]  # a session that did not complete fails instead
     snapshot_set_id: str | None = None
     snapshot_ids: list[str] = Field(default_factory=list)
-    replica_ids: list[str] = Field(default_factory=list)
+    replica_ids: list[str] = Field(default_factory=list)  # every target's, in target order
+    replicas: list[ReplicateOutput] = Field(default_factory=list)  # per target
     restore_point_id: str | None = None
     placement: str | None = None
     placement_reason: str | None = None
@@ -129,6 +140,8 @@ class ReplicateInput(BaseModel):
 
 
 class ReplicateOutput(BaseModel):
+    """One target's replica set: the copies in the source set's member order."""
+
     replica_ids: list[str]
     region: str
     account: str
@@ -161,6 +174,7 @@ class ImagePlan(BaseModel):
     region: str
     availability_zone: str
     subnet_id: str | None = None
+    security_group_ids: list[str] = Field(default_factory=list)
     instance_type: str
     range_blocks: int
     volumes: list[VolumePlan]

@@ -182,3 +182,62 @@ def test_archive_needs_image_backups(tmp_path: Path) -> None:
     text = BASE.replace("image_backup:\n  repository: s3://bucket/repo\n", "") + ARCHIVE
     with pytest.raises(PolicyError, match="archive copies image-level backups"):
         load_policy(_write(tmp_path, text))
+
+
+TWO_TARGETS = (
+    BASE
+    + """\
+replication:
+  targets:
+    - region: eu-west-1
+    - region: us-west-2
+      account_role_arn: arn:aws:iam::222222222222:role/ec2backup
+      retention: {days: 3}
+"""
+)
+
+
+def test_every_replication_target_and_worker_setting_is_kept(tmp_path: Path) -> None:
+    workers = "  workers:\n    us-east-1:\n      security_group_ids: [sg-0123abcd, sg-0456ef01]\n"
+    policy = load_policy(_write(tmp_path, BASE + workers + TWO_TARGETS[len(BASE) :]))
+    assert policy.replication is not None and policy.image_backup is not None
+    assert [t.region for t in policy.replication.targets] == ["eu-west-1", "us-west-2"]
+    assert policy.replication.targets[1].retention is not None
+    groups = policy.image_backup.workers["us-east-1"].security_group_ids
+    assert groups == ["sg-0123abcd", "sg-0456ef01"]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        (
+            TWO_TARGETS.replace("us-west-2\n      account_role_arn", "eu-west-1\n      x_").replace(
+                "      x_: arn:aws:iam::222222222222:role/ec2backup\n", ""
+            ),
+            "replication.targets",
+            "two targets in eu-west-1 for the backup account",
+        ),
+        (
+            BASE + "  workers:\n    us-east-1:\n      security_group_ids: [default]\n",
+            "image_backup.workers.us-east-1.security_group_ids",
+            "'default' is not a security group id",
+        ),
+        (
+            BASE
+            + "  workers:\n    us-east-1:\n      security_group_ids: [sg-0123abcd, sg-0123abcd]\n",
+            "image_backup.workers.us-east-1.security_group_ids",
+            "listed twice",
+        ),
+        (
+            BASE + "  workers:\n    us-east-1:\n      subnet_id: my-subnet\n",
+            "image_backup.workers.us-east-1.subnet_id",
+            "'my-subnet' is not a subnet id",
+        ),
+    ],
+)
+def test_settings_that_cannot_take_effect_are_refused(
+    tmp_path: Path, text: str, field: str, message: str
+) -> None:
+    with pytest.raises(PolicyError) as err:
+        load_policy(_write(tmp_path, text))
+    assert f": {field}: " in str(err.value) and message in str(err.value), str(err.value)
