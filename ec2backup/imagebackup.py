@@ -15,6 +15,7 @@ from ec2backup import aws, workers
 from ec2backup.models.session import ImageBackupSpec, ImagePlan
 from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.repository.repo import Repository
+from ec2backup.repository.restorepoint import RestorePointSource
 from ec2backup.repository.writer import BackupWriter, commit_restore_point
 
 
@@ -29,12 +30,12 @@ def _latest_records(repo: Repository, instance_id: str) -> tuple[str | None, dic
     candidates = [
         (rid, rp)
         for rid, rp in repo.list_restore_points()
-        if rp.source.get("instance_id") == instance_id and rp.source.get("kind") == "ec2-instance"
+        if rp.source.instance_id == instance_id and rp.source.kind == "ec2-instance"
     ]
     if not candidates:
         return None, {}
     rid, rp = max(candidates, key=lambda c: c[1].time)
-    return rid, {v.metadata.get("source_volume_id"): v for v in rp.volumes}
+    return rid, {v.metadata.source_volume_id: v for v in rp.volumes}
 
 
 def _snapshot_usable(ec2: Any, snapshot_id: str) -> bool:
@@ -65,7 +66,7 @@ def prepare(
             )
             continue
         vp.parent_restore_point_id = parent_id
-        base = record.metadata.get("snapshot_id")
+        base = record.metadata.snapshot_id
         if base and _snapshot_usable(ec2, base):
             vp.parent_snapshot_id = base
             vp.cbt_reason = f"changed blocks since {base}"
@@ -91,29 +92,31 @@ def commit(
             record = writer.finish()
             record.device = vp.device
             member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)
-            record.metadata.update(
-                size_gib=member.size_gib,
-                volume_type=member.volume_type,
-                iops=member.iops,
-                throughput=member.throughput,
-                encrypted=member.encrypted,
+            record.metadata = record.metadata.model_copy(
+                update={
+                    "size_gib": member.size_gib,
+                    "volume_type": member.volume_type,
+                    "iops": member.iops,
+                    "throughput": member.throughput,
+                    "encrypted": member.encrypted,
+                }
             )
             records.append(record)
         parents = {vp.parent_restore_point_id for vp in plan.volumes} - {None}
-        source = {
-            "kind": "ec2-instance",
-            "instance_id": snapshot_set.instance_id,
-            "region": snapshot_set.region,
-            "account": snapshot_set.account,
-            "availability_zone": snapshot_set.availability_zone,
-            "snapshot_set_id": snapshot_set.set_id,
-            "session_id": session_id,
-            "placement": plan.placement,
-            "instance_type": snapshot_set.instance_type,
-            "root_device": snapshot_set.root_device,
-            "subnet_id": snapshot_set.subnet_id,
-            "instance_tags": snapshot_set.instance_tags,
-        }
+        source = RestorePointSource(
+            kind="ec2-instance",
+            instance_id=snapshot_set.instance_id,
+            region=snapshot_set.region,
+            account=snapshot_set.account,
+            availability_zone=snapshot_set.availability_zone,
+            snapshot_set_id=snapshot_set.set_id,
+            session_id=session_id,
+            placement=plan.placement,
+            instance_type=snapshot_set.instance_type,
+            root_device=snapshot_set.root_device,
+            subnet_id=snapshot_set.subnet_id,
+            instance_tags=snapshot_set.instance_tags,
+        )
         return commit_restore_point(
             repo,
             records,

@@ -164,16 +164,16 @@ def cbt_bases(repo: Any) -> set[str]:
     """Snapshots named by the newest restore point of each instance: the next CBT bases."""
     newest: dict[str, Any] = {}
     for _rid, rp in repo.list_restore_points():
-        if rp.source.get("kind") != "ec2-instance":
+        if rp.source.kind != "ec2-instance":
             continue
-        instance = rp.source.get("instance_id")
+        instance = rp.source.instance_id
         if instance not in newest or rp.time > newest[instance].time:
             newest[instance] = rp
     return {
-        str(v.metadata["snapshot_id"])
+        str(v.metadata.snapshot_id)
         for rp in newest.values()
         for v in rp.volumes
-        if v.metadata.get("snapshot_id")
+        if v.metadata.snapshot_id
     }
 
 
@@ -230,10 +230,10 @@ def _restore_points(
     points = [
         (rid, rp)
         for rid, rp in repo.list_restore_points()
-        if rp.tags.get("policy") == policy.name and rp.source.get("kind") == "ec2-instance"
+        if rp.tags.get("policy") == policy.name and rp.source.kind == "ec2-instance"
     ]
     forget: list[str] = []
-    for group in by_instance(points, lambda p: str(p[1].source.get("instance_id"))).values():
+    for group in by_instance(points, lambda p: str(p[1].source.instance_id)).values():
         kept, expired = keep_gfs(
             group, lambda p: p[1].time, policy.image_backup.retention, policy.schedule.time_zone
         )

@@ -23,6 +23,7 @@ from ec2backup.repository.backend import ObjectMissing
 from ec2backup.repository.blockmap import ZERO_BLOCK
 from ec2backup.repository.repair import recover_unindexed_packs
 from ec2backup.repository.repo import Repository
+from ec2backup.repository.restorepoint import VolumeMetadata
 from ec2backup.repository.writer import BackupWriter, Checkpoint, checkpoint_name
 from ec2backup.workers import read_session_secret
 from worker_agent.devices import DeviceReader
@@ -87,7 +88,7 @@ def _parent_record(repo: Repository, volume: VolumePlan) -> Any:
         return None
     _, rp = repo.load_restore_point(volume.parent_restore_point_id)
     for record in rp.volumes:
-        if record.metadata.get("source_volume_id") == volume.source_volume_id:
+        if record.metadata.source_volume_id == volume.source_volume_id:
             return record
     return None
 
@@ -113,12 +114,12 @@ def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
         inherit=bool(req.volume.parent_snapshot_id) and parent is not None,
         device=req.volume.device,
         checkpoint_key=key,
-        metadata={
-            "source_volume_id": req.volume.source_volume_id,
-            "snapshot_id": req.volume.snapshot_id,
-            "parent_snapshot_id": req.volume.parent_snapshot_id,
-            "cbt_reason": req.volume.cbt_reason,
-        },
+        metadata=VolumeMetadata(
+            source_volume_id=req.volume.source_volume_id,
+            snapshot_id=req.volume.snapshot_id,
+            parent_snapshot_id=req.volume.parent_snapshot_id,
+            cbt_reason=req.volume.cbt_reason,
+        ),
     )
 
 

@@ -86,7 +86,7 @@ def find_archived(archive: Repository, hot_repository_id: str, restore_point_id:
     for rid, rp in archive.list_restore_points():
         if (
             rp.tags.get("archived_from") == restore_point_id
-            and rp.source.get("hot_repository_id") == hot_repository_id
+            and rp.source.hot_repository_id == hot_repository_id
         ):
             return rid
     return None
@@ -137,7 +137,7 @@ def _open_writer(archive: Repository, volume: VolumeRecord, key: str | None) -> 
         size=volume.size,
         device=volume.device,
         inherit=False,
-        metadata=dict(volume.metadata),
+        metadata=volume.metadata.model_copy(),
         checkpoint_key=key,
     )
 
@@ -198,7 +198,9 @@ def copy_restore_point(
         result.restore_point_id = commit_restore_point(
             archive,
             records,
-            source={**rp.source, "archived_from": rid, "hot_repository_id": hot.config.id},
+            source=rp.source.model_copy(
+                update={"archived_from": rid, "hot_repository_id": hot.config.id}
+            ),
             tags={**rp.tags, "archived_from": rid},
             checkpoint_keys=[k for k in keys if k is not None],
             when=rp.time,

@@ -133,9 +133,9 @@ def select(policy: Policy, password: str) -> tuple[list[ArchiveCandidate], list[
     hot = Repository.open(policy.image_backup.repository, password.encode())
     newest: dict[str, tuple[str, Any]] = {}
     for rid, rp in hot.list_restore_points():
-        if rp.tags.get("policy") != policy.name or rp.source.get("kind") != "ec2-instance":
+        if rp.tags.get("policy") != policy.name or rp.source.kind != "ec2-instance":
             continue
-        instance = str(rp.source.get("instance_id"))
+        instance = str(rp.source.instance_id)
         if instance not in newest or rp.time > newest[instance][1].time:
             newest[instance] = (rid, rp)
     notes: list[str] = []
@@ -191,7 +191,7 @@ def apply_retention(
     points = [
         (rid, rp) for rid, rp in arc.list_restore_points() if rp.tags.get("policy") == policy.name
     ]
-    for group in by_instance(points, lambda p: str(p[1].source.get("instance_id"))).values():
+    for group in by_instance(points, lambda p: str(p[1].source.instance_id)).values():
         kept, expired = keep_gfs(group, lambda p: p[1].time, rule, policy.schedule.time_zone)
         out.kept_restore_points += [rid for rid, _ in kept]
         out.forgotten_restore_points += [rid for rid, _ in expired]

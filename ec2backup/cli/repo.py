@@ -110,7 +110,7 @@ def repo_ls(
                 "time": rp.time.isoformat(),
                 "parent": rp.parent,
                 "hostname": rp.hostname,
-                "source": rp.source,
+                "source": rp.source.model_dump(),
                 "tags": rp.tags,
                 "volumes": [
                     {

@@ -227,20 +227,20 @@ def restore_points_list(
 
         repository = Repository.open(repo, read_password(None))
         for rid, rp in repository.list_restore_points():
-            if rp.source.get("kind") != "ec2-instance":
+            if rp.source.kind != "ec2-instance":
                 continue
-            if instance and rp.source.get("instance_id") != instance:
+            if instance and rp.source.instance_id != instance:
                 continue
             rows.append(
                 {
                     "id": rid,
                     "kind": "backup",
-                    "instance_id": rp.source.get("instance_id"),
+                    "instance_id": rp.source.instance_id,
                     "created": rp.time.isoformat(),
                     "where": repo,
                     "complete": True,
                     "restores": "instance, volumes, images",
-                    "snapshot_set": rp.source.get("snapshot_set_id"),
+                    "snapshot_set": rp.source.snapshot_set_id,
                     "volumes": [v.device for v in rp.volumes],
                 }
             )

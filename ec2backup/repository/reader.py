@@ -1,4 +1,4 @@
-"""Reading volumes back: `restore_volume` (library) and `restore_image` (sparse raw file).
+"""Reading volumes back: `restore_volume` (library; `image restore` and restores use it).
 
 Blocks are fetched as ranged reads that cover runs of consecutive blobs in one pack (a full
 backup lays blobs out in block order, so a restore reads packs nearly sequentially), decoded in

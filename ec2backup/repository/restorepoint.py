@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, PAGE_BLOCKS
 
@@ -25,6 +25,58 @@ class VolumeStats(BaseModel):
     seconds: float = 0.0
 
 
+class _Open(BaseModel):
+    """A documented schema whose unknown keys are kept (a newer version may add some) and
+    whose unset keys are left out of the JSON (the object stays what older versions wrote)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class VolumeMetadata(_Open):
+    """What an instance backup records of each volume (repository-format.md §5.5); empty for
+    `image backup`."""
+
+    source_volume_id: str | None = None  # the EBS volume backed up
+    snapshot_id: str | None = None  # the snapshot read: the next incremental's CBT base
+    parent_snapshot_id: str | None = None  # the CBT base this backup listed changes against
+    cbt_reason: str | None = None  # why those blocks were read (for operators)
+    size_gib: int | None = None  # the volume's shape, for restores
+    volume_type: str | None = None
+    iops: int | None = None
+    throughput: int | None = None
+    encrypted: bool | None = None
+
+
+# What a restore point was made from: an EC2 instance (a backup session) or an image file.
+SourceKind = Literal["ec2-instance", "image"]
+
+
+class RestorePointSource(_Open):
+    """Where a restore point came from (repository-format.md §5.5)."""
+
+    kind: SourceKind | None = None
+    path: str | None = None  # kind image: the file or device backed up
+    # kind ec2-instance:
+    instance_id: str | None = None
+    region: str | None = None
+    account: str | None = None
+    availability_zone: str | None = None
+    snapshot_set_id: str | None = None  # the snapshot set the blocks were read from
+    session_id: str | None = None  # the BackupSession workflow
+    placement: str | None = None  # backup | production: where the worker ran
+    instance_type: str | None = None
+    root_device: str | None = None
+    subnet_id: str | None = None
+    instance_tags: dict[str, str] | None = None
+    # archive copies (repository-format.md §9.1): which restore point of which repository
+    archived_from: str | None = None
+    hot_repository_id: str | None = None
+
+
 class VolumeRecord(BaseModel):
     """One volume of a restore point: its size and block-map root."""
 
@@ -36,7 +88,7 @@ class VolumeRecord(BaseModel):
     page_blocks: int = PAGE_BLOCKS
     pages: list[str | None]  # map page object ids; None = page of all-zero blocks
     stats: VolumeStats = Field(default_factory=VolumeStats)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: VolumeMetadata = Field(default_factory=VolumeMetadata)
 
 
 class RestorePoint(BaseModel):
@@ -44,7 +96,7 @@ class RestorePoint(BaseModel):
     time: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
     hostname: str = Field(default_factory=socket.gethostname)
     parent: str | None = None
-    source: dict[str, Any] = Field(default_factory=dict)  # instance metadata, image path, ...
+    source: RestorePointSource = Field(default_factory=RestorePointSource)
     tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[VolumeRecord]
 

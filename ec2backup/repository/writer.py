@@ -1,6 +1,6 @@
-"""Writing volumes into a repository: the `BackupWriter` library API and the image backup.
+"""Writing volumes into a repository: the `BackupWriter` library API and the commit.
 
-The worker agent and `ec2backup image backup` share this code:
+The worker agent and `ec2backup image backup` (`repository.image`) share this code:
 
     with repo.lock(exclusive=False, purpose="backup"):
         recover_unindexed_packs(repo)          # adopt packs a crashed run left behind
@@ -45,7 +45,13 @@ from ec2backup.repository.index import IndexPack, index_pack
 from ec2backup.repository.pack import BlobCodec, PackBuilder, PackEntry
 from ec2backup.repository.pack import pack_id as hash_pack
 from ec2backup.repository.repo import Repository, data_name
-from ec2backup.repository.restorepoint import RestorePoint, VolumeRecord, VolumeStats
+from ec2backup.repository.restorepoint import (
+    RestorePoint,
+    RestorePointSource,
+    VolumeMetadata,
+    VolumeRecord,
+    VolumeStats,
+)
 
 # Two encoder threads (keyed hash, dedup lookup, zstd, AES: all release the GIL); the machines
 # we target have 2 vCPUs and the caller thread only reads and zero-checks.
@@ -82,7 +88,7 @@ class Checkpoint(BaseModel):
     position: int  # the caller's cursor: everything it fed before this point is durable
     allocated: int
     stats: VolumeStats
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: VolumeMetadata = Field(default_factory=VolumeMetadata)
 
 
 def checkpoint_name(key: str) -> str:
@@ -109,7 +115,7 @@ class BackupWriter:
         device: str | None = None,
         checkpoint_key: str | None = None,
         workers: int = DEFAULT_WORKERS,
-        metadata: dict[str, Any] | None = None,
+        metadata: VolumeMetadata | None = None,
         _resume: Checkpoint | None = None,
     ) -> None:
         self.repo = repo
@@ -119,7 +125,7 @@ class BackupWriter:
         self.n_blocks = blocks_for(size)
         self.n_pages = pages_for(size)
         self.checkpoint_key = checkpoint_key
-        self.metadata = metadata or {}
+        self.metadata = metadata or VolumeMetadata()
         self.index = repo.load_index()
         self.codec = BlobCodec(repo.data_key, repo.config.compression_level)
         self.pack_size = repo.config.pack_size
@@ -436,14 +442,19 @@ def commit_restore_point(
     volumes: list[VolumeRecord],
     *,
     parent: str | None = None,
-    source: dict[str, Any] | None = None,
+    source: RestorePointSource | dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
     checkpoint_keys: Iterable[str] = (),
     when: dt.datetime | None = None,
 ) -> str:
     """Write the restore point (last: it must only name durable objects); drop checkpoints."""
     vols = [v.model_copy(update={"index": i}) for i, v in enumerate(volumes)]
-    rp = RestorePoint(parent=parent, source=source or {}, tags=tags or {}, volumes=vols)
+    rp = RestorePoint(
+        parent=parent,
+        source=RestorePointSource.model_validate(source or {}),
+        tags=tags or {},
+        volumes=vols,
+    )
     if when is not None:  # the session's nominal time (default: now)
         rp.time = when
     rp_id = repo.save_restore_point(rp)

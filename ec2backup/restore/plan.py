@@ -15,6 +15,7 @@ from ec2backup.models.restore import (
 )
 from ec2backup.models.session import ReplicationSpec
 from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
+from ec2backup.repository.restorepoint import RestorePointSource
 
 RESTORE_KEY = "ec2backup:restore"
 
@@ -124,7 +125,7 @@ def plan_restore(
     volumes: list[RestoreVolumePlan] = []
     backup_id = None
     set_id = req.restore_point_id if is_set else None
-    rp_source: dict[str, Any] = {}
+    rp_source = RestorePointSource()
 
     if source in ("backup", "archive") or not is_set:
         from ec2backup.repository.repo import Repository
@@ -167,7 +168,7 @@ def plan_restore(
             matches = [
                 (rid, rp)
                 for rid, rp in repo.list_restore_points()
-                if rp.source.get("snapshot_set_id") == req.restore_point_id
+                if rp.source.snapshot_set_id == req.restore_point_id
             ]
             if not matches:
                 raise NotFoundError(
@@ -177,7 +178,7 @@ def plan_restore(
         else:
             backup_id, rp = repo.load_restore_point(req.restore_point_id)
         rp_source = rp.source
-        set_id = set_id or rp.source.get("snapshot_set_id")
+        set_id = set_id or rp.source.snapshot_set_id
         for i, record in enumerate(rp.volumes):
             meta = record.metadata
             for page in record.pages:
@@ -189,13 +190,13 @@ def plan_restore(
             volumes.append(
                 RestoreVolumePlan(
                     device=record.device or f"/dev/sd{chr(ord('f') + i)}",
-                    source_volume_id=meta.get("source_volume_id", record.name),
-                    size_gib=int(meta.get("size_gib") or -(-record.size // GIB)),
-                    volume_type=req.volume_type or meta.get("volume_type") or "gp3",
-                    iops=meta.get("iops"),
-                    throughput=meta.get("throughput"),
+                    source_volume_id=meta.source_volume_id or record.name,
+                    size_gib=int(meta.size_gib or -(-record.size // GIB)),
+                    volume_type=req.volume_type or meta.volume_type or "gp3",
+                    iops=meta.iops,
+                    throughput=meta.throughput,
                     record_index=i,
-                    encrypted=bool(meta.get("encrypted")) or bool(req.kms_key_id),
+                    encrypted=bool(meta.encrypted) or bool(req.kms_key_id),
                     kms_key_id=req.kms_key_id,
                 )
             )
@@ -209,16 +210,16 @@ def plan_restore(
                 f"({req.retrieval_tier} tier) before the data is read"
             )
         shape = {
-            "instance_type": rp_source.get("instance_type"),
-            "root_device": rp_source.get("root_device"),
-            "instance_tags": rp_source.get("instance_tags") or {},
-            "availability_zone": rp_source.get("availability_zone"),
-            "source_region": rp_source.get("region"),
+            "instance_type": rp_source.instance_type,
+            "root_device": rp_source.root_device,
+            "instance_tags": rp_source.instance_tags or {},
+            "availability_zone": rp_source.availability_zone,
+            "source_region": rp_source.region,
         }
     if source == "snapshot":
         if set_id is None:
             raise RestoreError(f"restore point {req.restore_point_id} has no snapshot set")
-        src_region = rp_source.get("region", req.region)
+        src_region = rp_source.region or req.region
         members = _set_members(
             src_region, req.account_role_arn, set_id, installation_key, replicas=False
         )
