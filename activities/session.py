@@ -36,6 +36,8 @@ from ec2backup.temporal import temporal_address
 @activity.defn(name="snapshot_instance")
 @adapter
 def snapshot_instance(req: SnapshotInstanceInput) -> SnapshotSet:
+    # The catalog looks for this installation's snapshot sets wherever it made some.
+    installation.remember_place(req.region, req.account_role_arn)
     return snapshots.create_snapshot_set(
         session_id=req.session_id,
         instance_id=req.instance_id,
@@ -60,6 +62,7 @@ def wait_snapshots(req: WaitSnapshotsInput) -> WaitSnapshotsOutput:
 @activity.defn(name="replicate_snapshots")
 @adapter
 def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
+    installation.remember_place(req.target.region, req.target.account_role_arn)
     return replication.replicate_set(
         session_id=req.session_id,
         snapshot_set=req.snapshot_set,
@@ -72,6 +75,8 @@ def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
 @activity.defn(name="prepare_image_backup")
 @adapter
 def prepare_image_backup(req: PrepareImageInput) -> ImagePlan:
+    # Before any data moves: a repository the catalog does not know would hide its backups.
+    installation.remember_repository(req.spec.repository)
     return imagebackup.prepare(req.session_id, req.snapshot_set, req.spec, repository_password())
 
 
@@ -103,6 +108,10 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
 def commit_restore_point(req: CommitRestorePointInput) -> CommitRestorePointOutput:
     rp_id = imagebackup.commit(
         req.session_id, req.snapshot_set, req.plan, req.policy_name, repository_password()
+    )
+    # The set's encrypted tags now name its backup: found from the set alone, no history.
+    snapshots.record_backup(
+        req.snapshot_set, rp_id, req.plan.repository, installation.installation_key()
     )
     return CommitRestorePointOutput(restore_point_id=rp_id)
 

@@ -8,9 +8,12 @@ Secrets Manager (encrypted there with KMS), in the backup account's home Region,
 from __future__ import annotations
 
 import base64
+import contextlib
+import hmac
 import json
 import os
 import threading
+from typing import Any, Literal
 
 from ec2backup import aws, crypto
 
@@ -53,3 +56,94 @@ def installation_key(create: bool = True) -> bytes:
         key = base64.b64decode(json.loads(value)["key"])
         _cached[region] = key
         return key
+
+
+# ---- what the installation knows: repositories and places (Region + account role) -----------
+# The catalog (`ec2backup.catalog`) resolves a restore point id from durable sources only: the
+# encrypted tags of snapshot sets in every place the installation backs up or replicates to,
+# and every repository it writes. Both lists live beside the installation key, in Secrets
+# Manager of the home Region: one secret per entry (created once, never rewritten, so two
+# orchestrators cannot lose each other's entries), named by a keyed hash of the entry so no
+# repository URL, Region or role appears in plaintext; the value (KMS-encrypted by Secrets
+# Manager) holds the entry itself.
+KNOWN_PREFIX = "ec2backup/known"
+KNOWN_CONTEXT = "ec2backup known resources v1"
+KnownKind = Literal["repository", "place"]
+
+_remembered: set[str] = set()
+
+
+def _known_name(kind: KnownKind, entry: dict[str, str | None], key: bytes) -> str:
+    text = json.dumps(entry, sort_keys=True)
+    digest = hmac.new(crypto.derive_key(key, KNOWN_CONTEXT), text.encode(), "sha256").hexdigest()
+    return f"{KNOWN_PREFIX}/{kind}/{digest[:40]}"
+
+
+def _remember(kind: KnownKind, entry: dict[str, str | None]) -> None:
+    key = installation_key()
+    name = _known_name(kind, entry, key)
+    if name in _remembered:
+        return
+    sm = aws.client("secretsmanager", home_region())
+    # Remembered before (by this or another orchestrator): nothing to do.
+    with contextlib.suppress(sm.exceptions.ResourceExistsException):
+        sm.create_secret(
+            Name=name,
+            SecretString=json.dumps(entry, sort_keys=True),
+            Description=f"ec2backup: a {kind} this installation uses (for the catalog)",
+        )
+    _remembered.add(name)
+
+
+def remember_repository(url: str) -> None:
+    """Record a repository (hot or archive) the installation writes to; idempotent."""
+    _remember("repository", {"url": url})
+
+
+def remember_place(region: str, account_role_arn: str | None) -> None:
+    """Record a Region and account (its role; None: the backup account) holding snapshot sets
+    or replicas of this installation; idempotent."""
+    _remember("place", {"region": region, "account_role_arn": account_role_arn})
+
+
+def _known(kind: KnownKind) -> list[dict[str, str | None]]:
+    sm = aws.client("secretsmanager", home_region())
+    found: list[dict[str, str | None]] = []
+    kwargs: dict[str, Any] = {"Filters": [{"Key": "name", "Values": [f"{KNOWN_PREFIX}/{kind}/"]}]}
+    while True:
+        page = sm.list_secrets(**kwargs)
+        for secret in page.get("SecretList", []):
+            if not str(secret.get("Name", "")).startswith(f"{KNOWN_PREFIX}/{kind}/"):
+                continue  # the name filter matches prefixes case-insensitively
+            value = sm.get_secret_value(SecretId=secret["ARN"])["SecretString"]
+            found.append(json.loads(value))
+        if not page.get("NextToken"):
+            break
+        kwargs["NextToken"] = page["NextToken"]
+    return found
+
+
+def known_repositories() -> list[str]:
+    return sorted({str(e["url"]) for e in _known("repository") if e.get("url")})
+
+
+def known_places() -> list[tuple[str, str | None]]:
+    places = {(str(e["region"]), e.get("account_role_arn")) for e in _known("place")}
+    return sorted(places, key=lambda p: (p[0], p[1] or ""))
+
+
+def remember_for_policy(
+    repositories: list[str], places: list[tuple[str, str | None]]
+) -> str | None:
+    """What `policy apply` and `repo init` remember before any session ran (sessions remember
+    the same again). None when done; otherwise why not (e.g. no installation key yet: the
+    first session creates it and remembers these itself), for a note on stderr."""
+    try:
+        installation_key(create=False)
+        for url in repositories:
+            remember_repository(url)
+        for region, role in places:
+            remember_place(region, role)
+    except Exception as exc:  # never fail the command for the catalog's sake
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None

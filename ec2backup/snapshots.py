@@ -235,6 +235,8 @@ class CatalogEntry(BaseModel):
     replica: bool
     snapshots: list[CatalogSnapshot]
     complete: bool
+    backup_id: str | None = None  # the image-level restore point made from this set
+    backup_repository: str | None = None  # ... and its repository (both from the tags)
 
 
 class CatalogProblem(BaseModel):
@@ -299,7 +301,43 @@ def catalog(
                 replica=first.source_snapshot_id is not None,
                 snapshots=snaps,
                 complete=len(snaps) == first.count,
+                backup_id=next(
+                    (m.restore_point_id for _, m in members if m.restore_point_id), None
+                ),
+                backup_repository=next((m.repository for _, m in members if m.repository), None),
             )
         )
     entries.sort(key=lambda e: e.created)
     return entries, problems
+
+
+def record_backup(
+    snapshot_set: SnapshotSet, restore_point_id: str, repository: str, installation_key: bytes
+) -> int:
+    """Name the image-level restore point made from this set (and its repository) in the
+    encrypted tags of each member, so the catalog finds the backup from the set alone.
+    Idempotent; a member whose tag budget is full is left as it is (the catalog then finds the
+    backup by its repository). Returns how many snapshots were updated."""
+    ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
+    ids = [m.snapshot_id for m in snapshot_set.members]
+    updated = 0
+    for snap in ec2.describe_snapshots(SnapshotIds=ids)["Snapshots"]:
+        sid = snap["SnapshotId"]
+        tags = snap.get("Tags", [])
+        meta = tagcodec.decode(tags, installation_key, sid)
+        if meta.restore_point_id == restore_point_id and meta.repository == repository:
+            continue
+        meta = meta.model_copy(
+            update={"restore_point_id": restore_point_id, "repository": repository}
+        )
+        payload = tagcodec.encode(meta, installation_key, sid)
+        ours = [t for t in tags if tagcodec.is_payload_key(t["Key"])]
+        user = [t for t in tags if not t["Key"].startswith("ec2backup:")]
+        if len(payload) > tagcodec.payload_tag_budget(len(user)):
+            continue
+        ec2.create_tags(Resources=[sid], Tags=payload)
+        stale = [{"Key": t["Key"]} for t in ours if t["Key"] not in {p["Key"] for p in payload}]
+        if stale:
+            ec2.delete_tags(Resources=[sid], Tags=stale)
+        updated += 1
+    return updated

@@ -69,6 +69,10 @@ class SnapshotMetadata(BaseModel):
     kms_key_id: str | None = None
     created: datetime
     instance_tags: dict[str, str] = Field(default_factory=dict)
+    # Set once the session committed an image-level backup of this set (the catalog follows
+    # them; encrypted like the rest, so no repository URL is in a plain tag).
+    restore_point_id: str | None = None
+    repository: str | None = None
 
 
 def _tag_key(installation_key: bytes) -> bytes:
@@ -106,6 +110,11 @@ def payload_tag_budget(user_tag_count: int) -> int:
     return MAX_TAGS_PER_RESOURCE - PLAIN_TAG_COUNT - user_tag_count
 
 
+def is_payload_key(key: str) -> bool:
+    """`ec2backup:m0`, `ec2backup:m1`, ... (not `ec2backup:managed`)."""
+    return key.startswith(PAYLOAD_PREFIX) and key[len(PAYLOAD_PREFIX) :].isdigit()
+
+
 def decode(
     tags: list[dict[str, str]], installation_key: bytes, snapshot_id: str
 ) -> SnapshotMetadata:
@@ -113,7 +122,7 @@ def decode(
     parts: dict[int, str] = {}
     for tag in tags:
         key = tag.get("Key", "")
-        if key.startswith(PAYLOAD_PREFIX) and key[len(PAYLOAD_PREFIX) :].isdigit():
+        if is_payload_key(key):
             parts[int(key[len(PAYLOAD_PREFIX) :])] = tag.get("Value", "")
     if not parts:
         raise TagError(f"{snapshot_id}: no ec2backup metadata tags")

@@ -105,7 +105,7 @@ class Archive:
                         agent_activities.archive_copy,
                         ArchiveCopyInput(
                             archive_id=archive_id,
-                            source_repository=req.source_repository,
+                            source_repository=plan.source_repository,
                             archive_repository=req.archive_repository,
                             restore_point_id=plan.restore_point_id,
                             secret_name=worker_plan.secret_name,

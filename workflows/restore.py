@@ -101,6 +101,7 @@ class Restore:
                 source=plan.source,
                 region=plan.region,
                 checks=plan.checks,
+                source_reason=plan.source_reason,
             )
         succeeded = False
         retrieval_seconds = None
@@ -153,6 +154,7 @@ class Restore:
                 instance_id=done.instance_id,
                 volumes=done.volumes,
                 checks=plan.checks,
+                source_reason=plan.source_reason,
                 bytes_written=written,
                 retrieval_seconds=retrieval_seconds,
             )

@@ -85,18 +85,31 @@ def bucket_region(url: str) -> str:
 def plan(archive_id: str, req: ArchiveInput, password: str) -> ArchivePlan:
     """Resolve the restore point, open (or create) the archive, and plan the worker; an
     already archived restore point needs no worker."""
-    from ec2backup import aws, workers
+    from ec2backup import aws, catalog, installation, workers
     from ec2backup.models.session import ImagePlan
 
     region = bucket_region(req.archive_repository)
-    hot = Repository.open(req.source_repository, password.encode())
+    source = req.source_repository
+    if source is None:
+        found = catalog.locate(
+            req.restore_point_id,
+            installation.installation_key(),
+            password.encode(),
+            source="backup",
+        )
+        source = str(found.repository)
+    installation.remember_repository(req.archive_repository)
+    hot = Repository.open(source, password.encode())
     rid, _rp = hot.load_restore_point(req.restore_point_id)
     arc = open_or_create(req.archive_repository, password.encode(), req.storage_class)
     storage_class = str(arc.config.data_storage_class)
     existing = find_archived(arc, hot.config.id, rid)
     if existing is not None:
         return ArchivePlan(
-            restore_point_id=rid, existing_archive_id=existing, storage_class=storage_class
+            restore_point_id=rid,
+            source_repository=source,
+            existing_archive_id=existing,
+            storage_class=storage_class,
         )
     ec2 = aws.client("ec2", region)
     zones = ec2.describe_availability_zones()["AvailabilityZones"]
@@ -121,7 +134,9 @@ def plan(archive_id: str, req: ArchiveInput, password: str) -> ArchivePlan:
         ),
     )
     workers.put_session_secret(archive_id, worker, password)
-    return ArchivePlan(restore_point_id=rid, storage_class=storage_class, worker=worker)
+    return ArchivePlan(
+        restore_point_id=rid, source_repository=source, storage_class=storage_class, worker=worker
+    )
 
 
 # ---- the archive part of a policy ---------------------------------------------------------------

@@ -17,7 +17,9 @@ console = Console(stderr=True, soft_wrap=True)
 def archive(
     restore_point_id: str = typer.Argument(..., help="Restore point in the hot repository"),
     to: str = typer.Option(..., "--to", help="Archive repository, s3://bucket/prefix"),
-    repo: str = typer.Option(None, "--repo", help="Hot repository URL (default $EC2BACKUP_REPO)"),
+    repo: str = typer.Option(
+        None, "--repo", help="Hot repository URL (default $EC2BACKUP_REPO, else found from the id)"
+    ),
     storage_class: str = typer.Option(
         None, "--storage-class", help="GLACIER or DEEP_ARCHIVE (default: the archive's, GLACIER)"
     ),
@@ -30,9 +32,8 @@ def archive(
     from ec2backup.models.archive import ArchiveInput, ArchiveOutput
     from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
 
-    source = repo or os.environ.get("EC2BACKUP_REPO")
-    if not source:
-        raise UserError("--repo: give the hot repository (or set EC2BACKUP_REPO)")
+    # Default: the catalog finds the restore point's repository (on the orchestrator).
+    source = repo or os.environ.get("EC2BACKUP_REPO") or None
     if not to.startswith("s3://"):
         raise UserError(f"--to: {to} is not an s3:// URL (archives live in S3 Glacier)")
     if storage_class is not None and storage_class not in STORAGE_CLASSES:

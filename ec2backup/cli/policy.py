@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from ec2backup.policy import Policy
 
 policy_app = typer.Typer(help="Backup policies (YAML or JSON files).", no_args_is_help=True)
 
@@ -86,6 +90,25 @@ def policy_apply(file: Path = typer.Argument(..., help="Policy file")) -> None:
         return await schedules.apply(await _client(), policy)
 
     print(f"policy {policy.name}: {_run(go())}")
+    _remember(policy)
+
+
+def _remember(policy: Policy) -> None:
+    """The catalog's sources: the policy's repositories and every place it backs up or
+    replicates to (its sessions remember them too)."""
+    from ec2backup import installation
+
+    repos = [policy.image_backup.repository] if policy.image_backup else []
+    repos += [policy.archive.repository] if policy.archive else []
+    places = [(r, a) for r in policy.selection.regions for a in policy.selection.accounts]
+    places += (
+        [(t.region, t.account_role_arn) for t in policy.replication.targets]
+        if (policy.replication)
+        else []
+    )
+    problem = installation.remember_for_policy(repos, places)
+    if problem:
+        print(f"note: not yet remembered for the catalog ({problem})", file=sys.stderr)
 
 
 @policy_app.command("list")

@@ -92,6 +92,12 @@ def repo_init(
     )
     _say(f"created repository {r.config.id[:SHORT_ID]} at {r.backend.location()}")
     print(r.config.id)
+    if repo.startswith("s3://"):  # what sessions can use: the catalog should know it
+        from ec2backup import installation
+
+        problem = installation.remember_for_policy([repo], [])
+        if problem:
+            _say(f"note: not yet remembered for the catalog ({problem})")
 
 
 @repo_app.command("ls")

@@ -195,72 +195,66 @@ def restore_volume(
 
 @points_app.command("list")
 def restore_points_list(
-    instance: str = typer.Option(None, "--instance"),
-    region: str = typer.Option(None, "--region"),
-    account_role_arn: str = typer.Option(None, "--account-role-arn"),
-    repo: str = typer.Option(None, "--repo", help="Also list this repository's backups"),
+    instance: str = typer.Option(None, "--instance", help="Only this instance's"),
+    region: str = typer.Option(
+        None, "--region", help="Only snapshot sets in this Region (default: every known place)"
+    ),
+    account_role_arn: str = typer.Option(
+        None, "--account-role-arn", help="Only snapshot sets in this account (its role)"
+    ),
+    repo: str = typer.Option(
+        None, "--repo", help="Only this repository's backups (default: every known one)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Snapshot sets, replicas and image-level backups together, with where they live."""
-    from ec2backup import installation, snapshots
+    """Every restore point of this installation, per instance and newest first: snapshot sets,
+    replicas, backups and archived copies, with where each lives. From snapshot tags and the
+    repositories the installation knows; nothing from Temporal history."""
+    from ec2backup import catalog, installation
+    from ec2backup.cli.format import table_console
+    from ec2backup.repository.repo import Repository, read_password
 
-    region = _region(region)
-    rows: list[dict[str, Any]] = []
-    entries, problems = snapshots.catalog(
-        region, account_role_arn, installation.installation_key(create=False), instance_id=instance
+    password = read_password(None)
+    if repo:  # named explicitly: it must open (one line naming it otherwise)
+        Repository.open(repo, password)
+    scoped = region is not None or account_role_arn is not None
+    here = region or os.environ.get("AWS_DEFAULT_REGION") or installation.home_region()
+    found = catalog.build(
+        installation.installation_key(create=False),
+        password,
+        instance_id=instance,
+        places=[(here, account_role_arn)],
+        repositories=[repo] if repo else [],
+        known_places=not scoped,
+        known_repositories=not repo,
     )
-    for e in entries:
-        rows.append(
-            {
-                "id": e.set_id,
-                "kind": "replica" if e.replica else "snapshot",
-                "instance_id": e.instance_id,
-                "created": e.created.isoformat(),
-                "where": f"{e.region}/{e.account}",
-                "complete": e.complete,
-                "restores": "instance, volumes" if e.complete else "volumes",
-                "volumes": [s.device for s in e.snapshots],
-            }
-        )
-    if repo:
-        from ec2backup.repository.repo import Repository, read_password
-
-        repository = Repository.open(repo, read_password(None))
-        for rid, rp in repository.list_restore_points():
-            if rp.source.kind != "ec2-instance":
-                continue
-            if instance and rp.source.instance_id != instance:
-                continue
-            rows.append(
-                {
-                    "id": rid,
-                    "kind": "backup",
-                    "instance_id": rp.source.instance_id,
-                    "created": rp.time.isoformat(),
-                    "where": repo,
-                    "complete": True,
-                    "restores": "instance, volumes, images",
-                    "snapshot_set": rp.source.snapshot_set_id,
-                    "volumes": [v.device for v in rp.volumes],
-                }
-            )
-    rows.sort(key=lambda r: r["created"])
-    for p in problems:
-        console.print(f"skipped {p.snapshot_id}: {p.problem}")
+    for p in found.problems:
+        console.print(f"skipped {p.source}: {p.problem}")
+    rows = [{**e.model_dump(mode="json"), "snapshot_set": e.snapshot_set_id} for e in found.entries]
     if as_json:
-        print(json.dumps({"restore_points": rows}, indent=2))
-        return
-    table = Table("id", "kind", "instance", "created", "where", "restores")
-    for r in rows:
-        table.add_row(
-            r["id"][:20],
-            r["kind"],
-            r["instance_id"] or "",
-            r["created"][:19],
-            r["where"],
-            r["restores"],
+        print(
+            json.dumps(
+                {"restore_points": rows, "problems": [p.model_dump() for p in found.problems]},
+                indent=2,
+            )
         )
-    Console().print(table)
+        return
+    table = Table("instance", "id", "kind", "created", "volumes", "where", "archive", "restores")
+    for e in found.entries:
+        archive = ""
+        if e.kind == "archive":
+            archive = f"{e.storage_class}, retrieval needed" if e.retrieval_needed else "ready"
+        table.add_row(
+            e.instance_id or "",
+            e.id[:20],
+            e.kind,
+            e.created.isoformat(timespec="seconds"),
+            str(len(e.volumes)),
+            e.where,
+            archive,
+            e.restores,
+        )
+    table_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -39,4 +39,7 @@ async def print_result(handle: Any, label: str, console: Console) -> int:
         console.print(f"{label} failed: {failed}")
         return 1
     print(json.dumps(result.model_dump(), indent=2))
+    reason = getattr(result, "source_reason", None)
+    if reason:  # the catalog chose where to read from: say which (stderr; stdout is JSON)
+        console.print(f"{label}: {reason}")
     return 0

@@ -14,7 +14,8 @@ from ec2backup.policy import Policy
 # ---- Archive workflow ---------------------------------------------------------------------------
 class ArchiveInput(BaseModel):
     restore_point_id: str  # in the hot repository (any unique prefix)
-    source_repository: str  # the hot repository URL
+    # The hot repository URL; default: found by the catalog from the restore point id.
+    source_repository: str | None = None
     archive_repository: str  # s3://bucket/prefix; created (archive class, large packs) if absent
     storage_class: str | None = None  # GLACIER | DEEP_ARCHIVE; default: the archive's, or GLACIER
     policy_name: str = "adhoc"
@@ -27,6 +28,7 @@ class PlanArchiveInput(BaseModel):
 
 class ArchivePlan(BaseModel):
     restore_point_id: str  # the full hot restore point id
+    source_repository: str  # where it is (as given, or found by the catalog)
     existing_archive_id: str | None = None  # already archived: nothing to copy
     storage_class: str
     worker: ImagePlan | None = None  # a worker without volumes, in the archive's Region

@@ -16,7 +16,7 @@ class RestoreInput(BaseModel):
     kind: RestoreKind
     restore_point_id: str  # a snapshot set id (set-...) or a repository restore point id
     source: RestoreSource | None = None  # default: what the id names
-    repository: str | None = None  # needed for backups
+    repository: str | None = None  # default: found by the catalog from the id
     region: str  # where the snapshot set lives (or the backup's home Region)
     account_role_arn: str | None = None  # account of the snapshot set
     to_region: str | None = None
@@ -63,6 +63,8 @@ class RestorePlan(BaseModel):
     instance_tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[RestoreVolumePlan]
     checks: list[str] = Field(default_factory=list)
+    # Set when the catalog chose where to read (the id alone was given): which source and why.
+    source_reason: str | None = None
 
 
 class RetrievalInput(BaseModel):
@@ -134,5 +136,6 @@ class RestoreOutput(BaseModel):
     instance_id: str | None = None
     volumes: list[RestoredVolume] = Field(default_factory=list)
     checks: list[str] = Field(default_factory=list)
+    source_reason: str | None = None  # when the catalog chose the source: which and why
     bytes_written: int = 0
     retrieval_seconds: float | None = None  # source archive: how long the packs took to return

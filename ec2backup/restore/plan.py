@@ -4,6 +4,7 @@ volumes, in which zone, with which shape. Shared names of the restore package li
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 from ec2backup import aws, replication, tagcodec
@@ -112,9 +113,44 @@ def _pick(volumes: list[RestoreVolumePlan], req: RestoreInput) -> list[RestoreVo
     return chosen[:1]
 
 
+def locate(
+    req: RestoreInput, installation_key: bytes, password: str | None
+) -> tuple[RestoreInput, str | None]:
+    """The request with the restore point's place filled in from the catalog, and why that
+    source, when the id alone does not say where to read (no `repository`, and not a snapshot
+    set restored from its snapshots); the request as it is otherwise."""
+    from ec2backup import catalog
+
+    whole_set_id = re.fullmatch(r"set-[0-9a-f]{16}", req.restore_point_id) is not None
+    if req.repository or (whole_set_id and req.source in (None, "snapshot")):
+        return req, None  # the id says where: the set in the request's place, or the repository
+    found = catalog.locate(
+        req.restore_point_id,
+        installation_key,
+        password.encode() if password is not None else None,
+        source=req.source,
+        places=[(req.region, req.account_role_arn)],
+    )
+    update: dict[str, Any] = {
+        "source": found.source,
+        "restore_point_id": found.restore_point_id,
+        "repository": found.repository,
+    }
+    if found.source == "snapshot" and found.region and found.region != req.region:
+        # Read the set where it is; restore where the request said (its Region by default).
+        update |= {"region": found.region, "to_region": req.to_region or req.region}
+    if found.source == "snapshot" and found.account_role_arn != req.account_role_arn:
+        update |= {
+            "account_role_arn": found.account_role_arn,
+            "to_account_role_arn": req.to_account_role_arn or req.account_role_arn,
+        }
+    return req.model_copy(update=update), f"source: {found.source} ({found.why})"
+
+
 def plan_restore(
     restore_id: str, req: RestoreInput, installation_key: bytes, password: str | None
 ) -> RestorePlan:
+    req, source_reason = locate(req, installation_key, password)
     is_set = req.restore_point_id.startswith("set-")
     source = req.source or ("snapshot" if is_set else "backup")
     region = req.to_region or req.region
@@ -305,6 +341,7 @@ def plan_restore(
         instance_tags=shape.get("instance_tags") or {},
         volumes=volumes,
         checks=checks,
+        source_reason=source_reason,
     )
 
 

@@ -175,3 +175,11 @@ def test_plain_tags_hold_no_metadata() -> None:
     assert tagcodec.tag_value(plain, tagcodec.SET_KEY) == m.set_id
     assert tagcodec.tag_value(plain, "missing") is None
     assert tagcodec.tag_value(None, tagcodec.SET_KEY) is None
+
+
+def test_payload_keys_are_numbered_and_not_the_marker() -> None:
+    from ec2backup.tagcodec import MANAGED_KEY, is_payload_key
+
+    assert is_payload_key("ec2backup:m0") and is_payload_key("ec2backup:m12")
+    assert not is_payload_key(MANAGED_KEY)  # "ec2backup:managed" shares the prefix
+    assert not is_payload_key("ec2backup:m") and not is_payload_key("ec2backup:mx")
