@@ -35,7 +35,8 @@ async def _session_open(session_id: str) -> bool:
 
 
 def _restore_ids(region: str, role_arn: str | None) -> set[str]:
-    """Ids of restores that left tagged snapshots, volumes or instances in this place."""
+    """Ids of restores that left temporary snapshots, or volumes or instances not handed over
+    (tagged pending), in this place."""
     ec2 = aws.client("ec2", region, role_arn)
     found: set[str] = set()
     for snap in ec2.describe_snapshots(
@@ -43,11 +44,18 @@ def _restore_ids(region: str, role_arn: str | None) -> set[str]:
     )["Snapshots"]:
         found.update(t["Value"] for t in snap.get("Tags", []) if t["Key"] == restore_plan.TEMP_KEY)
     for vol in ec2.describe_volumes(
-        Filters=[{"Name": "tag-key", "Values": [restore_plan.RESTORE_KEY]}]
+        Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
     )["Volumes"]:
         found.update(
-            t["Value"] for t in vol.get("Tags", []) if t["Key"] == restore_plan.RESTORE_KEY
+            t["Value"] for t in vol.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
         )
+    for reservation in ec2.describe_instances(
+        Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
+    )["Reservations"]:
+        for inst in reservation["Instances"]:
+            found.update(
+                t["Value"] for t in inst.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
+            )
     return found
 
 

@@ -197,13 +197,15 @@ def restore_volume(
 def restore_points_list(
     instance: str = typer.Option(None, "--instance", help="Only this instance's"),
     region: str = typer.Option(
-        None, "--region", help="Only snapshot sets in this Region (default: every known place)"
+        None, "--region", help="Only this Region's snapshot sets (default: every known place)"
     ),
     account_role_arn: str = typer.Option(
         None, "--account-role-arn", help="Only snapshot sets in this account (its role)"
     ),
     repo: str = typer.Option(
-        None, "--repo", help="Only this repository's backups (default: every known one)"
+        None,
+        "--repo",
+        help="Only this repository's backups, and sets of --region (default: every known one)",
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -217,7 +219,9 @@ def restore_points_list(
     password = read_password(None)
     if repo:  # named explicitly: it must open (one line naming it otherwise)
         Repository.open(repo, password)
-    scoped = region is not None or account_role_arn is not None
+    # Any of --region, --account-role-arn, --repo narrows the listing to what they name (the
+    # Region defaulting to $AWS_DEFAULT_REGION); without them: every place and repository.
+    scoped = region is not None or account_role_arn is not None or repo is not None
     here = region or os.environ.get("AWS_DEFAULT_REGION") or installation.home_region()
     found = catalog.build(
         installation.installation_key(create=False),
@@ -226,7 +230,7 @@ def restore_points_list(
         places=[(here, account_role_arn)],
         repositories=[repo] if repo else [],
         known_places=not scoped,
-        known_repositories=not repo,
+        known_repositories=not scoped,
     )
     for p in found.problems:
         console.print(f"skipped {p.source}: {p.problem}")

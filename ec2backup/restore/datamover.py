@@ -19,6 +19,9 @@ from ec2backup.models.restore import (
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.restore.plan import HEARTBEAT_SECONDS, RESTORE_KEY, TEMP_KEY, RestoreError, _token
 
+# How long a restore waits for a running prune (exclusive lock) before it fails.
+LOCK_WAIT_SECONDS = 600.0
+
 
 # ---- backup -> snapshot (EBS direct) ---------------------------------------------------------
 def snapshot_from_backup(
@@ -84,8 +87,12 @@ def snapshot_from_backup(
             written[1] += len(data)
 
     # The blocks move on restore_volume's own threads; this thread (the activity's) only
-    # heartbeats, so a cancel reaches the activity at once and stops the writers.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-writer") as pool:
+    # heartbeats, so a cancel reaches the activity at once and stops the writers. A shared
+    # lock for as long as packs are read: a prune cannot delete them under the restore.
+    with (
+        repo.lock(exclusive=False, purpose=f"restore {plan.restore_id}", wait=LOCK_WAIT_SECONDS),
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-writer") as pool,
+    ):
         job = pool.submit(restore_volume, repo, record, write)
         try:
             while True:

@@ -17,6 +17,7 @@ from ec2backup.models.restore import (
     RestoreVolumePlan,
 )
 from ec2backup.restore.plan import (
+    PENDING_KEY,
     POLL_SECONDS,
     RESTORE_KEY,
     RESTORE_WAIT_SECONDS,
@@ -28,7 +29,7 @@ from ec2backup.restore.plan import (
 
 # ---- snapshots -> volumes or an instance ------------------------------------------------------
 def _restore_tags(restore_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
-    tags = {**(extra or {}), RESTORE_KEY: restore_id}
+    tags = {**(extra or {}), RESTORE_KEY: restore_id, PENDING_KEY: restore_id}
     return [{"Key": k, "Value": v} for k, v in tags.items() if not k.startswith("aws:")]
 
 
@@ -90,6 +91,7 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
                     device=v.device, volume_id=volume_id, source_volume_id=v.source_volume_id
                 )
             )
+        _hand_over(ec2, [v.volume_id for v in out.volumes])
         return out
     mappings = [
         {"DeviceName": v.device, "Ebs": _ebs_mapping(v, snapshot_ids[v.device])}
@@ -138,7 +140,7 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
         for m in instance.get("BlockDeviceMappings", [])
         if "Ebs" in m
     }
-    return FinishRestoreOutput(
+    out = FinishRestoreOutput(
         instance_id=instance_id,
         volumes=[
             RestoredVolume(
@@ -149,18 +151,27 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
             for v in plan.volumes
         ],
     )
+    _hand_over(ec2, [instance_id, *(v.volume_id for v in out.volumes if v.volume_id)])
+    return out
+
+
+def _hand_over(ec2: Any, resource_ids: list[str]) -> None:
+    """The last step of a restore: what it delivers is no longer temporary (idempotent)."""
+    if resource_ids:
+        ec2.delete_tags(Resources=resource_ids, Tags=[{"Key": PENDING_KEY}])
 
 
 def cleanup(
     restore_id: str, region: str, role_arn: str | None, succeeded: bool
 ) -> CleanupRestoreOutput:
-    """Delete temporary snapshots; after a failure also what the restore made, by tag."""
+    """Delete temporary snapshots; after a failure also what the restore made and did not
+    hand over (tagged pending): never what it delivered."""
     ec2 = aws.client("ec2", region, role_arn)
     out = CleanupRestoreOutput()
     if not succeeded:
         reservations = ec2.describe_instances(
             Filters=[
-                {"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]},
+                {"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]},
                 {
                     "Name": "instance-state-name",
                     "Values": ["pending", "running", "stopping", "stopped"],
@@ -172,7 +183,7 @@ def cleanup(
             ec2.terminate_instances(InstanceIds=ids)
             out.instances_terminated = ids
         for vol in ec2.describe_volumes(
-            Filters=[{"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]}]
+            Filters=[{"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]}]
         )["Volumes"]:
             if vol["State"] == "in-use":
                 ec2.detach_volume(VolumeId=vol["VolumeId"], Force=True)

@@ -18,7 +18,12 @@ from ec2backup.models.session import ReplicationSpec
 from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
 from ec2backup.repository.restorepoint import RestorePointSource
 
+# Provenance: everything a restore creates, delivered or not, names the restore.
 RESTORE_KEY = "ec2backup:restore"
+# Not yet handed over: set at creation, removed from what the restore delivers once it is
+# complete. Cleanup after a failure and the Janitor only ever touch resources carrying it, so a
+# delivered volume or instance survives Temporal forgetting its Restore.
+PENDING_KEY = "ec2backup:restore-pending"
 
 TEMP_KEY = "ec2backup:restore-temp"
 

@@ -411,6 +411,28 @@ class Workbench:
 
         return asyncio.run(go())
 
+    def run_session(self, req: Any) -> Any:
+        """Start a BackupSession with `req` (a BackupSessionInput) the way a policy run does
+        (search attributes of its policy and instance) and return its BackupSessionOutput; it
+        must complete."""
+        from ec2backup.models.session import BackupSessionOutput
+        from ec2backup.temporal import TASK_QUEUE, search_attributes
+
+        async def go(client: Any) -> BackupSessionOutput:
+            out: BackupSessionOutput = await client.execute_workflow(
+                "BackupSession",
+                req,
+                id=f"backup-{uuid.uuid4().hex[:16]}",
+                task_queue=TASK_QUEUE,
+                result_type=BackupSessionOutput,
+                search_attributes=search_attributes("backup", req.policy_name, req.instance_id),
+            )
+            return out
+
+        out = self.temporal(go)
+        assert out.status == "completed"
+        return out
+
     def workflow_ids(self, workflow_type: str, policy: str) -> list[str]:
         """Ids of the `workflow_type` workflows of `policy`, newest first (by search attribute;
         visibility is eventually consistent: poll with `wait_for`)."""

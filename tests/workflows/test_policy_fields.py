@@ -13,7 +13,6 @@ from typing import Any
 from session_helpers import ROLE_B, SESSION_TAG, Workbench, wait_for
 
 from ec2backup.models.session import BackupSessionInput, BackupSessionOutput, ReplicationSpec
-from ec2backup.temporal import TASK_QUEUE, search_attributes
 
 # Target A: another Region of the backup account, kept by count. Target B: a third Region in
 # the production account (reached through its role), kept by age.
@@ -80,20 +79,7 @@ def _back_dated_session(
         policy_name=name,
         as_of=as_of,
     )
-
-    async def go(client: Any) -> BackupSessionOutput:
-        out: BackupSessionOutput = await client.execute_workflow(
-            "BackupSession",
-            req,
-            id=f"backup-{uuid.uuid4().hex[:16]}",
-            task_queue=TASK_QUEUE,
-            result_type=BackupSessionOutput,
-            search_attributes=search_attributes("backup", name, instance),
-        )
-        return out
-
-    out: BackupSessionOutput = wb.temporal(go)
-    assert out.status == "completed"
+    out: BackupSessionOutput = wb.run_session(req)
     return out
 
 

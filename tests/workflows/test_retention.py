@@ -23,7 +23,6 @@ from ec2backup.models.session import (
     ImageBackupSpec,
     ReplicationSpec,
 )
-from ec2backup.temporal import TASK_QUEUE, search_attributes
 
 DAY0 = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.UTC)  # a Thursday: days 0..3 are ISO week 1
 REPLICA_REGION = "eu-west-1"
@@ -61,20 +60,7 @@ def _session(wb: Workbench, name: str, instance: str, n: int, repo: str | None) 
         policy_name=name,
         as_of=day(n),
     )
-
-    async def go(client: Any) -> BackupSessionOutput:
-        out: BackupSessionOutput = await client.execute_workflow(
-            "BackupSession",
-            req,
-            id=f"backup-{uuid.uuid4().hex[:16]}",
-            task_queue=TASK_QUEUE,
-            result_type=BackupSessionOutput,
-            search_attributes=search_attributes("backup", name, instance),
-        )
-        return out
-
-    out = wb.temporal(go)
-    assert out.status == "completed"
+    out: BackupSessionOutput = wb.run_session(req)
     return dict(out.model_dump())
 
 

@@ -1,0 +1,99 @@
+"""The Janitor never touches what a restore handed over (issue 14): everything a restore
+creates carries `ec2backup:restore=<id>` (provenance) and, until it is delivered,
+`ec2backup:restore-pending=<id>`; the Janitor and a failed restore's cleanup act on the pending
+tag only. A restored volume and instance survive a Janitor run after Temporal forgot their
+Restore; what a restore left half-made is still swept."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from session_helpers import REGION, Workbench
+from test_restore import RESTORE_TAG, restore, tags_of
+
+from ec2backup.models.janitor import JanitorInput, JanitorOutput
+from ec2backup.temporal import TASK_QUEUE
+
+PENDING_TAG = "ec2backup:restore-pending"
+
+
+async def _forget(client: Any, workflow_id: str) -> None:
+    """`temporal workflow delete`: Temporal no longer knows the workflow."""
+    from temporalio.api.common.v1 import WorkflowExecution
+    from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
+
+    await client.workflow_service.delete_workflow_execution(
+        DeleteWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id),
+        )
+    )
+
+
+def _janitor(wb: Workbench) -> JanitorOutput:
+    async def go(client: Any) -> JanitorOutput:
+        out: JanitorOutput = await client.execute_workflow(
+            "Janitor",
+            JanitorInput(regions=[REGION]),
+            id=f"janitor-test-{uuid.uuid4().hex[:8]}",
+            task_queue=TASK_QUEUE,
+            result_type=JanitorOutput,
+        )
+        return out
+
+    out: JanitorOutput = wb.temporal(go)
+    return out
+
+
+def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
+    wb: Workbench,
+) -> None:
+    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01", "--seed", "41")
+    session = wb.backup(inst["instance_id"])
+    assert session.result is not None
+    set_id = session.result["snapshot_set_id"]
+    volume = restore(wb, "volume", set_id, "--device", "/dev/sdf", "--wait")
+    instance = restore(wb, "instance", set_id, "--wait")
+    assert volume.result is not None and instance.result is not None
+    volume_id = volume.device_volumes()["/dev/sdf"]
+    instance_id = instance.result["instance_id"]
+    instance_volumes = sorted(instance.device_volumes().values())
+    ec2 = wb.client("ec2")
+    # Delivered: provenance kept, nothing marks them temporary.
+    for vol in ec2.describe_volumes(VolumeIds=[volume_id, *instance_volumes])["Volumes"]:
+        assert PENDING_TAG not in tags_of(vol) and RESTORE_TAG in tags_of(vol)
+    # A restore that died half-way (its workflow is unknown): a volume still pending.
+    leftover_id = f"restore-volume-{uuid.uuid4().hex[:8]}"
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    leftover = ec2.create_volume(
+        Size=1,
+        AvailabilityZone=zone,
+        TagSpecifications=[
+            {
+                "ResourceType": "volume",
+                "Tags": [
+                    {"Key": RESTORE_TAG, "Value": leftover_id},
+                    {"Key": PENDING_TAG, "Value": leftover_id},
+                ],
+            }
+        ],
+    )["VolumeId"]
+
+    for restore_id in (volume.restore_id, instance.restore_id):
+        wb.temporal(lambda client, rid=restore_id: _forget(client, rid))
+    swept = _janitor(wb)
+
+    assert leftover in swept.volumes_deleted
+    assert not {volume_id, instance_id, *instance_volumes} & {
+        *swept.volumes_deleted,
+        *swept.instances_terminated,
+    }
+    states = {
+        v["VolumeId"]: v["State"]
+        for v in ec2.describe_volumes(VolumeIds=[volume_id, *instance_volumes])["Volumes"]
+    }
+    assert states[volume_id] == "available"
+    assert all(states[v] == "in-use" for v in instance_volumes), states
+    reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    assert reservations[0]["Instances"][0]["State"]["Name"] == "running"
