@@ -14,7 +14,7 @@ import os
 import socket
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ec2backup import crypto
 from ec2backup.errors import UserError
@@ -31,11 +31,46 @@ def b64d(text: str) -> bytes:
     return base64.b64decode(text, validate=True)
 
 
+def damage(exc: Exception) -> str:
+    """One line saying what is wrong with a key file that does not parse or validate."""
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        message = str(err["msg"]).removeprefix("Value error, ")
+        return f"{where}: {message}" if where else message
+    return short_error(exc)
+
+
+# Bounds on a key file's scrypt parameters. Key files are plaintext: a planted one with N = 2^40
+# would make every open try to allocate terabytes, or spin for hours. Ours use N = 2^15, r = 8;
+# the bounds leave room for stronger settings while keeping one unwrap under SCRYPT_MAXMEM.
+SCRYPT_N_RANGE = (2**14, 2**20)
+SCRYPT_R_RANGE = (1, 16)
+SCRYPT_P_RANGE = (1, 4)
+
+
 class ScryptParams(BaseModel):
     n: int = crypto.SCRYPT_N
     r: int = crypto.SCRYPT_R
     p: int = crypto.SCRYPT_P
     salt: str  # base64
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ScryptParams:
+        low, high = SCRYPT_N_RANGE
+        if not low <= self.n <= high:
+            raise ValueError(f"n={self.n} is outside [2^14, 2^20]")
+        if self.n & (self.n - 1):
+            raise ValueError(f"n={self.n} is not a power of two")
+        if not SCRYPT_R_RANGE[0] <= self.r <= SCRYPT_R_RANGE[1]:
+            raise ValueError(f"r={self.r} is outside {list(SCRYPT_R_RANGE)}")
+        if not SCRYPT_P_RANGE[0] <= self.p <= SCRYPT_P_RANGE[1]:
+            raise ValueError(f"p={self.p} is outside {list(SCRYPT_P_RANGE)}")
+        if 128 * self.n * self.r * self.p > crypto.SCRYPT_MAXMEM:
+            raise ValueError(f"n={self.n} r={self.r} p={self.p} needs too much memory")
+        if len(_b64(self.salt, "salt")) < SALT_SIZE:
+            raise ValueError("salt is shorter than 16 bytes")
+        return self
 
 
 class KeyFile(BaseModel):
@@ -49,6 +84,23 @@ class KeyFile(BaseModel):
     scrypt: ScryptParams | None = None
     kms_key_id: str | None = None
     data: str
+
+    @model_validator(mode="after")
+    def _complete(self) -> KeyFile:
+        if self.kind == "password" and self.scrypt is None:
+            raise ValueError("a password key file without scrypt parameters")
+        if self.kind == "kms" and not self.kms_key_id:
+            raise ValueError("a KMS key file without a key id")
+        if not _b64(self.data, "data"):
+            raise ValueError("empty wrapped key")
+        return self
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return b64d(text)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"{what} is not valid base64") from exc
 
 
 class KeyUnwrapError(Exception):

@@ -18,7 +18,6 @@ bytes, so a reader detects a modified or swapped object by name mismatch before 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -182,9 +181,12 @@ class Repository:
             )
         if config.block_size != EBS_BLOCK_SIZE or config.page_blocks != PAGE_BLOCKS:
             raise CorruptObjectError("object config is corrupt: unsupported block or page size")
-        key_files = list_key_files(backend)
+        damaged: dict[str, str] = {}
+        key_files = list_key_files(backend, damaged)
+        bad = [f"key file keys/{kid[:12]} is damaged ({why})" for kid, why in damaged.items()]
         if not key_files:
-            raise CorruptObjectError(f"repository {backend.location()} has no key files")
+            what = "; ".join(bad) or "no key files"
+            raise CorruptObjectError(f"repository {backend.location()} has no usable key: {what}")
         reasons: list[str] = []
         # Password keys first: no network round trip; then KMS wrappings.
         ordered = sorted(key_files.items(), key=lambda kv: kv[1].kind != "password")
@@ -201,7 +203,8 @@ class Repository:
                 continue
             return cls(backend, config, master, key_id)
         raise UserError(
-            f"cannot open repository {backend.location()}: {'; '.join(reasons) or 'no usable key'}"
+            f"cannot open repository {backend.location()}: "
+            f"{'; '.join(reasons + bad) or 'no usable key'}"
         )
 
     # ---- keys ------------------------------------------------------------------------------
@@ -390,14 +393,19 @@ def _save_key_file(backend: Backend, kf: keys.KeyFile) -> str:
     return kid
 
 
-def list_key_files(backend: Backend) -> dict[str, keys.KeyFile]:
+def list_key_files(
+    backend: Backend, damaged: dict[str, str] | None = None
+) -> dict[str, keys.KeyFile]:
+    """The key files that parse and validate; the others (planted or damaged) go to `damaged`
+    (id -> what is wrong): other wrappings may still open the repository."""
     out: dict[str, keys.KeyFile] = {}
     for name, _ in backend.list("keys/"):
         kid = name.rsplit("/", 1)[1]
         try:
             out[kid] = keys.KeyFile.model_validate_json(backend.get(name))
-        except (ValidationError, json.JSONDecodeError):
-            continue  # a damaged key file: other wrappings may still open the repository
+        except (ValidationError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            if damaged is not None:
+                damaged[kid] = keys.damage(exc)
     return out
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from session_helpers import REPO_ROOT, Workbench, wait_for
 from test_restore import assert_same_content
 
@@ -16,13 +17,18 @@ from ec2backup.repository.locks import list_locks
 from ec2backup.repository.repo import Repository
 
 
-def test_restore_waits_for_a_prune_and_releases_its_lock(wb: Workbench) -> None:
+def test_restore_waits_for_a_prune_and_releases_its_lock(
+    wb: Workbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.02", "--seed", "51")
     repo_url = wb.new_repo()
     session = wb.backup(inst["instance_id"], "--repo", repo_url)
     assert session.result is not None
     rp = session.result["restore_point_id"]
-    repo = Repository.open(repo_url, b"pw")
+    for name, value in wb.env.items():  # this process reaches the lab's S3 as the CLI does
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    repo = Repository.open(repo_url, wb.env["EC2BACKUP_REPO_PASSWORD"].encode())
     prune = repo.lock(exclusive=True, purpose="test: a prune in progress")
     args = ["restore", "volume", rp, "--repo", repo_url, "--source", "backup", "--device"]
     restore = subprocess.Popen(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from repo_helpers import PASSWORD, list_objects, make_bucket, run_inproc, run_sub
@@ -140,3 +141,56 @@ def test_bad_urls_and_double_init(init_repo: str) -> None:
     assert res.code != 0 and "already exists" in res.err
     assert run_inproc("repo", "ls", "--repo", "ftp://x/y").code == 2
     assert run_inproc("repo", "ls", "--repo", "s3://").code == 2
+
+
+def _plant(url: str, name: str, text: str) -> None:
+    """Put a key file object straight into the repository (as an attacker or a bad disk would)."""
+    from ec2backup.repository.backend import open_backend
+
+    open_backend(url).put(f"keys/{name}", text.encode())
+
+
+def _good_key_file() -> dict[str, object]:
+    kf = keys.wrap_with_password(crypto.random_key(), b"other", "some-repo")
+    return dict(kf.model_dump(mode="json"))
+
+
+@pytest.mark.parametrize(
+    ("name", "mangle", "why"),
+    [
+        ("huge-n", lambda kf: {**kf, "scrypt": {**kf["scrypt"], "n": 2**40}}, "scrypt: n="),
+        ("bad-base64", lambda kf: {**kf, "data": "not base64!!"}, "not valid base64"),
+        ("no-params", lambda kf: {**kf, "scrypt": None}, "without scrypt parameters"),
+        ("bad-salt", lambda kf: {**kf, "scrypt": {**kf["scrypt"], "salt": "%%"}}, "salt"),
+        ("not-json", None, "Invalid JSON"),
+    ],
+)
+def test_damaged_key_files_are_skipped_and_named(
+    init_repo: str, name: str, mangle: Any, why: str
+) -> None:
+    """A planted or damaged key file never stops the repository from opening with a good one
+    (nor makes it hang on absurd scrypt parameters); when it is the only one left, the error is
+    one line naming it and what is wrong."""
+    import json
+    import time
+
+    from ec2backup.repository.backend import open_backend
+    from ec2backup.repository.repo import Repository
+
+    text = "{not json" if mangle is None else json.dumps(mangle(_good_key_file()))
+    _plant(init_repo, f"planted-{name}", text)
+    t0 = time.monotonic()
+    repo = Repository.open(init_repo, PASSWORD.encode())
+    assert time.monotonic() - t0 < 10
+    assert repo.key_id != f"planted-{name}"
+    # The good key file gone: only the planted one is left.
+    backend = open_backend(init_repo)
+    for key_name, _ in list(backend.list("keys/")):
+        if not key_name.endswith(f"planted-{name}"):
+            backend.delete(key_name)
+    res = run_inproc("repo", "ls", "--repo", init_repo)
+    assert res.code != 0
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    assert f"keys/planted-{name}"[:17] in lines[0] and why in lines[0], lines[0]
+    assert "Traceback" not in res.err
