@@ -12,10 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from ec2backup import aws, workers
+from ec2backup.errors import UserError
 from ec2backup.models.session import ImageBackupSpec, ImagePlan
 from ec2backup.models.snapshots import SnapshotSet
+from ec2backup.repository.backend import ObjectMissing
+from ec2backup.repository.blockmap import ID_SIZE, ZERO_ID
 from ec2backup.repository.repo import Repository
-from ec2backup.repository.restorepoint import RestorePointSource
+from ec2backup.repository.restorepoint import RestorePointSource, VolumeRecord
 from ec2backup.repository.writer import BackupWriter, commit_restore_point
 
 
@@ -23,6 +26,39 @@ def checkpoint_key(session_id: str, source_volume_id: str) -> str:
     """The repository checkpoint of one volume of one session: the durable cursor a retried,
     resumed or re-provisioned range continues from."""
     return f"session:{session_id}:{source_volume_id}"
+
+
+class IncompleteBackup(UserError):
+    """A commit that would name data that is not (all) there: never retried as is."""
+
+
+def committed(repo: Repository, session_id: str) -> str | None:
+    """The restore point this session already committed, if any."""
+    for rid, rp in repo.list_restore_points():
+        if rp.source.session_id == session_id:
+            return rid
+    return None
+
+
+def verify_records(repo: Repository, records: list[VolumeRecord], session_id: str) -> None:
+    """Every map page the records name exists, and every blob those pages name is indexed."""
+    index = repo.load_index(refresh=True)
+    for record in records:
+        for page_id in {p for p in record.pages if p is not None}:
+            try:
+                page = repo.load_page(page_id)
+            except ObjectMissing as exc:
+                raise IncompleteBackup(
+                    f"session {session_id}: map page {page_id[:12]} of {record.name} is missing: "
+                    "not committing a restore point"
+                ) from exc
+            for slot in range(0, len(page), ID_SIZE):
+                blob_id = bytes(page[slot : slot + ID_SIZE])
+                if blob_id != ZERO_ID and blob_id not in index:
+                    raise IncompleteBackup(
+                        f"session {session_id}: blob {blob_id.hex()[:12]} of {record.name} is "
+                        "not in the index: not committing a restore point"
+                    )
 
 
 def _latest_records(repo: Repository, instance_id: str) -> tuple[str | None, dict[Any, Any]]:
@@ -83,12 +119,24 @@ def prepare(
 def commit(
     session_id: str, snapshot_set: SnapshotSet, plan: ImagePlan, policy_name: str, password: str
 ) -> str:
+    """Write the session's restore point; idempotent: a session commits one restore point, and a
+    retry (after a lost reply) returns the one already written. Refuses (nothing written) unless
+    every volume reached its end and every page and blob the restore point names is stored."""
     repo = Repository.open(plan.repository, password.encode())
     keys = [checkpoint_key(session_id, vp.source_volume_id) for vp in plan.volumes]
     with repo.lock(exclusive=False, purpose=f"commit {session_id}", wait=300):
+        done = committed(repo, session_id)
+        if done is not None:
+            return done
         records = []
         for key, vp in zip(keys, plan.volumes, strict=True):
             writer = BackupWriter.resume(repo, key)
+            if writer.position < vp.blocks_total:
+                writer.close()
+                raise IncompleteBackup(
+                    f"session {session_id}: volume {vp.source_volume_id} has {writer.position} "
+                    f"of {vp.blocks_total} blocks durable: not committing a restore point"
+                )
             record = writer.finish()
             record.device = vp.device
             member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)
@@ -117,6 +165,7 @@ def commit(
             subnet_id=snapshot_set.subnet_id,
             instance_tags=snapshot_set.instance_tags,
         )
+        verify_records(repo, records, session_id)
         return commit_restore_point(
             repo,
             records,

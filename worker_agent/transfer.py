@@ -93,13 +93,24 @@ def _parent_record(repo: Repository, volume: VolumePlan) -> Any:
     return None
 
 
+def belongs(saved: Checkpoint, snapshot_id: str, size: int) -> bool:
+    """A checkpoint is resumed only for the snapshot and volume size it was written for."""
+    return saved.metadata.snapshot_id == snapshot_id and saved.size == size
+
+
 def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
     key = checkpoint_key(req.session_id, req.volume.source_volume_id)
+    size = req.volume.size_gib * 1024**3
     try:
         saved = Checkpoint.model_validate_json(repo.load_named(checkpoint_name(key)))
     except ObjectMissing:
         pass
     else:
+        if not belongs(saved, req.volume.snapshot_id, size):
+            # Another snapshot or size under the same key (the same session id reused, a
+            # plan changed by a new attempt): its blocks are not this volume's. Start over.
+            repo.backend.delete(checkpoint_name(key))
+            return open_writer(repo, req)
         if saved.position > req.cursor:
             # The previous attempt got further than the workflow knows: it died after a
             # checkpoint. Adopt packs it uploaded since, instead of sending them again.
@@ -109,7 +120,7 @@ def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
     return BackupWriter(
         repo,
         name=req.volume.source_volume_id,
-        size=req.volume.size_gib * 1024**3,
+        size=size,
         parent=parent,
         inherit=bool(req.volume.parent_snapshot_id) and parent is not None,
         device=req.volume.device,
