@@ -93,7 +93,7 @@ def provision_worker(req: ProvisionWorkerInput) -> WorkerHandle:
 @activity.defn(name="release_worker")
 @adapter
 def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
-    return workers.release(
+    out = workers.release(
         req.session_id,
         req.region,
         req.role_arn,
@@ -101,6 +101,18 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
         req.only_instance_id,
         heartbeat=heartbeat,
     )
+    if req.repository and req.checkpoint_volumes:
+        # After the workers are gone, and never failing their release: a checkpoint left
+        # behind only pins data until a later sweep, a worker left behind costs money.
+        try:
+            out.checkpoints_deleted = imagebackup.drop_checkpoints(
+                req.repository, req.session_id, req.checkpoint_volumes, repository_password()
+            )
+        except Exception as exc:
+            activity.logger.warning(
+                "session %s: checkpoints in %s not removed: %s", req.session_id, req.repository, exc
+            )
+    return out
 
 
 @activity.defn(name="commit_restore_point")

@@ -19,7 +19,7 @@ from ec2backup.repository.backend import ObjectMissing
 from ec2backup.repository.blockmap import ID_SIZE, ZERO_ID
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import RestorePointSource, VolumeRecord
-from ec2backup.repository.writer import BackupWriter, commit_restore_point
+from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
 
 
 def checkpoint_key(session_id: str, source_volume_id: str) -> str:
@@ -30,6 +30,19 @@ def checkpoint_key(session_id: str, source_volume_id: str) -> str:
 
 class IncompleteBackup(UserError):
     """A commit that would name data that is not (all) there: never retried as is."""
+
+
+def drop_checkpoints(url: str, session_id: str, volume_ids: list[str], password: str) -> int:
+    """Delete a closed session's checkpoints (a committed session has none left: the commit
+    removes them); returns how many there were. Idempotent."""
+    repo = Repository.open(url, password.encode())
+    dropped = 0
+    for volume_id in volume_ids:
+        name = checkpoint_name(checkpoint_key(session_id, volume_id))
+        if repo.backend.exists(name):
+            repo.backend.delete(name)
+            dropped += 1
+    return dropped
 
 
 def committed(repo: Repository, session_id: str) -> str | None:

@@ -375,6 +375,10 @@ class BackupSession(Pausable):
                 role_arn=plan.worker_role_arn,
                 secret_name=plan.secret_name,
                 only_instance_id=only_instance_id,
+                repository=None if only_instance_id else plan.repository,
+                checkpoint_volumes=[]
+                if only_instance_id
+                else [v.source_volume_id for v in plan.volumes],
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,

@@ -216,9 +216,14 @@ class ReleaseWorkerInput(BaseModel):
     role_arn: str | None = None
     secret_name: str | None = None
     only_instance_id: str | None = None  # release one lost worker, keep the session's others
+    # The session is over: drop its checkpoints in this repository (they pin the data of an
+    # uncommitted session); one per source volume. Not for a lost worker's release.
+    repository: str | None = None
+    checkpoint_volumes: list[str] = Field(default_factory=list)
 
 
 class ReleaseWorkerOutput(BaseModel):
+    checkpoints_deleted: int = 0
     instances_terminated: list[str] = Field(default_factory=list)
     volumes_deleted: list[str] = Field(default_factory=list)
 

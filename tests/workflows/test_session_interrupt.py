@@ -52,6 +52,10 @@ def test_cancel_during_transfer(wb: Workbench, big: dict[str, Any]) -> None:
     print(f"cancel -> {status} in {time.monotonic() - t0:.1f}s")
     assert status == "CANCELED", wb.diagnose(sid)
     assert wb.leftovers(sid) == {}, wb.diagnose(sid)
+    # Its checkpoints are gone with it: nothing pins the uncommitted session's data.
+    bucket, _, prefix = repo.removeprefix("s3://").partition("/")
+    listed = wb.client("s3").list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/checkpoints/")
+    assert listed.get("KeyCount", 0) == 0, listed.get("Contents")
     workers = wb.session_instances(sid)
     assert [w["InstanceId"] for w in workers] == [progress.worker_instance_id]
     # The snapshot set stays, complete, and is listed.

@@ -158,3 +158,13 @@ def test_checkpoint_resumed_only_for_its_snapshot_and_size(
         opened.close()
     key = checkpoint_name(checkpoint_key(SESSION, "vol-0aaa"))
     assert repo.backend.exists(key) == resumed  # a foreign checkpoint is dropped
+
+
+def test_a_closed_sessions_checkpoints_are_dropped(init_repo: str) -> None:
+    repo = Repository.open(init_repo, PASSWORD.encode())
+    _transfer(repo, BLOCKS // 2)
+    name = checkpoint_name(checkpoint_key(SESSION, "vol-0aaa"))
+    assert repo.backend.exists(name)
+    assert imagebackup.drop_checkpoints(init_repo, SESSION, ["vol-0aaa"], PASSWORD) == 1
+    assert not repo.backend.exists(name)
+    assert imagebackup.drop_checkpoints(init_repo, SESSION, ["vol-0aaa"], PASSWORD) == 0
