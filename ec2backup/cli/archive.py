@@ -28,9 +28,10 @@ def archive(
 ) -> None:
     """Copy a restore point into an archive repository (S3 Glacier classes); prints the id."""
     from ec2backup.archive.copy import STORAGE_CLASSES
+    from ec2backup.cli.common import client as temporal_client
     from ec2backup.cli.watch import print_result
     from ec2backup.models.archive import ArchiveInput, ArchiveOutput
-    from ec2backup.temporal import TASK_QUEUE, connect, search_attributes
+    from ec2backup.temporal import TASK_QUEUE, search_attributes
 
     # Default: the catalog finds the restore point's repository (on the orchestrator).
     source = repo or os.environ.get("EC2BACKUP_REPO") or None
@@ -47,10 +48,7 @@ def archive(
     )
 
     async def go() -> int:
-        try:
-            client = await connect()
-        except Exception as exc:
-            raise UserError(f"cannot reach Temporal: {exc}") from None
+        client = await temporal_client()
         archive_id = f"archive-{uuid.uuid4().hex[:12]}"
         handle = await client.start_workflow(
             "Archive",

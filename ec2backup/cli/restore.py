@@ -53,14 +53,11 @@ RetrievalPollOpt = Annotated[
 
 
 def _start(req: RestoreInput, wait: bool) -> None:
+    from ec2backup.cli.common import client as temporal_client
     from ec2backup.cli.watch import print_result
-    from ec2backup.temporal import connect
 
     async def go() -> int:
-        try:
-            client = await connect()
-        except Exception as exc:
-            raise UserError(f"cannot reach Temporal: {exc}") from None
+        client = await temporal_client()
         restore_id = f"restore-{req.kind}-{uuid.uuid4().hex[:8]}"
         handle = await client.start_workflow(
             "Restore", req, id=restore_id, task_queue=TASK_QUEUE, result_type=RestoreOutput
