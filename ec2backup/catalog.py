@@ -15,7 +15,6 @@ open it) are reported per source and never stop the listing.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable
 from typing import Literal
 
@@ -147,7 +146,9 @@ def _reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def cheapest_source(catalog: Catalog, found: list[CatalogEntry]) -> tuple[str, CatalogEntry, str]:
+def cheapest_source(
+    sets: list[CatalogEntry], found: list[CatalogEntry]
+) -> tuple[str, CatalogEntry, str]:
     """(source, entry, why): snapshot if the set (or the set a backup was read from) is still
     complete, else the backup, else an archived copy."""
     kinds = {e.kind: e for e in found}
@@ -156,17 +157,17 @@ def cheapest_source(catalog: Catalog, found: list[CatalogEntry]) -> tuple[str, C
         entry = kinds.get("snapshot") or kinds["replica"]
         return "snapshot", entry, "a snapshot set: restored from its snapshots"
     if backup is not None and backup.snapshot_set_id:
-        sets = [
+        usable = [
             e
-            for e in catalog.entries
+            for e in sets
             if e.id == backup.snapshot_set_id and e.kind == "snapshot" and e.complete
         ]
-        if sets:
+        if usable:
             why = (
-                f"the snapshot set {sets[0].id} it was read from still exists: restored from "
+                f"the snapshot set {usable[0].id} it was read from still exists: restored from "
                 "its snapshots (no data to copy back)"
             )
-            return "snapshot", sets[0], why
+            return "snapshot", usable[0], why
     if backup is not None:
         return "backup", backup, f"restored from the backup in {backup.repository}"
     archived = kinds["archive"]
@@ -233,15 +234,15 @@ def _open_entries(url: str, password: bytes | None, ids: set[str] | None) -> lis
 def _archive_repositories(urls: Iterable[str]) -> list[str]:
     """Which of the repositories are archives (their plaintext config says so)."""
     from ec2backup.repository.backend import open_backend
-    from ec2backup.repository.repo import CONFIG_NAME
+    from ec2backup.repository.repo import CONFIG_NAME, RepoConfig
 
     out = []
     for url in urls:
         try:
-            config = json.loads(open_backend(url).get(CONFIG_NAME))
+            config = RepoConfig.model_validate_json(open_backend(url).get(CONFIG_NAME))
         except Exception:
             continue  # gone or unreadable: reported when (and if) the id is searched there
-        if config.get("data_storage_class"):
+        if config.data_storage_class:
             out.append(url)
     return out
 
@@ -317,7 +318,6 @@ def locate(
             f"restore point {ref!r} not found: no snapshot set in the installation's places and "
             "no restore point in its repositories has this id"
         )
-    catalog = Catalog(entries=[*found, *[s for s in sets if s not in found]])
     origins = {e.id for e in found if e.kind != "archive"}
     ids = {e.id for e in found if not (e.kind == "archive" and e.archived_from in origins)}
     ids -= {e.id for e in found if e.kind in ("snapshot", "replica") and e.backup_id in ids}
@@ -328,9 +328,9 @@ def locate(
         )
         raise UserError(f"restore point {ref!r} is ambiguous: it matches {listed}")
     if source is None:
-        chosen, entry, why = cheapest_source(catalog, found)
+        chosen, entry, why = cheapest_source(sets, found)
     else:
-        chosen, entry, why = _asked(catalog, found, source, ref)
+        chosen, entry, why = _asked(sets, found, source, ref)
     return Located(
         source=chosen,  # type: ignore[arg-type]
         restore_point_id=entry.id,
@@ -342,18 +342,16 @@ def locate(
 
 
 def _asked(
-    catalog: Catalog, found: list[CatalogEntry], source: str, ref: str
+    sets: list[CatalogEntry], found: list[CatalogEntry], source: str, ref: str
 ) -> tuple[str, CatalogEntry, str]:
     if source == "snapshot":
         for e in found:
             if e.kind in ("snapshot", "replica"):
                 return "snapshot", e, "asked for: the snapshot set"
         for e in found:
-            sets = [
-                s for s in catalog.entries if s.id == e.snapshot_set_id and s.kind == "snapshot"
-            ]
-            if sets:
-                return "snapshot", sets[0], f"asked for: the snapshot set {sets[0].id} of {e.id}"
+            own = [s for s in sets if s.id == e.snapshot_set_id and s.kind == "snapshot"]
+            if own:
+                return "snapshot", own[0], f"asked for: the snapshot set {own[0].id} of {e.id}"
         raise NotFoundError(f"restore point {ref!r}: its snapshot set no longer exists")
     kind = "backup" if source == "backup" else "archive"
     for e in found:

@@ -132,12 +132,10 @@ def known_places() -> list[tuple[str, str | None]]:
     return sorted(places, key=lambda p: (p[0], p[1] or ""))
 
 
-def remember_for_policy(
-    repositories: list[str], places: list[tuple[str, str | None]]
-) -> str | None:
-    """What `policy apply` and `repo init` remember before any session ran (sessions remember
-    the same again). None when done; otherwise why not (e.g. no installation key yet: the
-    first session creates it and remembers these itself), for a note on stderr."""
+def remember_all(repositories: list[str], places: list[tuple[str, str | None]]) -> str | None:
+    """What `policy apply` and `repo init` remember, best effort, before any session ran
+    (sessions remember the same again). None when done; otherwise why not, for a note on
+    stderr (e.g. no installation key yet: the first session creates it and remembers these)."""
     try:
         installation_key(create=False)
         for url in repositories:

@@ -106,7 +106,7 @@ def _remember(policy: Policy) -> None:
         if (policy.replication)
         else []
     )
-    problem = installation.remember_for_policy(repos, places)
+    problem = installation.remember_all(repos, places)
     if problem:
         print(f"note: not yet remembered for the catalog ({problem})", file=sys.stderr)
 

@@ -95,7 +95,7 @@ def repo_init(
     if repo.startswith("s3://"):  # what sessions can use: the catalog should know it
         from ec2backup import installation
 
-        problem = installation.remember_for_policy([repo], [])
+        problem = installation.remember_all([repo], [])
         if problem:
             _say(f"note: not yet remembered for the catalog ({problem})")
 
