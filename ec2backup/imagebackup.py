@@ -16,7 +16,7 @@ from ec2backup.errors import UserError
 from ec2backup.models.session import ImageBackupSpec, ImagePlan
 from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.blockmap import ID_SIZE, ZERO_ID
+from ec2backup.repository.blockmap import ID_SIZE, is_blob
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import RestorePointSource, VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
@@ -67,7 +67,7 @@ def verify_records(repo: Repository, records: list[VolumeRecord], session_id: st
                 ) from exc
             for slot in range(0, len(page), ID_SIZE):
                 blob_id = bytes(page[slot : slot + ID_SIZE])
-                if blob_id != ZERO_ID and blob_id not in index:
+                if is_blob(blob_id) and blob_id not in index:
                     raise IncompleteBackup(
                         f"session {session_id}: blob {blob_id.hex()[:12]} of {record.name} is "
                         "not in the index: not committing a restore point"

@@ -20,7 +20,6 @@ from ec2backup.ebs import LIST_PAGE_SIZE
 from ec2backup.imagebackup import checkpoint_key
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput, VolumePlan
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.blockmap import ZERO_BLOCK
 from ec2backup.repository.repair import recover_unindexed_packs
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import VolumeMetadata
@@ -162,8 +161,8 @@ def transfer_range(
                         data = device.read_block(index)
                         progress.blocks_read += 1
                         progress.bytes_read += len(data)
-                    else:  # only in the parent snapshot: the block reads as zeros now
-                        data = ZERO_BLOCK
+                    else:  # only in the parent snapshot: not written in this one, a hole
+                        data = None
                     writer.add(index, data)
                     now = time.monotonic()
                     if now - last_beat < HEARTBEAT_EVERY_SECONDS and not (

@@ -16,9 +16,9 @@ from ec2backup.repository.backend import (
     ObjectMissing,
     S3Backend,
 )
-from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, ZERO_BLOCK
 from ec2backup.repository.pack import BlobCodec
-from ec2backup.repository.reader import _fetch_run, plan_runs
+from ec2backup.repository.reader import Run, ZeroRun, _fetch_run, plan_runs
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restorepoint import VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
@@ -102,7 +102,7 @@ class CopyResult:
 
 
 def _blocks_of(hot: Repository, volume: VolumeRecord, start: int = 0) -> Any:
-    """(block index, plaintext) of every non-zero block from `start` on, in block order,
+    """(block index, plaintext) of every written block (zeros too) from `start` on, in block order,
     reading ahead (runs wholly before `start` are not fetched)."""
     codec = BlobCodec(hot.data_key, hot.config.compression_level)
 
@@ -115,9 +115,16 @@ def _blocks_of(hot: Repository, volume: VolumeRecord, start: int = 0) -> Any:
         _fetch_run(hot, codec, run, volume.size, keep)
         return out
 
+    def zeros(run: ZeroRun) -> list[tuple[int, bytes]]:
+        return [(i, ZERO_BLOCK) for i in range(run.start, run.start + run.count) if i >= start]
+
     pending: deque[Future[list[tuple[int, bytes]]]] = deque()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="archive-read") as pool:
-        for run in plan_runs(hot, volume):
+        for run in plan_runs(hot, volume, zeros=True):
+            if isinstance(run, ZeroRun):  # written zero blocks stay written zero blocks
+                if run.start + run.count > start:
+                    pending.append(pool.submit(zeros, run))
+                continue
             if run.items[-1][0] < start:
                 continue
             pending.append(pool.submit(fetch, run))
@@ -234,6 +241,7 @@ def packs_of(repo: Repository, volumes: list[VolumeRecord]) -> dict[str, int]:
     try:
         for volume in volumes:
             for run in plan_runs(repo, volume):
+                assert isinstance(run, Run)  # without zeros=True only blob runs come
                 packs[run.pack_id] = index.packs[run.pack_id].size
     except CorruptObjectError as exc:
         raise ArchiveError(str(exc)) from exc

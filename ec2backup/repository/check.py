@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ec2backup import crypto
 from ec2backup.errors import UserError
-from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, ZERO_ID
+from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, is_blob
 from ec2backup.repository.index import Index, IndexPack
 from ec2backup.repository.pack import BlobCodec, parse_pack
 from ec2backup.repository.repo import Repository, data_name
@@ -85,7 +85,7 @@ def referenced(
             pages.add(pid)
             for slot in range(PAGE_BLOCKS):
                 bid = page[slot * ID_SIZE : (slot + 1) * ID_SIZE]
-                if bid != ZERO_ID:
+                if is_blob(bid):
                     blobs.add(bid)
     return rps, pages, blobs
 

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 from ec2backup import crypto
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, ID_SIZE, PAGE_BLOCKS, ZERO_ID
+from ec2backup.repository.blockmap import (
+    EBS_BLOCK_SIZE,
+    ID_SIZE,
+    PAGE_BLOCKS,
+    WRITTEN_ZERO_ID,
+    ZERO_BLOCK,
+    ZERO_ID,
+)
 from ec2backup.repository.index import BlobLoc
 from ec2backup.repository.pack import BlobCodec
 from ec2backup.repository.repo import CorruptObjectError, Repository, data_name
@@ -42,11 +49,25 @@ class Run:
     items: list[tuple[int, bytes, BlobLoc]] = field(default_factory=list)
 
 
-def plan_runs(repo: Repository, volume: VolumeRecord) -> Iterator[Run]:
-    """Runs of blobs to fetch, in block order; raises if the map names an unknown blob."""
+@dataclass
+class ZeroRun:
+    """Consecutive blocks the source wrote as zeros (format version 2 maps): no blob to read."""
+
+    start: int
+    count: int
+
+
+def plan_runs(
+    repo: Repository, volume: VolumeRecord, *, zeros: bool = False
+) -> Iterator[Run | ZeroRun]:
+    """Runs of blobs to fetch, in block order; raises if the map names an unknown blob.
+
+    With `zeros`, written zero blocks come as `ZeroRun`s too (in block order among the runs);
+    holes never do."""
     index = repo.load_index()
     n_blocks = -(-volume.size // EBS_BLOCK_SIZE)
     run: Run | None = None
+    zero_run: ZeroRun | None = None
     for p, page_id in enumerate(volume.pages):
         if page_id is None:
             continue
@@ -57,6 +78,22 @@ def plan_runs(repo: Repository, volume: VolumeRecord) -> Iterator[Run]:
             bid = page[slot * ID_SIZE : (slot + 1) * ID_SIZE]
             if bid == ZERO_ID:
                 continue
+            if bid == WRITTEN_ZERO_ID:
+                if not zeros:
+                    continue
+                if zero_run is not None and zero_run.start + zero_run.count == base + slot:
+                    zero_run.count += 1
+                    continue
+                if run is not None:  # keep block order: the blob run before it goes first
+                    yield run
+                    run = None
+                if zero_run is not None:
+                    yield zero_run
+                zero_run = ZeroRun(base + slot, 1)
+                continue
+            if zero_run is not None:
+                yield zero_run
+                zero_run = None
             loc = index.blobs.get(bid)
             if loc is None:
                 raise CorruptObjectError(
@@ -77,6 +114,19 @@ def plan_runs(repo: Repository, volume: VolumeRecord) -> Iterator[Run]:
             run = Run(loc.pack_id, loc.offset, loc.length, [(base + slot, bid, loc)])
     if run is not None:
         yield run
+    if zero_run is not None:
+        yield zero_run
+
+
+def write_zero_run(zero_run: ZeroRun, size: int, write: WriteFn) -> int:
+    """Write a run of zero blocks block by block (an EBS-direct write is one block)."""
+    written = 0
+    for block in range(zero_run.start, zero_run.start + zero_run.count):
+        off = block * EBS_BLOCK_SIZE
+        length = min(EBS_BLOCK_SIZE, size - off)
+        write(off, memoryview(ZERO_BLOCK)[:length])
+        written += length
+    return written
 
 
 def _fetch_run(repo: Repository, codec: BlobCodec, run: Run, size: int, write: WriteFn) -> int:
@@ -111,19 +161,25 @@ def restore_volume(
     *,
     progress: Callable[[int], None] | None = None,
     workers: int = RESTORE_WORKERS,
+    write_zeros: bool = False,
 ) -> int:
-    """Write every non-zero block of `volume` through `write(offset, data)`; returns bytes.
+    """Write every stored block of `volume` through `write(offset, data)`; returns bytes.
 
-    Zero blocks are not written: the target must read as zeros already (a fresh sparse file, a
-    new EBS volume). `write` is called from worker threads (os.pwrite is fine).
+    Holes are never written: the target must read as zeros already (a fresh sparse file, a new
+    EBS volume created empty). Written zero blocks are written too when `write_zeros` (so the
+    target lists them as written, as the source did); else they are left like holes. `write`
+    is called from worker threads (os.pwrite is fine).
     """
     codec = BlobCodec(repo.data_key, repo.config.compression_level)
     total = 0
     inflight: collections.deque[Future[int]] = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
         try:
-            for run in plan_runs(repo, volume):
-                inflight.append(pool.submit(_fetch_run, repo, codec, run, volume.size, write))
+            for run in plan_runs(repo, volume, zeros=write_zeros):
+                if isinstance(run, ZeroRun):
+                    inflight.append(pool.submit(write_zero_run, run, volume.size, write))
+                else:
+                    inflight.append(pool.submit(_fetch_run, repo, codec, run, volume.size, write))
                 while len(inflight) > MAX_INFLIGHT_RUNS:
                     n = inflight.popleft().result()
                     total += n

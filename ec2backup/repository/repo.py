@@ -37,7 +37,11 @@ from ec2backup.repository.restorepoint import RestorePoint
 if TYPE_CHECKING:
     from ec2backup.repository.locks import Lock
 
-FORMAT_VERSION = 1
+# Version 2: block maps tell a written all-zero block (WRITTEN_ZERO_ID) from a hole (ZERO_ID).
+# Version 1 repositories are still read (a zero entry is a hole) and written in version 1
+# form, so a program of version 1 can still read everything in them.
+FORMAT_VERSION = 2
+WRITTEN_ZERO_VERSION = 2
 CONFIG_NAME = "config"
 # 16 MiB packs: 32-128 blocks per PUT (30x+ fewer requests than one object per block) and
 # bounded memory (a backup holds two packs in RAM: one filling, one uploading); research
@@ -115,6 +119,11 @@ class Repository:
         self.meta = crypto.Sealer(self.meta_key)
         self._zc = zstandard.ZstdCompressor(level=DEFAULT_COMPRESSION_LEVEL)
         self._index: Index | None = None
+
+    @property
+    def marks_written_zeros(self) -> bool:
+        """Do this repository's maps tell written zero blocks from holes (format >= 2)?"""
+        return self.config.version >= WRITTEN_ZERO_VERSION
 
     # ---- creation and opening -------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from ec2backup.repository.blockmap import (
     EBS_BLOCK_SIZE,
     ID_SIZE,
     PAGE_BLOCKS,
+    WRITTEN_ZERO_ID,
     ZERO_BLOCK,
     ZERO_ID,
     ZERO_PAGE,
@@ -129,6 +130,9 @@ class BackupWriter:
         self.index = repo.load_index()
         self.codec = BlobCodec(repo.data_key, repo.config.compression_level)
         self.pack_size = repo.config.pack_size
+        # What a written all-zero block is recorded as: its own marker from format version 2,
+        # a hole in a version 1 repository (whose readers know no marker).
+        self.zero_id = WRITTEN_ZERO_ID if repo.marks_written_zeros else ZERO_ID
         self._t0 = time.monotonic()
 
         self.pages: dict[int, bytearray] = {}  # loaded page buffers
@@ -247,27 +251,32 @@ class BackupWriter:
 
     # ---- feeding blocks --------------------------------------------------------------------
 
-    def add(self, block_index: int, data: bytes) -> None:
-        """One block (<= 512 KiB; only the last block of the volume may be short)."""
+    def add(self, block_index: int, data: bytes | None) -> None:
+        """One block (<= 512 KiB; only the last block of the volume may be short), or None
+        for a block that is not written in the source (a hole: e.g. a changed-block entry
+        that only the parent snapshot has)."""
         if block_index <= self.last_index:
             raise ValueError(f"block {block_index} not after {self.last_index}")
         if block_index >= self.n_blocks:
             raise ValueError(f"block {block_index} beyond volume end ({self.n_blocks} blocks)")
-        if len(data) != EBS_BLOCK_SIZE:
+        if data is not None and len(data) != EBS_BLOCK_SIZE:
             if len(data) > EBS_BLOCK_SIZE:
                 raise ValueError("block larger than 512 KiB")
             data = bytes(data) + bytes(EBS_BLOCK_SIZE - len(data))
         prev_page = self.last_index // PAGE_BLOCKS if self.last_index >= 0 else -1
         self.last_index = block_index
         self.position = block_index + 1
-        self.stats.blocks_read += 1
-        self.stats.bytes_read += len(data)
         page = block_index // PAGE_BLOCKS
         if prev_page >= 0 and page != prev_page:
             self.feeding.append((prev_page, self.fed))
             self._advance_pages()
-        if data == ZERO_BLOCK:  # memcmp at ~50 GB/s; exits at the first non-zero byte
+        if data is None:
             self._set(block_index, ZERO_ID)
+            return
+        self.stats.blocks_read += 1
+        self.stats.bytes_read += len(data)
+        if data == ZERO_BLOCK:  # memcmp at ~50 GB/s; exits at the first non-zero byte
+            self._set(block_index, self.zero_id)
             return
         seq = self.fed
         self.fed += 1

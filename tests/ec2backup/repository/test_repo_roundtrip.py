@@ -60,10 +60,14 @@ def test_fixed_shapes_roundtrip(init_repo: str, tmp_path: Path) -> None:
         restore_image(repo, res.volume, out)
         assert sha256_file(out) == digest, name
         assert out.stat().st_size == path.stat().st_size, name
-        if name in ("all-zero", "dense-zero", "empty"):
+        if name in ("all-zero", "empty"):  # holes only: no page, nothing stored
             assert res.volume.stats.blocks_allocated == 0
             assert res.volume.pages == [None] * len(res.volume.pages)
             assert out.stat().st_blocks == 0  # restored as holes
+        if name == "dense-zero":  # written zero blocks: recorded as written, no blob stored
+            assert res.volume.stats.blocks_allocated == 3
+            assert res.volume.stats.blocks_new == 0 and res.volume.stats.bytes_new_stored == 0
+            assert out.stat().st_blocks == 0  # a file restore still leaves them sparse
     repo2 = open_repo(init_repo)
     from ec2backup.repository.check import check
 
