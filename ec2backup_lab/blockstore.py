@@ -3,6 +3,10 @@
 - A *block* is 512 KiB, the EBS direct API unit. Blocks live once, by content hash, under
   `<lab>/blocks/<xx>/<hash>`; snapshots are maps `block index -> hash` (so a snapshot or a
   cross-Region copy costs no data copy, like EBS's incremental snapshots).
+- A block never put into an *encrypted* EBS-direct snapshot reads as random bytes on AWS (the
+  decryption of nothing; awslabs/coldsnap#395, bottlerocket-os/bottlerocket#2169). The lab
+  names such content `unwritten:<snapshot id>:<index>` instead of a hash: deterministic
+  pseudo-random bytes generated on read, never stored (`noise_block`).
 - A *volume* is a sparse file `<lab>/volumes/<account>/<region>/<vol-id>.img` that worker
   processes read and write like a block device. The lab keeps the volume's current block map
   in step with its own writes, so a snapshot of a lab-written volume is a dict copy (cheap for
@@ -37,6 +41,19 @@ def content_hash(data: bytes) -> str:
     return blake3.blake3(data).hexdigest()
 
 
+# Digest prefix of a block that is the random content of a never-put encrypted block.
+NOISE_PREFIX = "unwritten:"
+
+
+def noise_digest(seed: str, index: int) -> str:
+    return f"{NOISE_PREFIX}{seed}:{index}"
+
+
+def noise_block(digest: str) -> bytes:
+    """The bytes of a `noise_digest`: what AWS returns for a hole of an encrypted snapshot."""
+    return blake3.blake3(digest.encode()).digest(length=EBS_BLOCK_SIZE)
+
+
 def block_token(snapshot_id: str, index: int, digest: str) -> str:
     """An opaque token naming one block of one snapshot (checked by GetSnapshotBlock)."""
     raw = f"{snapshot_id}:{index}:{digest}".encode()
@@ -64,6 +81,8 @@ class BlockStore:
         return digest
 
     def read(self, digest: str) -> bytes:
+        if digest.startswith(NOISE_PREFIX):
+            return noise_block(digest)
         with open(self.path(digest), "rb") as f:
             return f.read()
 
@@ -148,11 +167,22 @@ class VolumeData:
             self.refresh()
             return dict(self.current)
 
-    def materialize(self, block_map: dict[int, str]) -> None:
-        """Fill a new volume with a snapshot's blocks (CreateVolume with SnapshotId)."""
+    def materialize(self, block_map: dict[int, str], noise: str | None = None) -> None:
+        """Fill a new volume with a snapshot's blocks (CreateVolume with SnapshotId). With
+        `noise` (an encrypted EBS-direct snapshot), every block the snapshot lacks reads as
+        that snapshot's random bytes, as on AWS."""
+        if noise is not None:
+            size_blocks = -(-self.size_bytes // EBS_BLOCK_SIZE)
+            block_map = {
+                **{i: noise_digest(noise, i) for i in range(size_blocks) if i not in block_map},
+                **block_map,
+            }
         with self.lock, open(self.path, "r+b", buffering=0) as out:
             for index, digest in block_map.items():
                 if index >= self.blocks_total:
+                    continue
+                if digest.startswith(NOISE_PREFIX):
+                    os.pwrite(out.fileno(), noise_block(digest), index * EBS_BLOCK_SIZE)
                     continue
                 with open(self.store.path(digest), "rb", buffering=0) as src:
                     offset = index * EBS_BLOCK_SIZE

@@ -179,6 +179,12 @@ def churn(
     volume_id: str = typer.Argument(..., help="Volume to modify"),
     fraction: float = typer.Option(..., "--fraction", help="Share of the volume's blocks"),
     seed_value: int = typer.Option(1, "--seed"),
+    zeros: bool = typer.Option(
+        False,
+        "--zeros",
+        help="Write zeros over one contiguous region in the middle of the data instead "
+        "(written blocks: ListSnapshotBlocks and ListChangedBlocks list them)",
+    ),
     lab_dir: Path = DirOption,
 ) -> None:
     """Overwrite about FRACTION of a volume's blocks (deterministic for a seed)."""
@@ -187,7 +193,7 @@ def churn(
             lab_dir,
             "POST",
             "churn",
-            {"volume_id": volume_id, "fraction": fraction, "seed": seed_value},
+            {"volume_id": volume_id, "fraction": fraction, "seed": seed_value, "zeros": zeros},
         )
     )
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ec2backup_lab import agents
 from ec2backup_lab.awserrors import ControlError
-from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK
+from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK, noise_digest
 from ec2backup_lab.content import ContentGenerator, layout
 from ec2backup_lab.ec2ext import LabEC2Backend, all_ec2_backends
 from ec2backup_lab.runtime import Fault, Throttle, get_runtime
@@ -74,6 +74,9 @@ class ChurnRequest(BaseModel):
     volume_id: str
     fraction: float = Field(..., gt=0.0, le=1.0)
     seed: int = 1
+    # Overwrite one contiguous region in the middle of the data with zeros (a zeroed file, a
+    # discarded database extent): written blocks that hold zeros, as an instance writes them.
+    zeros: bool = False
 
 
 def _client(service: str, region: str, account: str) -> Any:
@@ -199,6 +202,17 @@ def churn(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, An
     gen = ContentGenerator(req.seed)
     count = max(1, round(data.blocks_total * req.fraction))
     written = sorted(data.current)
+    if req.zeros:
+        middle = written[len(written) // 2] if written else data.blocks_total // 2
+        first = max(0, min(data.blocks_total - count, middle - count // 2))
+        zeroed = {index: ZERO_BLOCK for index in range(first, first + count)}
+        data.write_blocks(zeroed)
+        return 200, {
+            "volume_id": req.volume_id,
+            "blocks": sorted(zeroed),
+            "bytes": len(zeroed) * EBS_BLOCK_SIZE,
+            "zeros": True,
+        }
     empty_wanted = count // 4  # some previously empty blocks, like new files
     chosen = set(rng.sample(written, min(len(written), count - empty_wanted)))
     while len(chosen) < min(count, data.blocks_total):
@@ -231,8 +245,11 @@ def checksum(method: str, parts: list[str], query: Any, body: Any) -> tuple[int,
         snap = _find_snapshot(resource_id)
         store = get_runtime().block_store
         size = snap.volume_size * 1024**3
+        noise = getattr(snap, "lab_noise", None)
         for index in range(size // EBS_BLOCK_SIZE):
             h = snap.block_map.get(index)
+            if h is None and noise is not None:  # an encrypted EBS-direct hole: random
+                h = noise_digest(noise, index)
             digest.update(store.read(h) if h else ZERO_BLOCK)
     else:
         raise ControlError(400, f"'{resource_id}' is neither a volume nor a snapshot id")

@@ -229,6 +229,10 @@ def start_snapshot(req: AwsRequest) -> Response:
             pending_seconds=0,
         )
         snap._status_override = "pending"
+        if encrypted:
+            # AWS: a block never put reads as the decryption of nothing (random bytes), on
+            # volumes created from the snapshot too; unencrypted ones read as zeros.
+            snap.lab_noise = snap.id
         snap.lab_parent_id = parent.id if parent else None
         snap.lab_put_blocks = set()
         snap.add_tags({t["Key"]: t["Value"] for t in body.get("Tags") or []})

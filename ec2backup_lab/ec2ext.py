@@ -77,6 +77,9 @@ class Snapshot(MotoSnapshot):
         self._pending_seconds = seconds
         # EBS direct StartSnapshot bookkeeping (ebsdirect.py).
         self.lab_parent_id: str | None = None
+        # Set on encrypted EBS-direct snapshots (and copies of them): blocks not in the map
+        # read as this seed's random bytes, not zeros (blockstore.noise_digest).
+        self.lab_noise: str | None = None
         self.lab_put_blocks: set[int] = set()
 
     @property  # type: ignore[override]
@@ -180,7 +183,7 @@ class LabEC2Backend(EC2Backend):
         )
         data = VolumeData(_store(), _volume_path(self, volume.id), int(volume.size))
         if snapshot is not None:
-            data.materialize(snapshot.block_map)
+            data.materialize(snapshot.block_map, noise=getattr(snapshot, "lab_noise", None))
             volume.lab_lineage = snapshot.lineage  # type: ignore[attr-defined]
         else:
             volume.lab_lineage = uuid.uuid4().hex  # type: ignore[attr-defined]
@@ -429,6 +432,9 @@ class LabEC2Backend(EC2Backend):
             block_map=dict(source.block_map),
             lineage=source.lineage,
         )
+        # A copy carries the source's content, random holes included (re-keying decrypts
+        # and re-encrypts whatever the blocks hold).
+        snapshot.lab_noise = getattr(source, "lab_noise", None)
         self.snapshots[snapshot.id] = snapshot
         return snapshot
 

@@ -155,6 +155,31 @@ def test_churn_is_deterministic_for_a_seed_and_block_map(lab: Any) -> None:
     assert len(other) == len(first)
 
 
+def test_churn_zeros_writes_zero_blocks_that_count_as_written(lab: Any) -> None:
+    """`lab churn --zeros`: a contiguous zeroed region in the middle of the data; the blocks
+    are written (listed, changed), as an instance writing zeros makes them, and read as zeros."""
+    ec2, ebs = client(lab, "ec2"), client(lab, "ebs")
+    volume_id = seed_volume(lab, fill=0.3, seed_value=46)
+    before = snapshot(ec2, volume_id)
+    out = cli_json(lab, "lab", "churn", volume_id, "--fraction", "0.01", "--zeros")
+    zeroed = out["blocks"]
+    assert out["zeros"] and len(zeroed) == round(2048 * 0.01)
+    assert zeroed == list(range(zeroed[0], zeroed[0] + len(zeroed)))  # one region
+    after = snapshot(ec2, volume_id)
+    listed = {b["BlockIndex"] for b in list_blocks(ebs, after)[0]}
+    assert set(zeroed) <= listed
+    changed = ebs.list_changed_blocks(FirstSnapshotId=before, SecondSnapshotId=after)
+    unchanged = set(zeroed) - {c["BlockIndex"] for c in changed["ChangedBlocks"]}
+    tokens = {b["BlockIndex"]: b["BlockToken"] for b in list_blocks(ebs, before)[0]}
+    for index in unchanged:  # only blocks that held zeros already (the seed writes some)
+        assert get_block(ebs, before, index, tokens[index]) == bytes(512 * 1024)
+    assert len(unchanged) < len(zeroed) / 2
+    token = next(
+        b["BlockToken"] for b in list_blocks(ebs, after)[0] if b["BlockIndex"] == zeroed[0]
+    )
+    assert get_block(ebs, after, zeroed[0], token) == bytes(512 * 1024)
+
+
 # -- metrics and faults -----------------------------------------------------------------------
 def test_metrics_count_get_snapshot_block(lab: Any) -> None:
     volume_id = seed_volume(lab, fill=0.01, seed_value=45)
