@@ -16,15 +16,20 @@ from ec2backup.models.restore import (
     FinishRestoreInput,
     FinishRestoreOutput,
     PlanRestoreInput,
+    ProvisionRestoreWorkerInput,
+    ReleaseRestoreWorkerInput,
+    ReleaseRestoreWorkerOutput,
     RestorePlan,
-    RestoreSnapshotInput,
-    RestoreSnapshotOutput,
+    RestoreWorker,
     RetrievalInput,
     RetrievalOutput,
+    SnapshotWorkerVolumesInput,
+    SnapshotWorkerVolumesOutput,
 )
-from ec2backup.restore import datamover as restore_datamover
 from ec2backup.restore import launch as restore_launch
 from ec2backup.restore import plan as restore_plan
+from ec2backup.restore import worker as restore_worker
+from ec2backup.temporal import temporal_address
 
 
 @activity.defn(name="plan_restore")
@@ -38,12 +43,34 @@ def plan_restore(req: PlanRestoreInput) -> RestorePlan:
     )
 
 
-@activity.defn(name="restore_snapshot_from_backup")
+@activity.defn(name="provision_restore_worker")
 @adapter
-def restore_snapshot_from_backup(req: RestoreSnapshotInput) -> RestoreSnapshotOutput:
+def provision_restore_worker(req: ProvisionRestoreWorkerInput) -> RestoreWorker:
+    address = os.environ.get("EC2BACKUP_AGENT_TEMPORAL_ADDRESS") or temporal_address()
+    namespace = activity.info().workflow_namespace or "default"
+    return restore_worker.provision(
+        req.plan, req.attempt, address, namespace, repository_password(), heartbeat=heartbeat
+    )
 
-    return restore_datamover.snapshot_from_backup(
-        req.plan, req.volume, repository_password(), heartbeat=heartbeat
+
+@activity.defn(name="snapshot_restore_volumes")
+@adapter
+def snapshot_restore_volumes(req: SnapshotWorkerVolumesInput) -> SnapshotWorkerVolumesOutput:
+    return SnapshotWorkerVolumesOutput(
+        snapshot_ids=restore_worker.snapshot_volumes(req.plan, req.worker, heartbeat=heartbeat)
+    )
+
+
+@activity.defn(name="release_restore_worker")
+@adapter
+def release_restore_worker(req: ReleaseRestoreWorkerInput) -> ReleaseRestoreWorkerOutput:
+    return restore_worker.release(
+        req.restore_id,
+        req.region,
+        req.role_arn,
+        req.secret_name,
+        req.only_instance_id,
+        heartbeat=heartbeat,
     )
 
 
@@ -81,7 +108,9 @@ def archive_retrieval(req: RetrievalInput) -> RetrievalOutput:
 ALL: list[Callable[..., Any]] = [
     archive_retrieval,
     plan_restore,
-    restore_snapshot_from_backup,
+    provision_restore_worker,
+    snapshot_restore_volumes,
+    release_restore_worker,
     finish_restore,
     cleanup_restore,
 ]

@@ -85,39 +85,6 @@ def client(service: str, region: str, role_arn: str | None = None) -> Any:
     return session(role_arn, region).client(service, config=RETRY_CONFIG)  # type: ignore[call-overload]
 
 
-# One try per call: for loops that retry themselves (see `call_heartbeating`).
-SINGLE_TRY_CONFIG = Config(retries={"mode": "standard", "total_max_attempts": 1})
-# Backoff of `call_heartbeating`: like boto3's standard mode, capped at 20 s between tries.
-HEARTBEAT_RETRY_ATTEMPTS = 10
-HEARTBEAT_RETRY_MAX_SECONDS = 20.0
-
-
-def single_try_client(service: str, region: str, role_arn: str | None = None) -> Any:
-    return session(role_arn, region).client(service, config=SINGLE_TRY_CONFIG)  # type: ignore[call-overload]
-
-
-def call_heartbeating(
-    call: Any, heartbeat: Any, what: str, attempts: int = HEARTBEAT_RETRY_ATTEMPTS
-) -> Any:
-    """`call()` with boto3-like retries of transient errors, heartbeating every second while it
-    backs off. Inside an activity that is what lets a cancel (learned from a heartbeat's
-    reply) stop a call that is being throttled, instead of after boto3's last retry."""
-    delay = 1.0
-    for attempt in range(attempts):
-        heartbeat(what)
-        try:
-            return call()
-        except Exception as exc:
-            if not is_transient(exc) or attempt == attempts - 1:
-                raise
-        deadline = time.monotonic() + delay
-        while time.monotonic() < deadline:
-            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            heartbeat(f"{what} (retrying)")
-        delay = min(delay * 2, HEARTBEAT_RETRY_MAX_SECONDS)
-    raise AssertionError("unreachable")
-
-
 def caller_account(region: str, role_arn: str | None = None) -> str:
     if role_arn:
         return account_of_role(role_arn)

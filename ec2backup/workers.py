@@ -163,18 +163,27 @@ def build_plan(
 
 # ---- secrets for the agent ---------------------------------------------------------------------
 def put_session_secret(session_id: str, plan: ImagePlan, password: str) -> None:
+    put_secret(
+        session_id, plan.region, plan.worker_role_arn, plan.secret_name, plan.repository, password
+    )
+
+
+def put_secret(
+    session_id: str,
+    region: str,
+    role_arn: str | None,
+    secret_name: str,
+    repository: str,
+    password: str,
+) -> None:
     """Hand the repository password to the worker through Secrets Manager in the worker's
     account (read by the agent with its instance role), never through user-data or payloads."""
-    sm = aws.client("secretsmanager", plan.region, plan.worker_role_arn)
-    value = json.dumps({"repository": plan.repository, "password": password})
+    sm = aws.client("secretsmanager", region, role_arn)
+    value = json.dumps({"repository": repository, "password": password})
     try:
-        sm.create_secret(
-            Name=plan.secret_name,
-            SecretString=value,
-            Tags=_session_tags(session_id),
-        )
+        sm.create_secret(Name=secret_name, SecretString=value, Tags=_session_tags(session_id))
     except sm.exceptions.ResourceExistsException:
-        sm.put_secret_value(SecretId=plan.secret_name, SecretString=value)
+        sm.put_secret_value(SecretId=secret_name, SecretString=value)
 
 
 def read_session_secret(secret_name: str, region: str) -> dict[str, str]:
@@ -233,87 +242,38 @@ def provision(
     heartbeat: Callable[[str], None] = lambda _: None,
 ) -> WorkerHandle:
     ec2 = aws.client("ec2", plan.region, plan.worker_role_arn)
-    params: dict[str, Any] = {
-        "ImageId": os.environ.get("EC2BACKUP_WORKER_AMI", DEFAULT_WORKER_AMI),
-        "InstanceType": plan.instance_type,
-        "MinCount": 1,
-        "MaxCount": 1,
-        "ClientToken": client_token(session_id, attempt),
-        "UserData": render_agent_user_data(temporal_address, namespace),
-        "Placement": {"AvailabilityZone": plan.availability_zone},
-        "TagSpecifications": [
-            {
-                "ResourceType": "instance",
-                "Tags": _session_tags(session_id, {"ec2backup:attempt": str(attempt)}),
-            }
-        ],
-        "InstanceInitiatedShutdownBehavior": "terminate",
-    }
-    if plan.subnet_id:
-        params["SubnetId"] = plan.subnet_id
-    if plan.security_group_ids:
-        # Exactly the policy's groups (of the worker's account); without any, EC2 puts the
-        # instance in its VPC's default group.
-        params["SecurityGroupIds"] = list(plan.security_group_ids)
-    profile = os.environ.get("EC2BACKUP_WORKER_INSTANCE_PROFILE")
-    if profile:
-        params["IamInstanceProfile"] = {"Name": profile}
-    instance_id = ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+    instance_id = launch(
+        ec2,
+        session_id,
+        attempt,
+        instance_type=plan.instance_type,
+        availability_zone=plan.availability_zone,
+        subnet_id=plan.subnet_id,
+        security_group_ids=plan.security_group_ids,
+        temporal_address=temporal_address,
+        namespace=namespace,
+    )
     heartbeat(f"instance {instance_id} launched")
     volumes: list[WorkerVolume] = []
-    existing = {
-        (
-            tagcodec.tag_value(v.get("Tags"), SOURCE_VOLUME_KEY),
-            tagcodec.tag_value(v.get("Tags"), "ec2backup:device"),
-        ): v
-        for v in _session_volumes(ec2, session_id)
-    }
+    existing = existing_volumes(ec2, session_id)
     for vp in plan.volumes:
         for device in vp.worker_devices:
-            heartbeat(f"volume for {vp.source_volume_id} at {device}")  # a cancel stops here
-            found = existing.get((vp.source_volume_id, device))
-            if found is None:
-                create: dict[str, Any] = {
-                    "SnapshotId": vp.snapshot_id,
-                    "AvailabilityZone": plan.availability_zone,
-                    "VolumeType": vp.volume_type,
-                    "TagSpecifications": [
-                        {
-                            "ResourceType": "volume",
-                            "Tags": _session_tags(
-                                session_id,
-                                {
-                                    SOURCE_VOLUME_KEY: vp.source_volume_id,
-                                    "ec2backup:device": device,
-                                },
-                            ),
-                        }
-                    ],
-                }
-                if vp.iops:
-                    create["Iops"] = vp.iops
-                if vp.throughput:
-                    create["Throughput"] = vp.throughput
-                volume_id = ec2.create_volume(**create)["VolumeId"]
-                state, attached_to = "creating", None
-            else:
-                volume_id = found["VolumeId"]
-                state = found["State"]
-                attached_to = (found.get("Attachments") or [{}])[0].get("InstanceId")
-            _wait(
-                functools.partial(_volume_in, ec2, volume_id, ("available", "in-use")),
-                f"volume {volume_id}",
+            create: dict[str, Any] = {"SnapshotId": vp.snapshot_id, "VolumeType": vp.volume_type}
+            if vp.iops:
+                create["Iops"] = vp.iops
+            if vp.throughput:
+                create["Throughput"] = vp.throughput
+            volume_id = attach_volume(
+                ec2,
+                session_id,
+                instance_id,
+                existing,
+                source_volume_id=vp.source_volume_id,
+                device=device,
+                availability_zone=plan.availability_zone,
+                create=create,
                 heartbeat=heartbeat,
             )
-            if attached_to != instance_id:
-                if state == "in-use" and attached_to:
-                    ec2.detach_volume(VolumeId=volume_id, Force=True)
-                    _wait(
-                        functools.partial(_volume_in, ec2, volume_id, ("available",)),
-                        f"detach of {volume_id}",
-                        heartbeat=heartbeat,
-                    )
-                ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
             volumes.append(
                 WorkerVolume(
                     source_volume_id=vp.source_volume_id, volume_id=volume_id, device=device
@@ -326,6 +286,107 @@ def provision(
         role_arn=plan.worker_role_arn,
         volumes=volumes,
     )
+
+
+def launch(
+    ec2: Any,
+    session_id: str,
+    attempt: int,
+    *,
+    instance_type: str,
+    availability_zone: str,
+    subnet_id: str | None,
+    security_group_ids: list[str],
+    temporal_address: str,
+    namespace: str,
+) -> str:
+    """Run (idempotently, by ClientToken) one worker instance whose user-data starts the agent
+    on its own task queue; returns its instance id. Used by backups, restores and archives."""
+    params: dict[str, Any] = {
+        "ImageId": os.environ.get("EC2BACKUP_WORKER_AMI", DEFAULT_WORKER_AMI),
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "ClientToken": client_token(session_id, attempt),
+        "UserData": render_agent_user_data(temporal_address, namespace),
+        "Placement": {"AvailabilityZone": availability_zone},
+        "TagSpecifications": [
+            {
+                "ResourceType": "instance",
+                "Tags": _session_tags(session_id, {"ec2backup:attempt": str(attempt)}),
+            }
+        ],
+        "InstanceInitiatedShutdownBehavior": "terminate",
+    }
+    if subnet_id:
+        params["SubnetId"] = subnet_id
+    if security_group_ids:
+        # Exactly the policy's groups (of the worker's account); without any, EC2 puts the
+        # instance in its VPC's default group.
+        params["SecurityGroupIds"] = list(security_group_ids)
+    profile = os.environ.get("EC2BACKUP_WORKER_INSTANCE_PROFILE")
+    if profile:
+        params["IamInstanceProfile"] = {"Name": profile}
+    return str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+
+
+def existing_volumes(ec2: Any, session_id: str) -> dict[tuple[str | None, str | None], Any]:
+    """The session's worker volumes by (source volume, worker device): a retried provisioning
+    attaches them again instead of creating more."""
+    return {
+        (
+            tagcodec.tag_value(v.get("Tags"), SOURCE_VOLUME_KEY),
+            tagcodec.tag_value(v.get("Tags"), "ec2backup:device"),
+        ): v
+        for v in _session_volumes(ec2, session_id)
+    }
+
+
+def attach_volume(
+    ec2: Any,
+    session_id: str,
+    instance_id: str,
+    existing: dict[tuple[str | None, str | None], Any],
+    *,
+    source_volume_id: str,
+    device: str,
+    availability_zone: str,
+    create: dict[str, Any],
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> str:
+    """The worker volume for (source volume, device), created with `create`'s parameters if
+    it does not exist yet, attached to the instance at `device`; returns its id."""
+    heartbeat(f"volume for {source_volume_id} at {device}")  # a cancel stops here
+    found = existing.get((source_volume_id, device))
+    if found is None:
+        tags = _session_tags(
+            session_id, {SOURCE_VOLUME_KEY: source_volume_id, "ec2backup:device": device}
+        )
+        volume_id = ec2.create_volume(
+            AvailabilityZone=availability_zone,
+            TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
+            **create,
+        )["VolumeId"]
+        state, attached_to = "creating", None
+    else:
+        volume_id = found["VolumeId"]
+        state = found["State"]
+        attached_to = (found.get("Attachments") or [{}])[0].get("InstanceId")
+    _wait(
+        functools.partial(_volume_in, ec2, volume_id, ("available", "in-use")),
+        f"volume {volume_id}",
+        heartbeat=heartbeat,
+    )
+    if attached_to != instance_id:
+        if state == "in-use" and attached_to:
+            ec2.detach_volume(VolumeId=volume_id, Force=True)
+            _wait(
+                functools.partial(_volume_in, ec2, volume_id, ("available",)),
+                f"detach of {volume_id}",
+                heartbeat=heartbeat,
+            )
+        ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+    return str(volume_id)
 
 
 def _volume_state(ec2: Any, volume_id: str) -> str:

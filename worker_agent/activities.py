@@ -22,6 +22,7 @@ from ec2backup.models.agent import (
     HostDevice,
 )
 from ec2backup.models.archive import ArchiveCopyInput, ArchiveCopyOutput
+from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
 
@@ -165,3 +166,27 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
 
 
 ALL.append(archive_copy)
+
+
+# ---- restores ------------------------------------------------------------------------
+@activity.defn(name="agent_write_volume")
+def write_volume(req: WriteVolumeInput) -> WriteVolumeOutput:
+    """Write one volume of a restore point onto this host's empty volume; heartbeats blocks
+    written; a cancel stops it (the restore's cleanup then deletes the volume)."""
+    from ec2backup.activity_support import classify
+    from worker_agent import restore
+
+    def progress(blocks: int, nbytes: int) -> None:
+        activity.heartbeat({"blocks_written": blocks, "bytes_written": nbytes})
+        if activity.is_cancelled():
+            raise CancelledError("restore write cancelled")
+
+    try:
+        return restore.write_volume(req, progress)
+    except CancelledError:
+        raise
+    except Exception as exc:
+        raise classify(exc) from exc
+
+
+ALL.append(write_volume)

@@ -1,9 +1,16 @@
 """`Restore`: an instance or a volume from a snapshot set (or replica), a backup, or an archive.
 
     plan_restore -> [archive: archive_retrieval, durable timer, ... until every pack is back]
-    -> [restore_snapshot_from_backup per volume] -> finish_restore
-    finally (shielded): cleanup_restore (temporary snapshots; on failure/cancel everything the
-    restore made, found by its tag)
+    -> [backup/archive: provision_restore_worker -> agent_write_volume per volume (on the
+        worker's task queue) -> snapshot_restore_volumes -> release_restore_worker]
+    -> finish_restore
+    finally (shielded): cleanup_restore (the worker if still there, temporary snapshots; on
+    failure/cancel everything the restore made, found by its tag)
+
+A backup is written by a worker in the target onto volumes created empty (they read as zeros
+where nothing is written, encrypted or not), never through the orchestrator: see
+`ec2backup.restore.worker` for why not EBS-direct writes. A lost worker (heartbeat or
+schedule-to-start timeout) is replaced and the volumes are written again from the start.
 
 `dry_run` stops after planning: the plan's checks (restore point readable, keys, snapshots,
 subnet, zone, instance type, KMS key) are the result; nothing is created.
@@ -15,7 +22,8 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 from workflows.common import CONTROL_RETRY, cancel_requested, raise_if_cancelled, run_to_completion
 
@@ -26,14 +34,21 @@ with workflow.unsafe.imports_passed_through():
         FinishRestoreInput,
         FinishRestoreOutput,
         PlanRestoreInput,
+        ProvisionRestoreWorkerInput,
+        ReleaseRestoreWorkerInput,
         RestoreInput,
         RestoreOutput,
         RestorePlan,
-        RestoreSnapshotInput,
-        RestoreSnapshotOutput,
+        RestoreWorker,
+        RestoreWorkerVolume,
         RetrievalInput,
         RetrievalOutput,
+        SnapshotWorkerVolumesInput,
+        SnapshotWorkerVolumesOutput,
+        WriteVolumeInput,
+        WriteVolumeOutput,
     )
+    from worker_agent import activities as agent_activities
 
 # Planning may copy a snapshot set to another Region/account first.
 PLAN_TIMEOUT = timedelta(hours=24)
@@ -44,6 +59,13 @@ FINISH_TIMEOUT = timedelta(hours=2)
 # retrievals in 3-5 hours (GLACIER) or 12 (DEEP_ARCHIVE), Bulk in 5-48: polling more often
 # only costs HEAD requests. The wait is a Temporal timer: no worker is held meanwhile.
 RETRIEVAL_POLL = {"Standard": timedelta(minutes=15), "Bulk": timedelta(hours=1)}
+PROVISION_TIMEOUT = timedelta(minutes=30)
+SNAPSHOT_TIMEOUT = timedelta(hours=24)
+CLEANUP_TIMEOUT = timedelta(minutes=15)
+# A lost worker is replaced this many times; a write failing with a retryable error on a live
+# worker is tried again this many times, before the restore fails.
+MAX_WORKERS = 4
+MAX_WRITE_ERRORS = 3
 
 
 @workflow.defn(name="Restore")
@@ -51,13 +73,132 @@ class Restore:
     def __init__(self) -> None:
         self._phase = "planning"
         self._retrieval: RetrievalOutput | None = None
+        self._worker: RestoreWorker | None = None
+        self._written: dict[str, WriteVolumeOutput] = {}
 
     @workflow.query(name="phase")
     def phase(self) -> str:
         r = self._retrieval
         if self._phase == "retrieving" and r is not None:
             return f"retrieving ({r.readable}/{r.packs} packs back)"
+        if self._phase == "writing" and self._worker is not None:
+            return f"writing ({len(self._written)}/{len(self._worker.volumes)} volumes written)"
         return self._phase
+
+    async def _write_backup(self, plan: RestorePlan) -> tuple[dict[str, str], int]:
+        """Write every volume on a restore worker and snapshot the volumes: (device ->
+        temporary snapshot id, bytes written)."""
+        attempts = errors = 0
+        while True:
+            if self._worker is None:
+                if attempts >= MAX_WORKERS:
+                    raise ApplicationError(
+                        f"{MAX_WORKERS} restore workers were lost; giving up",
+                        type="WorkersLost",
+                        non_retryable=True,
+                    )
+                self._phase = "provisioning worker"
+                self._worker = await workflow.execute_activity(
+                    restore_activities.provision_restore_worker,
+                    ProvisionRestoreWorkerInput(plan=plan, attempt=attempts),
+                    start_to_close_timeout=PROVISION_TIMEOUT,
+                    heartbeat_timeout=HEARTBEAT,
+                    retry_policy=CONTROL_RETRY,
+                    # cleanup (release by tag) must not run while this still creates things
+                    cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+                attempts += 1
+                raise_if_cancelled()
+            worker = self._worker
+            todo = [v for v in worker.volumes if v.device not in self._written]
+            if not todo:
+                break
+            self._phase = "writing"
+            results = await asyncio.gather(
+                *(self._write(plan, worker, v) for v in todo),
+                # All of them end before anything is released, even when one fails early.
+                return_exceptions=True,
+            )
+            raise_if_cancelled()
+            lost = False
+            for volume, result in zip(todo, results, strict=True):
+                if isinstance(result, BaseException):
+                    if _host_lost(result):
+                        lost = True
+                        continue
+                    if (
+                        isinstance(result, ActivityError)
+                        and _retryable(result)
+                        and errors < MAX_WRITE_ERRORS
+                    ):
+                        errors += 1
+                        continue
+                    raise result
+                self._written[volume.device] = result
+            if lost:
+                workflow.logger.warning(
+                    "restore worker %s lost; provisioning a new one", worker.instance_id
+                )
+                # Its volumes go with it: the next worker writes every volume again.
+                await run_to_completion(self._release(plan, worker.instance_id))
+                self._worker = None
+                self._written = {}
+        self._phase = "snapshotting"
+        snapped: SnapshotWorkerVolumesOutput = await workflow.execute_activity(
+            restore_activities.snapshot_restore_volumes,
+            SnapshotWorkerVolumesInput(plan=plan, worker=worker),
+            start_to_close_timeout=SNAPSHOT_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT,
+            retry_policy=CONTROL_RETRY,
+        )
+        # The snapshots hold the data now: the worker, its volumes and secret can go.
+        await run_to_completion(self._release(plan, None))
+        self._worker = None
+        return snapped.snapshot_ids, sum(w.bytes_written for w in self._written.values())
+
+    async def _write(
+        self, plan: RestorePlan, worker: RestoreWorker, volume: RestoreWorkerVolume
+    ) -> WriteVolumeOutput:
+        vp = next(v for v in plan.volumes if v.device == volume.device)
+        assert plan.repository and plan.backup_id and plan.secret_name
+        assert vp.record_index is not None
+        result: WriteVolumeOutput = await workflow.execute_activity(
+            agent_activities.write_volume,
+            WriteVolumeInput(
+                restore_id=plan.restore_id,
+                repository=plan.repository,
+                secret_name=plan.secret_name,
+                secret_region=plan.region,
+                backup_id=plan.backup_id,
+                record_index=vp.record_index,
+                device=volume.device,
+                worker_device=volume.worker_device,
+                volume_id=volume.volume_id,
+                size_gib=vp.size_gib,
+            ),
+            task_queue=worker.task_queue,
+            start_to_close_timeout=DATA_TIMEOUT,
+            schedule_to_start_timeout=timedelta(seconds=plan.boot_timeout_seconds),
+            heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
+            retry_policy=RetryPolicy(maximum_attempts=1),
+            # cleanup must not delete the volume while the agent still writes it
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        return result
+
+    async def _release(self, plan: RestorePlan, only_instance_id: str | None) -> None:
+        await workflow.execute_activity(
+            restore_activities.release_restore_worker,
+            ReleaseRestoreWorkerInput(
+                restore_id=plan.restore_id,
+                region=plan.region,
+                role_arn=plan.role_arn,
+                secret_name=plan.secret_name,
+                only_instance_id=only_instance_id,
+            ),
+            start_to_close_timeout=CLEANUP_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
 
     async def _retrieve(self, req: RestoreInput, plan: RestorePlan) -> float:
         """Request the archived packs and wait (timers) until all are readable; seconds."""
@@ -109,36 +250,12 @@ class Restore:
             written = 0
             if plan.source == "archive":
                 retrieval_seconds = await self._retrieve(req, plan)
-            self._phase = "restoring"
             if plan.source in ("backup", "archive"):
-                results = await asyncio.gather(
-                    *(
-                        workflow.execute_activity(
-                            restore_activities.restore_snapshot_from_backup,
-                            RestoreSnapshotInput(plan=plan, volume=v),
-                            start_to_close_timeout=DATA_TIMEOUT,
-                            heartbeat_timeout=HEARTBEAT,
-                            retry_policy=CONTROL_RETRY,
-                            # cleanup must not run while a data activity still writes: wait
-                            # for each to stop before deleting what it made
-                            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                        )
-                        for v in plan.volumes
-                    ),
-                    # All of them end before cleanup runs, even when one fails early.
-                    return_exceptions=True,
-                )
-                for r in results:
-                    if isinstance(r, BaseException):
-                        raise r
-                done_parts = [r for r in results if isinstance(r, RestoreSnapshotOutput)]
-                snapshot_ids = {
-                    v.device: r.snapshot_id for v, r in zip(plan.volumes, done_parts, strict=True)
-                }
-                written = sum(r.bytes_written for r in done_parts)
+                snapshot_ids, written = await self._write_backup(plan)
             else:
                 snapshot_ids = {v.device: v.snapshot_id or "" for v in plan.volumes}
             raise_if_cancelled()  # the data activities may have finished after the cancel
+            self._phase = "restoring"
             done: FinishRestoreOutput = await workflow.execute_activity(
                 restore_activities.finish_restore,
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
@@ -176,3 +293,13 @@ class Restore:
                     retry_policy=CONTROL_RETRY,
                 )
             )
+
+
+def _host_lost(exc: BaseException) -> bool:
+    """A write timed out (heartbeat: the worker died; schedule-to-start: it never came up)."""
+    return isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError)
+
+
+def _retryable(exc: ActivityError) -> bool:
+    cause = exc.cause
+    return isinstance(cause, ApplicationError) and not cause.non_retryable

@@ -51,6 +51,20 @@ RetrievalPollOpt = Annotated[
     ),
 ]
 
+# The restore worker that writes a backup's blocks in the target (backup and archive sources).
+WorkerSubnetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--worker-subnet",
+        help="Subnet of the restore worker (default: the restore's subnet, else the zone's "
+        "default subnet); it must reach Temporal and the repository",
+    ),
+]
+WorkerTypeOpt = Annotated[
+    str | None,
+    typer.Option("--worker-instance-type", help="Instance type of the restore worker"),
+]
+
 
 def _start(req: RestoreInput, wait: bool) -> None:
     from ec2backup.cli.common import client as temporal_client
@@ -122,6 +136,8 @@ def restore_instance(
     wait: bool = typer.Option(False, "--wait"),
     retrieval_tier: RetrievalTierOpt = "Standard",
     retrieval_poll_seconds: RetrievalPollOpt = None,
+    worker_subnet: WorkerSubnetOpt = None,
+    worker_instance_type: WorkerTypeOpt = None,
 ) -> None:
     """Launch an instance with the original shape from a restore point."""
     _start(
@@ -140,6 +156,8 @@ def restore_instance(
             instance_type=instance_type,
             retrieval_tier=retrieval_tier,
             retrieval_poll_seconds=retrieval_poll_seconds,
+            worker_subnet_id=worker_subnet,
+            worker_instance_type=worker_instance_type,
         ),
         wait,
     )
@@ -163,6 +181,8 @@ def restore_volume(
     wait: bool = typer.Option(False, "--wait"),
     retrieval_tier: RetrievalTierOpt = "Standard",
     retrieval_poll_seconds: RetrievalPollOpt = None,
+    worker_subnet: WorkerSubnetOpt = None,
+    worker_instance_type: WorkerTypeOpt = None,
 ) -> None:
     """Create one volume from a restore point."""
     if not device and not volume_id:
@@ -185,6 +205,8 @@ def restore_volume(
             volume_type=volume_type,
             retrieval_tier=retrieval_tier,
             retrieval_poll_seconds=retrieval_poll_seconds,
+            worker_subnet_id=worker_subnet,
+            worker_instance_type=worker_instance_type,
         ),
         wait,
     )

@@ -33,6 +33,10 @@ class RestoreInput(BaseModel):
     # (default by tier: retrievals take hours; the lab's take a few polls).
     retrieval_tier: str = "Standard"
     retrieval_poll_seconds: float | None = None
+    # Backup and archive sources: the restore worker (default: sized by the data, in the
+    # restore's subnet or the zone's default subnet).
+    worker_instance_type: str | None = None
+    worker_subnet_id: str | None = None
 
 
 class RestoreVolumePlan(BaseModel):
@@ -65,6 +69,12 @@ class RestorePlan(BaseModel):
     checks: list[str] = Field(default_factory=list)
     # Set when the catalog chose where to read (the id alone was given): which source and why.
     source_reason: str | None = None
+    # Backup and archive sources: the restore worker's password secret (in the target).
+    secret_name: str | None = None
+    worker_instance_type: str = "c5.large"
+    worker_subnet_id: str | None = None
+    heartbeat_timeout_seconds: float = 60.0
+    boot_timeout_seconds: float = 600.0
 
 
 class RetrievalInput(BaseModel):
@@ -88,15 +98,63 @@ class PlanRestoreInput(BaseModel):
     request: RestoreInput
 
 
-class RestoreSnapshotInput(BaseModel):
+class ProvisionRestoreWorkerInput(BaseModel):
     plan: RestorePlan
-    volume: RestoreVolumePlan
+    attempt: int = 0
 
 
-class RestoreSnapshotOutput(BaseModel):
-    snapshot_id: str
+class RestoreWorkerVolume(BaseModel):
+    device: str  # the restored volume's device (the plan's)
+    volume_id: str  # the worker's empty volume that receives the blocks
+    worker_device: str  # where it is attached on the worker
+
+
+class RestoreWorker(BaseModel):
+    instance_id: str
+    task_queue: str
+    volumes: list[RestoreWorkerVolume]
+
+
+class WriteVolumeInput(BaseModel):
+    """Agent: write one volume record of a restore point onto an attached device."""
+
+    restore_id: str
+    repository: str
+    secret_name: str
+    secret_region: str
+    backup_id: str
+    record_index: int
+    device: str  # the plan's device (for messages)
+    worker_device: str
+    volume_id: str  # the worker volume the device must be
+    size_gib: int
+
+
+class WriteVolumeOutput(BaseModel):
     blocks_written: int
     bytes_written: int
+
+
+class SnapshotWorkerVolumesInput(BaseModel):
+    plan: RestorePlan
+    worker: RestoreWorker
+
+
+class SnapshotWorkerVolumesOutput(BaseModel):
+    snapshot_ids: dict[str, str]  # device -> temporary snapshot of the written volume
+
+
+class ReleaseRestoreWorkerInput(BaseModel):
+    restore_id: str
+    region: str
+    role_arn: str | None = None
+    secret_name: str | None = None
+    only_instance_id: str | None = None
+
+
+class ReleaseRestoreWorkerOutput(BaseModel):
+    instances_terminated: list[str] = Field(default_factory=list)
+    volumes_deleted: list[str] = Field(default_factory=list)
 
 
 class FinishRestoreInput(BaseModel):

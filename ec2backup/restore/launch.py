@@ -164,10 +164,18 @@ def _hand_over(ec2: Any, resource_ids: list[str]) -> None:
 def cleanup(
     restore_id: str, region: str, role_arn: str | None, succeeded: bool
 ) -> CleanupRestoreOutput:
-    """Delete temporary snapshots; after a failure also what the restore made and did not
-    hand over (tagged pending): never what it delivered."""
+    """Release the restore worker (if any), delete temporary snapshots; after a failure also
+    what the restore made and did not hand over (tagged pending): never what it delivered."""
+    from ec2backup import workers
+    from ec2backup.restore import worker as restore_worker
+
     ec2 = aws.client("ec2", region, role_arn)
     out = CleanupRestoreOutput()
+    released = restore_worker.release(
+        restore_id, region, role_arn, workers.session_secret_name(restore_id)
+    )
+    out.instances_terminated += released.instances_terminated
+    out.volumes_deleted += released.volumes_deleted
     if not succeeded:
         reservations = ec2.describe_instances(
             Filters=[
@@ -181,7 +189,7 @@ def cleanup(
         ids = [i["InstanceId"] for r in reservations for i in r["Instances"]]
         if ids:
             ec2.terminate_instances(InstanceIds=ids)
-            out.instances_terminated = ids
+            out.instances_terminated += ids
         for vol in ec2.describe_volumes(
             Filters=[{"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]}]
         )["Volumes"]:

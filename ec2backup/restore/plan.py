@@ -4,6 +4,7 @@ volumes, in which zone, with which shape. Shared names of the restore package li
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from typing import Any
 
@@ -347,7 +348,32 @@ def plan_restore(
         volumes=volumes,
         checks=checks,
         source_reason=source_reason,
+        **_worker_fields(restore_id, source, req, sum(v.size_gib for v in volumes)),
     )
+
+
+def _worker_fields(
+    restore_id: str, source: str, req: RestoreInput, total_gib: int
+) -> dict[str, Any]:
+    """Backup and archive sources are written by a restore worker in the target, sized like
+    a backup worker for the data (decompression and decryption want vCPUs)."""
+    if source == "snapshot":
+        return {}
+    from ec2backup import workers
+
+    heartbeat_timeout = float(
+        os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or workers.DEFAULT_HEARTBEAT_TIMEOUT
+    )
+    boot_timeout = float(
+        os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or workers.DEFAULT_BOOT_TIMEOUT
+    )
+    return {
+        "secret_name": workers.session_secret_name(restore_id),
+        "worker_instance_type": workers.plan_instance_type(total_gib, req.worker_instance_type),
+        "worker_subnet_id": req.worker_subnet_id or req.subnet_id,
+        "heartbeat_timeout_seconds": heartbeat_timeout,
+        "boot_timeout_seconds": boot_timeout,
+    }
 
 
 def _target_zone(
