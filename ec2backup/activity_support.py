@@ -11,6 +11,7 @@ Errors:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Callable
@@ -64,13 +65,20 @@ def classify(exc: BaseException) -> ApplicationError:
     return ApplicationError(f"{type(exc).__name__}: {exc}", type=type(exc).__name__)
 
 
+def role_session() -> contextlib.AbstractContextManager[None]:
+    """Role sessions opened by this activity are named after its workflow (CloudTrail)."""
+    return aws.role_session(activity.info().workflow_id if activity.in_activity() else None)
+
+
 def adapter(fn: F) -> F:
-    """Wrap a sync activity body so every failure is classified."""
+    """Wrap a sync activity body so every failure is classified and role sessions are named
+    after the workflow."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with role_session():
+                return fn(*args, **kwargs)
         except ApplicationError:
             raise
         except Exception as exc:

@@ -1,18 +1,31 @@
 """boto3 sessions and clients per (account role, Region), with AWS's standard retry mode.
 
-Credentials: the process's own (the backup account) or, for another account, temporary keys
-from `sts:AssumeRole` on the role ARN a policy or session names, cached until near expiry.
-`AWS_ENDPOINT_URL` (the lab) is honoured by boto3 itself.
+Credentials: the process's own (the backup account) or, for another account, botocore
+refreshable credentials from `sts:AssumeRole` on the role ARN a policy or session names: they
+renew themselves before they expire (AWS's default role session is 1 hour, shorter than a long
+copy or wait), so a client may be kept for as long as a call needs. Each role session is named
+after the workflow the activity belongs to (`role_session`), so CloudTrail tells sessions apart;
+an ExternalId per account comes from `EC2BACKUP_ROLE_EXTERNAL_IDS` (JSON: account id or role
+ARN -> external id). `AWS_ENDPOINT_URL` (the lab) is honoured by boto3 itself.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import contextvars
+import datetime as dt
+import json
+import os
+import re
 import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import DeferredRefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 
 # Standard retry mode: exponential backoff with jitter on throttling and 5xx, 8 attempts in
@@ -20,12 +33,26 @@ from botocore.exceptions import BotoCoreError, ClientError
 RETRY_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 8}, s3={"addressing_style": "path"}
 )
-# Renew assumed-role credentials this long before they expire.
-CREDENTIAL_MARGIN_SECONDS = 300
+# botocore refreshes 15 minutes (advisory) / 10 minutes (mandatory) before expiry; a role
+# session shorter than an hour refreshes at a quarter / an eighth of its length instead, so it
+# is not renewed on every call.
+ADVISORY_REFRESH_SECONDS, MANDATORY_REFRESH_SECONDS = 15 * 60, 10 * 60
 ROLE_SESSION_NAME = "ec2backup"
+# AWS: RoleSessionName is 2-64 characters of [\w+=,.@-].
+_SESSION_NAME_BAD = re.compile(r"[^\w+=,.@-]")
+EXTERNAL_IDS_ENV = "EC2BACKUP_ROLE_EXTERNAL_IDS"
+# Sessions kept (one per role, Region and role session name): bounded, a long-running
+# orchestrator names sessions after every workflow it serves.
+MAX_CACHED_SESSIONS = 256
 
-_cache: dict[tuple[str | None, str], tuple[float, boto3.Session]] = {}
+_cache: collections.OrderedDict[tuple[str | None, str, str], boto3.Session] = (
+    collections.OrderedDict()
+)
 _lock = threading.Lock()
+_session_name: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "ec2backup_role_session_name", default=ROLE_SESSION_NAME
+)
+
 
 # Error codes that mean "try again later" (throttling, capacity, transient server faults).
 TRANSIENT_CODES = {
@@ -46,6 +73,11 @@ TRANSIENT_CODES = {
     "SnapshotCreationPerVolumeRateExceeded",
     "ConcurrentSnapshotLimitExceeded",
     "PendingVerification",
+    # Role credentials that expired under a call: the refreshable credentials renew on the
+    # next try (EC2 says RequestExpired, S3 ExpiredToken, JSON services ExpiredTokenException).
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
 }
 
 
@@ -57,27 +89,79 @@ def account_of_role(role_arn: str) -> str:
     return parts[4]
 
 
+@contextlib.contextmanager
+def role_session(name: str | None) -> Iterator[None]:
+    """Name the role sessions opened inside (an activity: its workflow id)."""
+    clean = _SESSION_NAME_BAD.sub("-", name or "")[:64]
+    token = _session_name.set(clean if len(clean) >= 2 else ROLE_SESSION_NAME)
+    try:
+        yield
+    finally:
+        _session_name.reset(token)
+
+
+def external_id(role_arn: str) -> str | None:
+    """The ExternalId the role's trust policy asks for, if one is configured."""
+    raw = os.environ.get(EXTERNAL_IDS_ENV)
+    if not raw:
+        return None
+    try:
+        table = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{EXTERNAL_IDS_ENV} is not JSON: {exc}") from exc
+    if not isinstance(table, dict):
+        raise ValueError(f"{EXTERNAL_IDS_ENV} must map account ids or role ARNs to ids")
+    value = table.get(role_arn) or table.get(account_of_role(role_arn))
+    return str(value) if value else None
+
+
+class RoleCredentials(DeferredRefreshableCredentials):
+    """botocore's refreshable credentials over `sts:AssumeRole`, first fetched on first use."""
+
+    def __init__(self, sts: Any, params: dict[str, str]) -> None:
+        self._sts = sts
+        self._params = params
+        super().__init__(refresh_using=self._fetch, method="assume-role")
+
+    def _fetch(self) -> dict[str, str]:
+        creds = self._sts.assume_role(**self._params)["Credentials"]
+        expiry: dt.datetime = creds["Expiration"]
+        length = (expiry - dt.datetime.now(dt.UTC)).total_seconds()
+        self._advisory_refresh_timeout = int(min(ADVISORY_REFRESH_SECONDS, length / 4))
+        self._mandatory_refresh_timeout = int(min(MANDATORY_REFRESH_SECONDS, length / 8))
+        return {
+            "access_key": creds["AccessKeyId"],
+            "secret_key": creds["SecretAccessKey"],
+            "token": creds["SessionToken"],
+            "expiry_time": expiry.isoformat(),
+        }
+
+
 def session(role_arn: str | None, region: str) -> boto3.Session:
-    key = (role_arn, region)
+    name = _session_name.get()
+    key = (role_arn, region, name if role_arn else "")
     with _lock:
         cached = _cache.get(key)
-        if cached and cached[0] > time.time():
-            return cached[1]
+        if cached is not None:
+            _cache.move_to_end(key)
+            return cached
     if role_arn is None:
         sess = boto3.Session(region_name=region)
-        expires = time.time() + 3600
     else:
+        params = {"RoleArn": role_arn, "RoleSessionName": name}
+        ext = external_id(role_arn)
+        if ext:
+            params["ExternalId"] = ext
         sts = boto3.Session(region_name=region).client("sts", config=RETRY_CONFIG)
-        creds = sts.assume_role(RoleArn=role_arn, RoleSessionName=ROLE_SESSION_NAME)["Credentials"]
-        sess = boto3.Session(
-            aws_access_key_id=creds["AccessKeyId"],
-            aws_secret_access_key=creds["SecretAccessKey"],
-            aws_session_token=creds["SessionToken"],
-            region_name=region,
-        )
-        expires = creds["Expiration"].timestamp() - CREDENTIAL_MARGIN_SECONDS
+        core = botocore.session.get_session()
+        # botocore has no public setter for refreshable credentials; this slot is where its
+        # own credential chain puts them (what e.g. boto3-refresh-session does too).
+        core._credentials = RoleCredentials(sts, params)  # type: ignore[attr-defined]
+        sess = boto3.Session(botocore_session=core, region_name=region)
     with _lock:
-        _cache[key] = (expires, sess)
+        _cache[key] = sess
+        while len(_cache) > MAX_CACHED_SESSIONS:
+            _cache.popitem(last=False)
     return sess
 
 

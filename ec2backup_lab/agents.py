@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from ec2backup.userdata import parse_agent_command
+from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.runtime import get_runtime
 
 log = logging.getLogger("ec2backup_lab.agents")
@@ -60,6 +61,9 @@ def _role_credentials(account_id: str, region: str) -> dict[str, str]:
         duration=43200,
         external_id="",
     )
+    # EC2's instance metadata service renews instance-role credentials; the lab hands them to
+    # the agent once, so they must not expire like a role session.
+    lab_sts.exempt(role.access_key_id)
     return {
         "AWS_ACCESS_KEY_ID": role.access_key_id,
         "AWS_SECRET_ACCESS_KEY": role.secret_access_key,

@@ -55,9 +55,22 @@ def up(
     snapshot_pending_seconds: float = typer.Option(
         None, "--snapshot-pending-seconds", help="How long new snapshots stay pending"
     ),
+    role_session_seconds: float = typer.Option(
+        None,
+        "--role-session-seconds",
+        help="Lifetime of AssumeRole credentials (default 3600, as AWS): after it, requests "
+        "signed with them fail with ExpiredToken",
+    ),
 ) -> None:
     """Start the lab: a Temporal dev server and the lab AWS endpoint."""
-    state, started = manager.up(lab_dir, aws_port, temporal_port, ui_port, snapshot_pending_seconds)
+    state, started = manager.up(
+        lab_dir,
+        aws_port,
+        temporal_port,
+        ui_port,
+        snapshot_pending_seconds,
+        role_session_seconds=role_session_seconds,
+    )
     if not started:
         typer.echo(
             f"lab already running in {state.dir} (AWS {state.aws_url}, "

@@ -28,6 +28,7 @@ from botocore.config import Config
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ec2backup_lab import agents
+from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.awserrors import ControlError
 from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK, noise_digest
 from ec2backup_lab.content import ContentGenerator, layout
@@ -380,6 +381,7 @@ def reset_lab_files() -> None:
         runtime.api_calls.clear()
         runtime.blocks_served = 0
     runtime.clear_faults()
+    lab_sts.reset()
 
 
 def reset(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:

@@ -219,6 +219,7 @@ def up(
     temporal_port: int,
     ui_port: int,
     snapshot_pending_seconds: float | None = None,
+    role_session_seconds: float | None = None,
 ) -> tuple[LabState, bool]:
     """Start the lab (or find it running). Returns (state, started_now)."""
     resolved = resolve_dir(lab_dir)
@@ -278,6 +279,8 @@ def up(
     ]
     if snapshot_pending_seconds is not None:
         aws_cmd += ["--snapshot-pending-seconds", str(snapshot_pending_seconds)]
+    if role_session_seconds is not None:
+        aws_cmd += ["--role-session-seconds", str(role_session_seconds)]
     with open(aws_log, "ab") as out:
         aws = subprocess.Popen(
             aws_cmd,

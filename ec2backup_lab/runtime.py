@@ -19,6 +19,7 @@ from ec2backup_lab.s3ext import DEFAULT_S3_RESTORE_READS, set_restore_reads
 # How long a new EC2 snapshot stays `pending` before `completed`, by default. Long enough
 # that waiters really poll, short enough for tests.
 DEFAULT_SNAPSHOT_PENDING_SECONDS = 1.0
+DEFAULT_ROLE_SESSION_SECONDS = 3600.0
 
 
 @dataclass
@@ -56,6 +57,8 @@ class LabRuntime:
         self.root = root
         self.lock = threading.RLock()
         self.snapshot_pending_seconds = DEFAULT_SNAPSHOT_PENDING_SECONDS
+        # AWS's default role session (AssumeRole without DurationSeconds): 1 hour.
+        self.role_session_seconds = DEFAULT_ROLE_SESSION_SECONDS
         self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
@@ -80,6 +83,11 @@ class LabRuntime:
                 if value < 0:
                     raise ValueError("snapshot_pending_seconds must be >= 0")
                 self.snapshot_pending_seconds = value
+            if "role_session_seconds" in data:
+                seconds = float(data["role_session_seconds"])
+                if seconds < 1:
+                    raise ValueError("role_session_seconds must be >= 1")
+                self.role_session_seconds = seconds
             if "s3_restore_reads" in data:
                 reads = int(data["s3_restore_reads"])
                 if reads < 0:
@@ -95,6 +103,7 @@ class LabRuntime:
     def config(self) -> dict[str, Any]:
         return {
             "snapshot_pending_seconds": self.snapshot_pending_seconds,
+            "role_session_seconds": self.role_session_seconds,
             "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
         }

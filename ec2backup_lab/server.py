@@ -29,6 +29,7 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 # Cross-account snapshot copies are part of the product; moto's S3 must not refuse them either.
 os.environ.setdefault("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "true")
 
+from ec2backup_lab import sts
 from ec2backup_lab.awserrors import (
     DEFAULT_THROTTLE,
     THROTTLE_CODES,
@@ -86,6 +87,9 @@ class LabMiddleware:
             return self.app(environ, start_response)
         with self.runtime.lock:
             self.runtime.api_calls[req.action] += 1
+        if sts.expired(req.access_key):
+            code = sts.expired_code(req.service, "x-amz-target" in req.headers)
+            return _respond(start_response, render_error(req, code, sts.EXPIRED_MESSAGE, 400))
         fault = self.runtime.take_fault(req.action)
         if fault is not None:
             status = fault.status or default_status(fault.code)
@@ -178,6 +182,7 @@ def build_app(root: Path) -> LabMiddleware:
 
     ec2ext.install()
     s3ext.install()
+    sts.install()
     s3ext.set_restore_reads(runtime.s3_restore_reads)  # the default or the saved setting
     ebsdirect.install(SERVICE_HANDLERS)
     control.install(CONTROL_ROUTES)
@@ -227,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=4566)
     parser.add_argument("--temporal-address", default="")
     parser.add_argument("--snapshot-pending-seconds", type=float, default=None)
+    parser.add_argument("--role-session-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["temporal_address"] = args.temporal_address
     if args.snapshot_pending_seconds is not None:
         settings["snapshot_pending_seconds"] = args.snapshot_pending_seconds
+    if args.role_session_seconds is not None:
+        settings["role_session_seconds"] = args.role_session_seconds
     if settings:
         runtime.apply_config(settings)
 

@@ -14,6 +14,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
+from ec2backup.activity_support import role_session
 from ec2backup.models.agent import (
     DescribeHostInput,
     DescribeHostOutput,
@@ -114,7 +115,8 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
         return _session_paused(workflow_id)
 
     try:
-        result = transfer.transfer_range(req, heartbeat, should_stop)
+        with role_session():
+            result = transfer.transfer_range(req, heartbeat, should_stop)
     except Exception as exc:
         raise classify(exc) from exc
     if activity.is_cancelled():
@@ -149,9 +151,10 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
         password = secret["password"].encode()
         hot = Repository.open(req.source_repository, password)
         arc = Repository.open(req.archive_repository, password)
-        result = archive_copy.copy_restore_point(
-            hot, req.restore_point_id, arc, progress, checkpoint_prefix=req.archive_id
-        )
+        with role_session():
+            result = archive_copy.copy_restore_point(
+                hot, req.restore_point_id, arc, progress, checkpoint_prefix=req.archive_id
+            )
     except CancelledError:
         raise
     except Exception as exc:
@@ -182,7 +185,8 @@ def write_volume(req: WriteVolumeInput) -> WriteVolumeOutput:
             raise CancelledError("restore write cancelled")
 
     try:
-        return restore.write_volume(req, progress)
+        with role_session():
+            return restore.write_volume(req, progress)
     except CancelledError:
         raise
     except Exception as exc:

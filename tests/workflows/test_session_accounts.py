@@ -3,6 +3,7 @@ and default-key volumes whose worker runs in the production account (acceptance 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from session_helpers import ACCOUNT_B, OTHER_REGION, ROLE_B, ROLE_TAG, SESSION_TAG, Workbench
@@ -119,3 +120,48 @@ def test_default_key_volumes_back_up_in_production_account(wb: Workbench, tmp_pa
     wb.assert_restores(
         repo, result["restore_point_id"], data_volume, snap["SnapshotId"], tmp_path / "b.img"
     )
+
+
+def test_cross_account_session_and_restore_outlive_their_role_sessions(wb: Workbench) -> None:
+    """Role sessions of 30 s (what `lab up --role-session-seconds 30` sets, here at run time)
+    and snapshots that stay pending 40 s: every wait holds its account's client longer than one
+    role session. A cross-account backup session and a restore from its backup into that
+    account both complete (botocore refreshes the credentials; ExpiredToken is not final)."""
+    before = wb.lab_call("GET", "config")
+    wb.lab_call("POST", "config", {"role_session_seconds": 30, "snapshot_pending_seconds": 40})
+    try:
+        inst = wb.seed(
+            "--account", ACCOUNT_B, "--volumes", "1", "--size-gib", "1", "--fill", "0.02"
+        )
+        repo = wb.new_repo()
+        session = wb.backup(inst["instance_id"], "--account-role-arn", ROLE_B, "--repo", repo)
+        assert session.result is not None
+        proc = wb.cli(
+            "restore",
+            "volume",
+            session.result["restore_point_id"],
+            "--repo",
+            repo,
+            "--device",
+            "/dev/sdf",
+            "--to-account",
+            ROLE_B,
+            "--wait",
+            timeout=300,
+        )
+        result = json.loads("\n".join(proc.stdout.splitlines()[1:]))
+        assert result["status"] == "completed" and result["source"] == "backup"
+    finally:
+        wb.lab_call(
+            "POST",
+            "config",
+            {
+                "role_session_seconds": before["role_session_seconds"],
+                "snapshot_pending_seconds": before["snapshot_pending_seconds"],
+            },
+        )
+    restored = result["volumes"][0]["volume_id"]
+    source = session.result["snapshot_ids"][
+        [v["device"] for v in session.result["volumes"]].index("/dev/sdf")
+    ]
+    assert wb.checksum(restored) == wb.checksum(source)
