@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 from typing import Any
@@ -32,7 +33,7 @@ from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.awserrors import ControlError
 from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK, noise_digest
 from ec2backup_lab.content import ContentGenerator, layout
-from ec2backup_lab.ec2ext import LabEC2Backend, all_ec2_backends
+from ec2backup_lab.ec2ext import LabEC2Backend, all_ec2_backends, by_id_name, devices_dir
 from ec2backup_lab.runtime import Fault, Throttle, get_runtime
 
 # Marks the lab's own loopback calls (seeding): not counted in metrics, never faulted.
@@ -338,9 +339,15 @@ def instances(method: str, parts: list[str], query: Any, body: Any) -> tuple[int
                 devices = {}
                 for device, mapping in instance.get_block_device_mapping:
                     data = backend.volume_data.get(mapping.volume_id)  # type: ignore[attr-defined]
+                    by_id = devices_dir(instance_id) / "by-id" / by_id_name(mapping.volume_id)
                     devices[device] = {
                         "volume_id": mapping.volume_id,
                         "path": str(data.path) if data else None,
+                        # what the instance sees: its NVMe device and the udev by-id link
+                        "nvme": f"/dev/{os.readlink(by_id).rsplit('/', 1)[-1]}"
+                        if by_id.is_symlink()
+                        else None,
+                        "by_id": str(by_id),
                     }
                 return 200, {"instance_id": instance_id, "devices": devices}
     raise ControlError(404, f"instance '{instance_id}' does not exist in any account or Region")

@@ -7,6 +7,7 @@ of the gaps measured in `research/moto-audit.md`; the comments name the AWS beha
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -115,8 +116,52 @@ def instance_dir(instance_id: str) -> Path:
     return get_runtime().root / "instances" / instance_id
 
 
-def device_link(instance_id: str, device: str) -> Path:
-    return instance_dir(instance_id) / "devices" / device.rsplit("/", 1)[-1]
+def devices_dir(instance_id: str) -> Path:
+    return instance_dir(instance_id) / "devices"
+
+
+# What a Nitro instance shows for an attached EBS volume: an NVMe namespace `nvme<k>n1` whose
+# serial is the volume id, and the udev link `/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_
+# <vol id without the dash>`. The `/dev/sdX` name of the attachment exists only where the AMI's
+# udev rules create it, so the lab does not create it. NVMe numbers follow enumeration order,
+# not the attachment order: the lab hands them out from the top down (the first volume attached
+# gets the highest free number), so code that assumes the two orders agree reads the wrong disk.
+NVME_BY_ID_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
+# nvme0 is the root volume's on EC2; attached volumes take nvme1..nvme26.
+MAX_NVME_DEVICES = 27
+
+
+def by_id_name(volume_id: str) -> str:
+    return NVME_BY_ID_PREFIX + volume_id.replace("-", "")
+
+
+def _nvme_slot(instance_id: str) -> Path:
+    """The next NVMe device of the instance: the highest free number."""
+    root = devices_dir(instance_id)
+    taken = {p.name for p in root.glob("nvme*n1")}
+    for number in range(MAX_NVME_DEVICES - 1, 0, -1):
+        if f"nvme{number}n1" not in taken:
+            return root / f"nvme{number}n1"
+    raise LabClientError("AttachmentLimitExceeded", f"instance '{instance_id}' has no free slot")
+
+
+def attach_device(instance_id: str, volume_id: str, target: Path) -> Path:
+    """Make the attached volume appear on the instance: its NVMe device and by-id link."""
+    nvme = _nvme_slot(instance_id)
+    nvme.parent.mkdir(parents=True, exist_ok=True)
+    nvme.symlink_to(target)
+    link = nvme.parent / "by-id" / by_id_name(volume_id)
+    link.parent.mkdir(exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(Path("..") / nvme.name)
+    return nvme
+
+
+def detach_device(instance_id: str, volume_id: str) -> None:
+    link = devices_dir(instance_id) / "by-id" / by_id_name(volume_id)
+    if link.is_symlink():
+        (link.parent / os.readlink(link)).unlink(missing_ok=True)
+        link.unlink(missing_ok=True)
 
 
 def all_ec2_backends() -> list[EC2Backend]:
@@ -260,10 +305,7 @@ class LabEC2Backend(EC2Backend):
         attachment = super().attach_volume(
             volume_id, instance_id, device_path, delete_on_termination
         )
-        link = device_link(instance_id, device_path)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        link.symlink_to(self.volume_data[volume_id].path)
+        attach_device(instance_id, volume_id, self.volume_data[volume_id].path)
         return attachment
 
     def detach_volume(
@@ -283,7 +325,7 @@ class LabEC2Backend(EC2Backend):
             )
         device = device_path or volume.attachment.device
         attachment = super().detach_volume(volume_id, instance_id, device)
-        device_link(instance_id, device).unlink(missing_ok=True)
+        detach_device(instance_id, volume_id)
         return attachment
 
     # -- snapshots -----------------------------------------------------------------------
@@ -498,7 +540,7 @@ class LabEC2Backend(EC2Backend):
         from ec2backup_lab import agents
 
         for instance in reservation.instances:
-            instance_dir(instance.id).joinpath("devices").mkdir(parents=True, exist_ok=True)
+            devices_dir(instance.id).mkdir(parents=True, exist_ok=True)
             agents.maybe_start(self, instance)
         return reservation
 

@@ -36,7 +36,7 @@ def describe_host(req: DescribeHostInput) -> DescribeHostOutput:
     names = sorted(os.listdir(device_dir)) if device_dir and os.path.isdir(device_dir) else []
     for name in names:
         path = resolve_device(f"/dev/{name}")
-        if not path.exists():
+        if not path.exists() or path.is_dir():  # the by-id/ links are not devices
             continue
         with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
@@ -53,7 +53,7 @@ def digest_blocks(req: DigestBlocksInput) -> DigestBlocksOutput:
     """SHA-256 over the given blocks of a device, read in order (a device read self-test)."""
     digest = hashlib.sha256()
     total = 0
-    with DeviceReader(req.device) as reader:
+    with DeviceReader(req.device, req.volume_id) as reader:
         for index in req.block_indexes:
             data = reader.read_block(index)
             digest.update(data)

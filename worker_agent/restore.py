@@ -11,40 +11,26 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ec2backup.errors import UserError
 from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.reader import restore_volume
 from ec2backup.repository.repo import Repository
 from ec2backup.workers import read_session_secret
-from worker_agent.devices import resolve_device, volume_id_of
+from worker_agent.devices import DeviceMismatch, find_volume
 
 GIB = 1024**3
 # How long a restore waits for a running prune (exclusive lock) before it fails.
 LOCK_WAIT_SECONDS = 600.0
 
 
-class DeviceMismatch(UserError):
-    """The attached device is not the volume it should be: nothing is written."""
-
-
 def open_device(req: WriteVolumeInput) -> int:
     """The device's fd for writing, after checking it is the volume and size we were given."""
-    path = resolve_device(req.worker_device)
-    if not path.exists():
-        raise DeviceMismatch(
-            f"{req.device}: device {req.worker_device} for volume {req.volume_id} is not attached"
-        )
-    found = volume_id_of(path)
-    if found.startswith("vol-") and found != req.volume_id:
-        raise DeviceMismatch(
-            f"{req.device}: device {req.worker_device} is volume {found}, not {req.volume_id}"
-        )
+    path = find_volume(req.volume_id, req.worker_device)
     fd = os.open(path, os.O_WRONLY)
     size = os.lseek(fd, 0, os.SEEK_END)
     if size != req.size_gib * GIB:
         os.close(fd)
         raise DeviceMismatch(
-            f"{req.device}: volume {req.volume_id} at {req.worker_device} has {size} bytes, "
+            f"{req.device}: volume {req.volume_id} at {path} has {size} bytes, "
             f"not the {req.size_gib} GiB the restore needs"
         )
     return fd

@@ -151,7 +151,8 @@ def transfer_range(
             # Where to go on after this range: the next listed block (skipping empty ranges)
             # or the end of the volume when nothing follows.
             resume_at = req.volume.blocks_total
-            with DeviceReader(req.worker_device) as device:
+            size = req.volume.size_gib * 1024**3
+            with DeviceReader(req.worker_device, req.worker_volume_id, size) as device:
                 for index, present in changed_blocks(ebs, req.volume, start, req.end_block):
                     if present is None:
                         resume_at = index
@@ -175,6 +176,7 @@ def transfer_range(
                         progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
                         or now - last_cp_time > CHECKPOINT_EVERY_SECONDS
                     ):
+                        device.verify()  # never commit blocks of a swapped or shrunk device
                         progress.cursor = writer.checkpoint(position=index + 1)
                         progress.bytes_stored = writer.stats.bytes_new_stored - stored0
                         last_cp, last_cp_time = progress.blocks_listed, now
@@ -183,6 +185,8 @@ def transfer_range(
                     if stop:  # pause or cancel: everything before the cursor is durable
                         stopped = True
                         break
+                if not stopped:
+                    device.verify()
             if not stopped:
                 progress.cursor = writer.checkpoint(position=max(resume_at, req.end_block))
                 progress.bytes_stored = writer.stats.bytes_new_stored - stored0

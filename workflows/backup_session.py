@@ -340,6 +340,14 @@ class BackupSession(Pausable):
                 region=plan.region,
                 volume=vp,
                 worker_device=device,
+                worker_volume_id=next(
+                    (
+                        v.volume_id
+                        for v in worker.volumes
+                        if v.source_volume_id == vp.source_volume_id and v.device == device
+                    ),
+                    None,
+                ),
                 start_block=start,
                 end_block=end,
                 cursor=cursor,

@@ -21,8 +21,9 @@ class DescribeHostOutput(BaseModel):
 
 
 class DigestBlocksInput(BaseModel):
-    device: str
+    device: str  # the attachment's device name (a fallback) ...
     block_indexes: list[int]
+    volume_id: str | None = None  # ... the volume is found by its id (NVMe by-id) first
 
 
 class DigestBlocksOutput(BaseModel):

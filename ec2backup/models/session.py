@@ -237,6 +237,8 @@ class TransferRangeInput(BaseModel):
     region: str
     volume: VolumePlan
     worker_device: str
+    # The worker's copy of the volume: the agent finds its device by this id (NVMe by-id).
+    worker_volume_id: str | None = None
     start_block: int
     end_block: int
     cursor: int  # resume point within [start_block, end_block)

@@ -3,7 +3,9 @@ once with a message naming the cause (acceptance 11)."""
 
 from __future__ import annotations
 
+import os
 import time
+from typing import Any
 
 from session_helpers import Workbench
 
@@ -75,3 +77,51 @@ def test_permanent_agent_error_fails_and_cleans_up(wb: Workbench) -> None:
     assert wb.status(session.session_id) == "FAILED"
     assert "AccessDenied" in session.stderr, session.stderr
     assert wb.leftovers(session.session_id) == {}, wb.diagnose(session)
+
+
+def test_a_device_shrunk_under_a_running_range_fails_naming_the_volume(wb: Workbench) -> None:
+    """The worker's copy of the volume shrinks while the agent reads it (pack uploads slowed
+    to 2/s so the range is still running): the range fails with the volume's id, no restore
+    point is committed, and the session cleans up."""
+    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.2", "--seed", "71")
+    repo = wb.new_repo()
+    wb.cli("lab", "fault", "--throttle", "2", "--api", "PutObject")
+    try:
+        session_id = wb.start_backup(inst["instance_id"], "--repo", repo)
+        wb.wait_transferring(session_id, min_bytes=4 * 1024**2)
+        data_volume = inst["volumes"][0]["volume_id"]
+        copies = [
+            v["VolumeId"]
+            for v in wb.session_volumes(session_id)
+            if {"Key": "ec2backup:source-volume", "Value": data_volume} in v.get("Tags", [])
+        ]
+        assert len(copies) == 1, wb.session_volumes(session_id)
+        copy = copies[0]
+        path = wb.lab_call("GET", f"volumes/{copy}")["path"]
+        os.truncate(path, 64 * 1024**2)  # the device loses most of itself
+        status = wb.wait_status(session_id, timeout=120)
+    finally:
+        wb.cli("lab", "fault", "--clear")
+    assert status == "FAILED", wb.diagnose(session_id)
+    message = failure(wb, session_id)
+    # Whichever check sees it first: a read, the checkpoint's verification, or the next range.
+    reasons = ("short read", "size changed", "but its snapshot is")
+    assert copy in message and any(r in message for r in reasons), message
+    assert not wb.cli_json("repo", "ls", "--repo", repo, "--json")
+    assert wb.leftovers(session_id) == {}, wb.diagnose(session_id)
+
+
+def failure(wb: Workbench, workflow_id: str) -> str:
+    """The failed workflow's own error message (the first application error of the chain)."""
+    from temporalio.client import WorkflowFailureError
+
+    from ec2backup.views import failure_message
+
+    async def go(client: Any) -> str:
+        try:
+            await client.get_workflow_handle(workflow_id).result()
+        except WorkflowFailureError as exc:
+            return failure_message(exc)
+        raise AssertionError(f"{workflow_id} did not fail")
+
+    return str(wb.temporal(go))

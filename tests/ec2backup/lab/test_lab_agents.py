@@ -34,7 +34,7 @@ from lab_helpers import (
 )
 from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -50,6 +50,7 @@ class DigestProbeInput(BaseModel):
     task_queue: str
     device: str
     block_indexes: list[int]
+    volume_id: str | None = None
 
 
 @workflow.defn(name="LabTestDigestProbe")
@@ -60,7 +61,9 @@ class DigestProbe:
     async def run(self, req: DigestProbeInput) -> DigestBlocksOutput:
         return await workflow.execute_activity(
             "agent_digest_blocks",
-            DigestBlocksInput(device=req.device, block_indexes=req.block_indexes),
+            DigestBlocksInput(
+                device=req.device, block_indexes=req.block_indexes, volume_id=req.volume_id
+            ),
             task_queue=req.task_queue,
             result_type=DigestBlocksOutput,
             schedule_to_start_timeout=AGENT_TIMEOUT,
@@ -84,13 +87,16 @@ class Probes:
             execution_timeout=timedelta(seconds=90),
         )
 
-    async def digest(self, instance_id: str, device: str, indexes: list[int]) -> DigestBlocksOutput:
+    async def digest(
+        self, instance_id: str, device: str, indexes: list[int], volume_id: str | None = None
+    ) -> DigestBlocksOutput:
         return await self.client.execute_workflow(
             DigestProbe.run,
             DigestProbeInput(
                 task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id),
                 device=device,
                 block_indexes=indexes,
+                volume_id=volume_id,
             ),
             id=f"lab-test-digest-{uuid.uuid4().hex}",
             task_queue=self.task_queue,
@@ -146,9 +152,11 @@ async def test_worker_instance_runs_a_live_agent_until_terminated(lab: Any, prob
     ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
     host = (await probes.describe(instance_id)).host
     assert host.instance_id == instance_id
-    devices = {d.device: d for d in host.devices}
-    assert devices["/dev/sdf"].volume_id == volume_id
-    assert devices["/dev/sdf"].size_bytes == 1024**3
+    # A Nitro instance: the volume is an NVMe device (named by enumeration), no /dev/sdf.
+    devices = {d.volume_id: d for d in host.devices}
+    assert devices[volume_id].device.startswith("/dev/nvme")
+    assert devices[volume_id].size_bytes == 1024**3
+    assert "/dev/sdf" not in {d.device for d in host.devices}
 
     ec2.terminate_instances(InstanceIds=[instance_id])
     wait_dead(pid)
@@ -172,12 +180,47 @@ async def test_agent_digests_blocks_of_an_attached_volume(lab: Any, probes: Prob
         volume_id = restore(ec2, snapshot_id)
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdg")
         before = metrics(lab)["agent_bytes_read"].get(volume_id, 0)
-        out = await probes.digest(instance_id, "/dev/sdg", indexes)
+        out = await probes.digest(instance_id, "/dev/sdg", indexes, volume_id)
         assert out.volume_id == volume_id
         assert out.bytes_read == len(indexes) * BLOCK
         assert out.sha256 == expected.hexdigest()
         after = metrics(lab)["agent_bytes_read"].get(volume_id, 0)
         assert after - before == len(indexes) * BLOCK
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+    wait_dead(pid)
+
+
+async def test_nvme_devices_come_in_another_order_and_are_found_by_volume_id(
+    lab: Any, probes: Probes
+) -> None:
+    """Volumes attached as /dev/sdf, sdg, sdh appear as NVMe devices numbered in another
+    order, without /dev/sdX names; the agent reads each volume by its id (by-id link)."""
+    ec2, ebs = client(lab, "ec2"), client(lab, "ebs")
+    snaps = [snapshot(ec2, seed_volume(lab, fill=0.02, seed_value=60 + i)) for i in range(3)]
+    first_blocks = []
+    for snap in snaps:
+        blocks, _ = list_blocks(ebs, snap)
+        first_blocks.append((blocks[0]["BlockIndex"], blocks[0]["BlockToken"]))
+    instance_id, pid = launch_worker(lab)
+    try:
+        volumes = [restore(ec2, snap) for snap in snaps]
+        attached = ["/dev/sdf", "/dev/sdg", "/dev/sdh"]
+        for volume_id, device in zip(volumes, attached, strict=True):
+            ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+        host = (await probes.describe(instance_id)).host
+        by_name = sorted(host.devices, key=lambda d: int(d.device[len("/dev/nvme") : -2]))
+        assert all(d.device.startswith("/dev/nvme") for d in by_name)
+        assert [d.volume_id for d in by_name] != volumes  # enumeration order is not ours
+        for volume_id, device, snap, (index, token) in zip(
+            volumes, attached, snaps, first_blocks, strict=True
+        ):
+            out = await probes.digest(instance_id, device, [index], volume_id)
+            assert out.volume_id == volume_id
+            assert out.sha256 == hashlib.sha256(get_block(ebs, snap, index, token)).hexdigest()
+        # Without the id, the attachment's name alone finds nothing on a Nitro instance.
+        with pytest.raises(WorkflowFailureError):
+            await probes.digest(instance_id, "/dev/sdf", [0])
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
     wait_dead(pid)
