@@ -49,6 +49,12 @@ def _restore_ids(region: str, role_arn: str | None) -> set[str]:
         found.update(
             t["Value"] for t in vol.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
         )
+    for image in ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
+    )["Images"]:
+        found.update(
+            t["Value"] for t in image.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
+        )
     for reservation in ec2.describe_instances(
         Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
     )["Reservations"]:

@@ -77,7 +77,7 @@ def release_restore_worker(req: ReleaseRestoreWorkerInput) -> ReleaseRestoreWork
 @activity.defn(name="finish_restore")
 @adapter
 def finish_restore(req: FinishRestoreInput) -> FinishRestoreOutput:
-    return restore_launch.finish(req.plan, req.snapshot_ids)
+    return restore_launch.finish(req.plan, req.snapshot_ids, heartbeat=heartbeat)
 
 
 @activity.defn(name="cleanup_restore")

@@ -175,6 +175,9 @@ def commit(
             placement=plan.placement,
             instance_type=snapshot_set.instance_type,
             root_device=snapshot_set.root_device,
+            architecture=snapshot_set.architecture,
+            ena_support=snapshot_set.ena_support,
+            boot_mode=snapshot_set.boot_mode,
             subnet_id=snapshot_set.subnet_id,
             instance_tags=snapshot_set.instance_tags,
         )

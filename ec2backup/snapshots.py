@@ -56,6 +56,38 @@ def _describe_instance(ec2: Any, instance_id: str) -> dict[str, Any]:
     return instance
 
 
+class InstanceShape(BaseModel):
+    """What an image registered from the instance's snapshots must say to boot it again."""
+
+    architecture: str | None = None
+    ena_support: bool | None = None
+    boot_mode: str | None = None
+
+
+def instance_shape(ec2: Any, instance: dict[str, Any]) -> InstanceShape:
+    """Architecture, ENA support and boot mode of a running instance. Its boot mode comes from
+    DescribeInstances (`BootMode`, `CurrentInstanceBootMode`) or else from its image; an image
+    without one boots as EC2 defaults it: uefi on arm64, legacy-bios on x86_64."""
+    architecture = instance.get("Architecture")
+    boot_mode = instance.get("CurrentInstanceBootMode") or instance.get("BootMode")
+    if not boot_mode and instance.get("ImageId"):
+        try:
+            images = ec2.describe_images(ImageIds=[instance["ImageId"]])["Images"]
+        except Exception as exc:  # the image may be gone: fall back to EC2's default
+            if aws.is_transient(exc):
+                raise
+            images = []
+        boot_mode = images[0].get("BootMode") if images else None
+    if not boot_mode and architecture:
+        boot_mode = "uefi" if architecture == "arm64" else "legacy-bios"
+    ena = instance.get("EnaSupport")
+    return InstanceShape(
+        architecture=architecture,
+        ena_support=None if ena is None else bool(ena),
+        boot_mode=boot_mode,
+    )
+
+
 def session_snapshots(ec2: Any, session_id: str) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
     kwargs: dict[str, Any] = {
@@ -113,6 +145,7 @@ def create_snapshot_set(
             ],
         )["Snapshots"]
     default_key = _default_key_arn(kms)
+    shape = instance_shape(ec2, instance)
     by_volume = {s["VolumeId"]: s for s in snaps}
     ordered = sorted(by_volume, key=lambda v: devices.get(v, "~"))
     instance_tags = {
@@ -128,7 +161,9 @@ def create_snapshot_set(
             snapshot_id=snap["SnapshotId"],
             volume_id=volume_id,
             device=devices.get(volume_id, "unknown"),
-            size_gib=int(volume.get("Size", 0)),
+            # The snapshot's size, not the volume's as described before it was taken: a
+            # volume grown in between has a larger snapshot.
+            size_gib=int(snap.get("VolumeSize") or volume.get("Size", 0)),
             encrypted=bool(volume.get("Encrypted")),
             kms_key_id=kms_key,
             default_key=bool(volume.get("Encrypted"))
@@ -146,6 +181,9 @@ def create_snapshot_set(
                 session_id=session_id,
                 instance_id=instance_id,
                 instance_type=instance.get("InstanceType"),
+                architecture=shape.architecture,
+                ena_support=shape.ena_support,
+                boot_mode=shape.boot_mode,
                 availability_zone=instance.get("Placement", {}).get("AvailabilityZone"),
                 subnet_id=instance.get("SubnetId"),
                 region=region,
@@ -178,6 +216,9 @@ def create_snapshot_set(
         members=members,
         instance_type=instance.get("InstanceType"),
         root_device=instance.get("RootDeviceName"),
+        architecture=shape.architecture,
+        ena_support=shape.ena_support,
+        boot_mode=shape.boot_mode,
         subnet_id=instance.get("SubnetId"),
         instance_tags=instance_tags,
         created=now,

@@ -50,6 +50,11 @@ class SnapshotMetadata(BaseModel):
     session_id: str
     instance_id: str
     instance_type: str | None = None
+    # What an image of the instance must say for it to boot again (RegisterImage): x86_64 |
+    # arm64, ENA support, legacy-bios | uefi.
+    architecture: str | None = None
+    ena_support: bool | None = None
+    boot_mode: str | None = None
     availability_zone: str | None = None
     subnet_id: str | None = None
     region: str

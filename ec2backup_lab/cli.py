@@ -170,6 +170,11 @@ def seed(
     encryption: str = typer.Option("none", "--encryption", help="none|default-key|cmk"),
     fill: float = typer.Option(0.25, "--fill", help="Share of each volume holding data"),
     seed_value: int = typer.Option(1, "--seed", help="Content seed"),
+    arch: str = typer.Option("x86_64", "--arch", help="x86_64|arm64 (instance type to match)"),
+    boot_mode: str = typer.Option(
+        None, "--boot-mode", help="uefi|legacy-bios (default: uefi on arm64, else legacy-bios)"
+    ),
+    instance_type: str = typer.Option(None, "--instance-type", help="Default: by --arch"),
     lab_dir: Path = DirOption,
 ) -> None:
     """Create running instances whose data volumes hold realistic content."""
@@ -183,6 +188,9 @@ def seed(
         "encryption": encryption,
         "fill": fill,
         "seed": seed_value,
+        "arch": arch,
+        "boot_mode": boot_mode,
+        "instance_type": instance_type,
     }
     _print_json(call(lab_dir, "POST", "seed", body))
 

@@ -33,13 +33,19 @@ from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.awserrors import ControlError
 from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK, noise_digest
 from ec2backup_lab.content import ContentGenerator, layout
-from ec2backup_lab.ec2ext import LabEC2Backend, all_ec2_backends, by_id_name, devices_dir
+from ec2backup_lab.ec2ext import (
+    LAB_INSTANCE_TYPES,
+    LabEC2Backend,
+    all_ec2_backends,
+    by_id_name,
+    devices_dir,
+    lab_image,
+)
 from ec2backup_lab.runtime import Fault, Throttle, get_runtime
 
 # Marks the lab's own loopback calls (seeding): not counted in metrics, never faulted.
 INTERNAL_HEADER = "x-ec2backup-lab-internal"
 DEFAULT_ACCOUNT = "123456789012"
-LAB_AMI = "ami-0ec2backup0lab001"
 # Seeded volumes go on the first data device names AWS recommends for Linux.
 DATA_DEVICES = [f"/dev/sd{c}" for c in "fghijklmnop"]
 MAX_SEED_INSTANCES, MAX_SEED_VOLUMES, MAX_VOLUME_GIB = 50, len(DATA_DEVICES), 16384
@@ -55,7 +61,23 @@ class SeedRequest(BaseModel):
     encryption: str = "none"
     fill: float = Field(0.25, ge=0.0, le=1.0)
     seed: int = 1
-    instance_type: str = "t3.micro"
+    instance_type: str | None = None  # default: the lab's type of the architecture
+    arch: str = "x86_64"
+    boot_mode: str | None = None  # default: uefi on arm64 (Graviton boots only so), else bios
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        if value not in LAB_INSTANCE_TYPES:
+            raise ValueError(f"must be one of {', '.join(LAB_INSTANCE_TYPES)}")
+        return value
+
+    @field_validator("boot_mode")
+    @classmethod
+    def _boot_mode(cls, value: str | None) -> str | None:
+        if value not in (None, "uefi", "legacy-bios"):
+            raise ValueError("must be uefi or legacy-bios")
+        return value
 
     @field_validator("encryption")
     @classmethod
@@ -124,16 +146,20 @@ def seed(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any
     if req.encryption == "cmk":
         kms = _client("kms", req.region, req.account)
         kms_key_id = kms.create_key(Description="ec2backup lab CMK")["KeyMetadata"]["Arn"]
+    try:
+        image_id = lab_image(req.arch, req.boot_mode)
+    except ValueError as exc:
+        raise ControlError(400, f"boot_mode: {exc} (arm64 instances boot only uefi)") from exc
     gen = ContentGenerator(req.seed)
     rng = random.Random(req.seed)
     tags = [{"Key": k, "Value": v} for k, v in req.tags.items()]
     out = []
     for n in range(req.instances):
         run = ec2.run_instances(
-            ImageId=LAB_AMI,
+            ImageId=image_id,
             MinCount=1,
             MaxCount=1,
-            InstanceType=req.instance_type,
+            InstanceType=req.instance_type or LAB_INSTANCE_TYPES[req.arch],
             Placement={"AvailabilityZone": zone},
             TagSpecifications=[
                 {
@@ -175,6 +201,8 @@ def seed(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any
                 "instance_id": instance_id,
                 "region": req.region,
                 "account": req.account,
+                "architecture": req.arch,
+                "image_id": image_id,
                 "volumes": volumes,
             }
         )

@@ -21,6 +21,7 @@ from moto.ec2.exceptions import EC2ClientError, InvalidVolumeIdError
 from moto.ec2.models import EC2Backend
 from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.models.elastic_block_store import Volume, VolumeAttachment
+from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id
 
@@ -35,6 +36,26 @@ _DEVICE_RE = re.compile(r"^/dev/(sd[a-z]\d*|xvd[a-z]{1,2}\d*|nvme\d+n\d+)$|^xvd[
 class LabClientError(EC2ClientError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(code, message)
+
+
+# The lab's own images, by architecture and boot mode (`lab seed --arch --boot-mode`). Any other
+# image id the lab does not know boots as x86_64 legacy-bios (moto's default).
+LAB_IMAGES = {
+    "ami-0ec2backup0lab001": ("x86_64", "legacy-bios"),
+    "ami-0ec2backup0lab002": ("x86_64", "uefi"),
+    "ami-0ec2backup0arm001": ("arm64", "uefi"),
+}
+# The instance types `lab seed` gives each architecture (moto knows their processors).
+LAB_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
+
+
+def lab_image(architecture: str, boot_mode: str | None) -> str:
+    """The lab image of this shape (arm64 boots only uefi, as Graviton does)."""
+    mode = boot_mode or ("uefi" if architecture == "arm64" else "legacy-bios")
+    for image_id, shape in LAB_IMAGES.items():
+        if shape == (architecture, mode):
+            return image_id
+    raise ValueError(f"no lab image is {architecture} with boot mode {mode}")
 
 
 def snapshot_not_found(snapshot_id: str) -> LabClientError:
@@ -422,6 +443,13 @@ class LabEC2Backend(EC2Backend):
     def delete_snapshot(self, snapshot_id: str) -> Snapshot:
         if snapshot_id not in self.snapshots:
             raise snapshot_not_found(snapshot_id)
+        # AWS: a snapshot an image is registered over cannot be deleted.
+        for ami in self.amis.values():
+            if snapshot_id in getattr(ami, "lab_snapshot_ids", ()):
+                raise LabClientError(
+                    "InvalidSnapshot.InUse",
+                    f"The snapshot {snapshot_id} is currently in use by {ami.id}",
+                )
         return super().delete_snapshot(snapshot_id)  # type: ignore[return-value]
 
     def describe_volumes(
@@ -508,16 +536,81 @@ class LabEC2Backend(EC2Backend):
             ]
         return result
 
-    def register_image(self, name: str | None = None, description: str | None = None) -> Any:
-        """AWS registers an image over the snapshots it is given and makes none of its own;
-        moto makes a volume (in a zone named like the Region) and a snapshot: drop them."""
+    def register_image(
+        self,
+        name: str | None = None,
+        description: str | None = None,
+        *,
+        architecture: str | None = None,
+        boot_mode: str | None = None,
+        ena_support: bool | None = None,
+        root_device_name: str | None = None,
+        snapshot_ids: list[str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Any:
+        """AWS registers an image over the snapshots it is given and makes none of its own
+        (moto makes a volume and a snapshot: dropped); it keeps the architecture, boot mode
+        and ENA support it is told (moto keeps none); image names are unique per account and
+        Region (InvalidAMIName.Duplicate); the snapshots stay in use while it exists."""
+        for other in self.amis.values():
+            if name and other.name == name and other.owner_id == self.account_id:
+                raise LabClientError(
+                    "InvalidAMIName.Duplicate",
+                    f"AMI name {name} is already in use by AMI {other.id}",
+                )
+        for snapshot_id in snapshot_ids or []:
+            if snapshot_id not in self.snapshots:
+                raise snapshot_not_found(snapshot_id)
         self._ami_internal = True
         try:
             ami = super().register_image(name, description)
         finally:
             self._ami_internal = False
         self.snapshots.pop(ami.ebs_snapshot.id, None)
+        ami.architecture = architecture or "x86_64"
+        ami.boot_mode = boot_mode  # type: ignore[assignment]
+        ami.ena_support = ena_support  # type: ignore[attr-defined]
+        if root_device_name:
+            ami.root_device_name = root_device_name
+        ami.root_device_type = "ebs"
+        ami.virtualization_type = "hvm"
+        ami.lab_snapshot_ids = set(snapshot_ids or [])  # type: ignore[attr-defined]
+        if tags:
+            self.create_tags([ami.id], tags)
         return ami
+
+    def _image_shape(self, image_id: str) -> tuple[str, str | None, bool | None]:
+        ami = self.amis.get(image_id)
+        if ami is not None:
+            return ami.architecture or "x86_64", ami.boot_mode, getattr(ami, "ena_support", None)
+        architecture, boot_mode = LAB_IMAGES.get(image_id, ("x86_64", "legacy-bios"))
+        return architecture, boot_mode, True
+
+    def _check_instance_type(
+        self, instance_type: str, architecture: str, boot_mode: str | None
+    ) -> None:
+        """RunInstances refuses an instance type that cannot run the image (AWS's messages)."""
+        try:
+            types = self.describe_instance_types([instance_type])
+        except Exception:
+            return  # a type moto does not know: nothing to check against
+        if not types:
+            return
+        info = types[0]
+        archs = info.get("ProcessorInfo", {}).get("SupportedArchitectures", [])
+        if archs and architecture not in archs:
+            raise LabClientError(
+                "InvalidParameterValue",
+                f"The architecture '{'/'.join(archs)}' of the specified instance type does not "
+                f"match the architecture '{architecture}' of the specified AMI. Specify an "
+                "instance type and an AMI that have matching architectures, and try again.",
+            )
+        modes = info.get("SupportedBootModes", [])
+        if boot_mode and modes and boot_mode not in modes:
+            raise LabClientError(
+                "Unsupported",
+                f"The instance type {instance_type} does not support boot mode {boot_mode}.",
+            )
 
     # -- instances -----------------------------------------------------------------------
     def run_instances(
@@ -532,9 +625,17 @@ class LabEC2Backend(EC2Backend):
         token = kwargs.get("client_token")
         if token and token != MOTO_DEFAULT_CLIENT_TOKEN and token in self.client_tokens:
             return self.reservations[self.client_tokens[token]]
+        architecture, boot_mode, ena = self._image_shape(image_id)
+        self._check_instance_type(
+            kwargs.get("instance_type") or "m1.small", architecture, boot_mode
+        )
         reservation = super().run_instances(
             image_id, count, user_data, security_group_names, **kwargs
         )
+        for instance in reservation.instances:  # the shape the image gives the instance
+            instance.architecture = architecture
+            instance.boot_mode = boot_mode  # type: ignore[attr-defined]
+            instance.ena_support = ena  # type: ignore[attr-defined]
         if token and token != MOTO_DEFAULT_CLIENT_TOKEN:
             self.client_tokens[token] = reservation.id
         from ec2backup_lab import agents
@@ -739,6 +840,24 @@ def _delete_volume(self: ElasticBlockStore) -> ActionResult:
     return EmptyResult()
 
 
+def _register_image(self: AmisResponse) -> ActionResult:
+    """RegisterImage with what moto's handler drops: shape, root device, snapshots, tags."""
+    self.error_on_dryrun()
+    mappings = self._get_param("BlockDeviceMappings", []) or []
+    snapshot_ids = [m["Ebs"]["SnapshotId"] for m in mappings if m.get("Ebs", {}).get("SnapshotId")]
+    image = self.ec2_backend.register_image(
+        self._get_param("Name"),
+        self._get_param("Description", ""),
+        architecture=self._get_param("Architecture"),
+        boot_mode=self._get_param("BootMode"),
+        ena_support=self._get_bool_param("EnaSupport"),
+        root_device_name=self._get_param("RootDeviceName"),
+        snapshot_ids=snapshot_ids,
+        tags=self._parse_tag_specification().get("image", {}),
+    )
+    return ActionResult({"ImageId": image.id})
+
+
 _INSTALLED = False
 
 
@@ -755,4 +874,5 @@ def install() -> None:
     ElasticBlockStore.detach_volume = _detach_volume  # type: ignore[method-assign]
     ElasticBlockStore.delete_volume = _delete_volume  # type: ignore[method-assign]
     ElasticBlockStore.get_ebs_default_kms_key_id = _get_ebs_default_kms_key_id  # type: ignore[attr-defined]
+    AmisResponse.register_image = _register_image  # type: ignore[method-assign]
     _INSTALLED = True

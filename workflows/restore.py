@@ -260,6 +260,9 @@ class Restore:
                 restore_activities.finish_restore,
                 FinishRestoreInput(plan=plan, snapshot_ids=snapshot_ids),
                 start_to_close_timeout=FINISH_TIMEOUT,
+                # A crashed orchestrator's attempt is retried after this, not after 2 hours;
+                # registration and launch are idempotent (image name, ClientToken).
+                heartbeat_timeout=timedelta(seconds=plan.heartbeat_timeout_seconds),
                 retry_policy=CONTROL_RETRY,
             )
             succeeded = True

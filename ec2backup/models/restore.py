@@ -64,6 +64,11 @@ class RestorePlan(BaseModel):
     subnet_id: str | None = None
     instance_type: str | None = None
     root_device: str | None = None
+    # What an image of the instance must say for it to boot again (RegisterImage): x86_64 |
+    # arm64, ENA support, legacy-bios | uefi.
+    architecture: str = "x86_64"
+    ena_support: bool | None = None
+    boot_mode: str | None = None
     instance_tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[RestoreVolumePlan]
     checks: list[str] = Field(default_factory=list)
@@ -182,6 +187,9 @@ class CleanupRestoreInput(BaseModel):
 
 class CleanupRestoreOutput(BaseModel):
     snapshots_deleted: list[str] = Field(default_factory=list)
+    images_deregistered: list[str] = Field(default_factory=list)
+    # temporary snapshots an image not made by this restore still uses: left, reported
+    snapshots_in_use: list[str] = Field(default_factory=list)
     volumes_deleted: list[str] = Field(default_factory=list)
     instances_terminated: list[str] = Field(default_factory=list)
 

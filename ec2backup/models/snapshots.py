@@ -31,6 +31,11 @@ class SnapshotSet(BaseModel):
     members: list[SnapshotMember]
     instance_type: str | None = None
     root_device: str | None = None
+    # What an image of the instance must say for it to boot again (RegisterImage): x86_64 |
+    # arm64, ENA support, legacy-bios | uefi.
+    architecture: str | None = None
+    ena_support: bool | None = None
+    boot_mode: str | None = None
     subnet_id: str | None = None
     instance_tags: dict[str, str] = Field(default_factory=dict)
     created: datetime | None = None  # the set's nominal time (its tags say the same)

@@ -70,6 +70,11 @@ class RestorePointSource(_Open):
     placement: str | None = None  # backup | production: where the worker ran
     instance_type: str | None = None
     root_device: str | None = None
+    # What an image of the instance must say for it to boot again (RegisterImage): x86_64 |
+    # arm64, ENA support, legacy-bios | uefi.
+    architecture: str | None = None
+    ena_support: bool | None = None
+    boot_mode: str | None = None
     subnet_id: str | None = None
     instance_tags: dict[str, str] | None = None
     # archive copies (repository-format.md §9.1): which restore point of which repository

@@ -28,16 +28,80 @@ from ec2backup.restore.plan import (
 
 
 # ---- snapshots -> volumes or an instance ------------------------------------------------------
+def image_name(restore_id: str) -> str:
+    """The restore's image name: unique per account and Region, so a retry finds it."""
+    return f"ec2backup-restore-{restore_id}"[:128]
+
+
+def _image_named(ec2: Any, name: str) -> str | None:
+    images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])
+    found = [i["ImageId"] for i in images["Images"] if i.get("State") != "deregistered"]
+    return found[0] if found else None
+
+
+def register_image(ec2: Any, plan: RestorePlan, mappings: list[dict[str, Any]]) -> str:
+    """The image the instance launches from, with the source instance's architecture, ENA
+    support and boot mode (else a Graviton or UEFI instance does not boot). Idempotent: an
+    image an earlier attempt registered is found by its name (RegisterImage itself would fail
+    with InvalidAMIName.Duplicate). Tagged like everything the restore makes, so cleanup and
+    the Janitor deregister one that a crash left behind."""
+    name = image_name(plan.restore_id)
+    existing = _image_named(ec2, name)
+    if existing:
+        return existing
+    params: dict[str, Any] = {
+        "Name": name,
+        "RootDeviceName": plan.root_device or plan.volumes[0].device,
+        "BlockDeviceMappings": mappings,
+        "Architecture": plan.architecture,
+        "VirtualizationType": "hvm",
+        "Description": f"ec2backup restore {plan.restore_id}",
+        "TagSpecifications": [{"ResourceType": "image", "Tags": _restore_tags(plan.restore_id)}],
+    }
+    if plan.ena_support is not None:
+        params["EnaSupport"] = plan.ena_support
+    if plan.boot_mode:
+        params["BootMode"] = plan.boot_mode
+    try:
+        return str(ec2.register_image(**params)["ImageId"])
+    except Exception as exc:
+        found = (
+            _image_named(ec2, name) if aws.error_code(exc) == "InvalidAMIName.Duplicate" else None
+        )
+        if found is None:
+            raise
+        return found
+
+
+def deregister_images(ec2: Any, restore_id: str) -> list[str]:
+    """Deregister every image the restore registered (an image is never delivered)."""
+    images = ec2.describe_images(
+        Owners=["self"], Filters=[{"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]}]
+    )["Images"]
+    gone = []
+    for image in images:
+        try:
+            ec2.deregister_image(ImageId=image["ImageId"])
+        except Exception as exc:
+            if aws.error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Unavailable"):
+                raise
+        gone.append(image["ImageId"])
+    return gone
+
+
 def _restore_tags(restore_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
     tags = {**(extra or {}), RESTORE_KEY: restore_id, PENDING_KEY: restore_id}
     return [{"Key": k, "Value": v} for k, v in tags.items() if not k.startswith("aws:")]
 
 
-def _wait(check: Callable[[], bool], what: str) -> None:
+def _wait(
+    check: Callable[[], bool], what: str, heartbeat: Callable[[str], None] = lambda _: None
+) -> None:
     deadline = time.monotonic() + RESTORE_WAIT_SECONDS
     while not check():
         if time.monotonic() > deadline:
             raise RestoreError(f"timed out waiting for {what}")
+        heartbeat(what)
         time.sleep(POLL_SECONDS)
 
 
@@ -60,7 +124,11 @@ def _ebs_mapping(v: RestoreVolumePlan, snapshot_id: str) -> dict[str, Any]:
     return ebs
 
 
-def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutput:
+def finish(
+    plan: RestorePlan,
+    snapshot_ids: dict[str, str],
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> FinishRestoreOutput:
     ec2 = aws.client("ec2", plan.region, plan.role_arn)
     if plan.kind == "volume":
         out = FinishRestoreOutput()
@@ -85,7 +153,11 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
                 }
             )
             volume_id = ec2.create_volume(**params)["VolumeId"]
-            _wait(functools.partial(_volume_is, ec2, volume_id, "available"), f"volume {volume_id}")
+            _wait(
+                functools.partial(_volume_is, ec2, volume_id, "available"),
+                f"volume {volume_id}",
+                heartbeat,
+            )
             out.volumes.append(
                 RestoredVolume(
                     device=v.device, volume_id=volume_id, source_volume_id=v.source_volume_id
@@ -97,15 +169,8 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
         {"DeviceName": v.device, "Ebs": _ebs_mapping(v, snapshot_ids[v.device])}
         for v in plan.volumes
     ]
-    root = plan.root_device or plan.volumes[0].device
-    image_id = ec2.register_image(
-        Name=f"ec2backup-restore-{plan.restore_id}"[:128],
-        RootDeviceName=root,
-        BlockDeviceMappings=mappings,
-        Architecture="x86_64",
-        VirtualizationType="hvm",
-        Description=f"ec2backup restore {plan.restore_id}",
-    )["ImageId"]
+    image_id = register_image(ec2, plan, mappings)
+    heartbeat(f"image {image_id} registered")
     try:
         params = {
             "ImageId": image_id,
@@ -131,7 +196,7 @@ def finish(plan: RestorePlan, snapshot_ids: dict[str, str]) -> FinishRestoreOutp
             reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
             return bool(reservations[0]["Instances"][0]["State"]["Name"] == "running")
 
-        _wait(running, f"instance {instance_id}")
+        _wait(running, f"instance {instance_id}", heartbeat)
     finally:
         ec2.deregister_image(ImageId=image_id)
     instance = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
@@ -201,9 +266,18 @@ def cleanup(
                 )
             ec2.delete_volume(VolumeId=vol["VolumeId"])
             out.volumes_deleted.append(vol["VolumeId"])
+    # Images first: a registered image keeps its snapshots in use (InvalidSnapshot.InUse).
+    out.images_deregistered = deregister_images(ec2, restore_id)
     for snap in ec2.describe_snapshots(
         OwnerIds=["self"], Filters=[{"Name": f"tag:{TEMP_KEY}", "Values": [restore_id]}]
     )["Snapshots"]:
-        ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+        try:
+            ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+        except Exception as exc:
+            if aws.error_code(exc) != "InvalidSnapshot.InUse":
+                raise
+            # Someone else's image uses it (ours are gone): leave it, say so, do not jam.
+            out.snapshots_in_use.append(snap["SnapshotId"])
+            continue
         out.snapshots_deleted.append(snap["SnapshotId"])
     return out

@@ -254,6 +254,9 @@ def plan_restore(
         shape = {
             "instance_type": rp_source.instance_type,
             "root_device": rp_source.root_device,
+            "architecture": rp_source.architecture,
+            "ena_support": rp_source.ena_support,
+            "boot_mode": rp_source.boot_mode,
             "instance_tags": rp_source.instance_tags or {},
             "availability_zone": rp_source.availability_zone,
             "source_region": rp_source.region,
@@ -309,6 +312,9 @@ def plan_restore(
         shape = {
             "instance_type": first.instance_type,
             "root_device": first.root_device,
+            "architecture": first.architecture,
+            "ena_support": first.ena_support,
+            "boot_mode": first.boot_mode,
             "instance_tags": first.instance_tags,
             "availability_zone": first.availability_zone,
             "source_region": src_region,
@@ -344,6 +350,9 @@ def plan_restore(
         subnet_id=req.subnet_id,
         instance_type=instance_type,
         root_device=shape.get("root_device"),
+        architecture=shape.get("architecture") or "x86_64",
+        ena_support=shape.get("ena_support"),
+        boot_mode=shape.get("boot_mode"),
         instance_tags=shape.get("instance_tags") or {},
         volumes=volumes,
         checks=checks,
@@ -356,14 +365,16 @@ def _worker_fields(
     restore_id: str, source: str, req: RestoreInput, total_gib: int
 ) -> dict[str, Any]:
     """Backup and archive sources are written by a restore worker in the target, sized like
-    a backup worker for the data (decompression and decryption want vCPUs)."""
-    if source == "snapshot":
-        return {}
+    a backup worker for the data (decompression and decryption want vCPUs). The heartbeat
+    timeout (the workers' setting) also bounds how long a crashed orchestrator's delivery
+    waits to be retried."""
     from ec2backup import workers
 
     heartbeat_timeout = float(
         os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or workers.DEFAULT_HEARTBEAT_TIMEOUT
     )
+    if source == "snapshot":
+        return {"heartbeat_timeout_seconds": heartbeat_timeout}
     boot_timeout = float(
         os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or workers.DEFAULT_BOOT_TIMEOUT
     )

@@ -588,6 +588,77 @@ def test_backup_restore_to_another_account_and_key_is_exact(
     assert worker_left(wb, r.restore_id, OTHER_REGION, ROLE_B) == []
 
 
+# ---- instance shape: architecture, boot mode; image registration survives a crash --------------
+@pytest.fixture(scope="module")
+def graviton(wb: Workbench) -> dict[str, Any]:
+    """An arm64 (Graviton, UEFI) instance with one data volume, backed up."""
+    inst = wb.seed("--arch", "arm64", "--volumes", "1", "--size-gib", "1", "--fill", "0.02")
+    repo = wb.new_repo()
+    session = wb.backup(inst["instance_id"], "--repo", repo)
+    return {"instance": inst, "repo": repo, "session": session}
+
+
+@pytest.mark.parametrize("source", ["snapshot", "backup"])
+def test_arm64_uefi_instance_restores_to_its_shape(
+    wb: Workbench, graviton: dict[str, Any], source: str
+) -> None:
+    session: Session = graviton["session"]
+    assert session.result is not None
+    if source == "snapshot":
+        r = restore(wb, "instance", session.result["snapshot_set_id"], "--wait")
+    else:
+        rp = session.result["restore_point_id"]
+        r = restore(wb, "instance", rp, "--repo", graviton["repo"], "--wait")
+    assert r.result is not None and r.result["source"] == source
+    src = instance(wb, graviton["instance"]["instance_id"])
+    new = instance(wb, r.result["instance_id"])
+    shape = ("Architecture", "BootMode", "InstanceType")
+    assert [new[k] for k in shape] == [src[k] for k in shape] == ["arm64", "uefi", "t4g.micro"]
+    assert new["State"]["Name"] == "running"
+    assert "images" not in made_by(wb, r.restore_id)
+    assert_same_content(wb, r.device_volumes(), session)
+
+
+def test_crash_between_image_registration_and_launch_leaves_nothing(
+    wb: Workbench, graviton: dict[str, Any]
+) -> None:
+    """Kill the orchestrator while its image is registered and RunInstances is still being
+    throttled: the restarted orchestrator finds the image again (no InvalidAMIName.Duplicate),
+    launches, and the ended restore leaves no image and no temporary snapshot."""
+    session: Session = graviton["session"]
+    assert session.result is not None
+    rp = session.result["restore_point_id"]
+    r = restore(wb, "instance", rp, "--repo", graviton["repo"], check=False, timeout=60)
+    rid = r.restore_id
+    ec2 = wb.client("ec2")
+
+    def images() -> list[str]:
+        found = ec2.describe_images(
+            Owners=["self"], Filters=[{"Name": f"tag:{RESTORE_TAG}", "Values": [rid]}]
+        )["Images"]
+        return [i["ImageId"] for i in found]
+
+    def snapshotting() -> bool:
+        phase = wb.temporal(lambda c: c.get_workflow_handle(rid).query("phase", result_type=str))
+        return phase in ("snapshotting", "restoring")
+
+    wait_for(snapshotting, 120, f"{rid} to be past its restore worker", interval=0.3)
+    wb.cli("lab", "fault", "--throttle", "0.2", "--api", "RunInstances")
+    try:
+        registered = wait_for(images, 60, f"{rid} to register its image", interval=0.2)
+        wb.orchestrator.restart(kill=True)
+    finally:
+        wb.cli("lab", "fault", "--clear")
+    print(f"killed the orchestrator with {registered} registered")
+    status = wb.wait_status(rid, timeout=180)
+    assert status == "COMPLETED", wb.diagnose(rid)
+    assert images() == []
+    left = made_by(wb, rid)
+    assert left.keys() <= {"instances", "volumes"}, left  # what it delivered, nothing else
+    assert len(left["instances"]) == 1, left
+    assert worker_left(wb, rid) == []
+
+
 # ---- cancel ------------------------------------------------------------------------------------
 def api_calls(wb: Workbench, api: str) -> int:
     return int(wb.metrics()["api_calls"].get(api, 0))
