@@ -61,6 +61,11 @@ def up(
         help="Lifetime of AssumeRole credentials (default 3600, as AWS): after it, requests "
         "signed with them fail with ExpiredToken",
     ),
+    start_snapshot_unknown_seconds: float = typer.Option(
+        None,
+        "--start-snapshot-unknown-seconds",
+        help="How long a new EBS-direct snapshot is unknown to PutSnapshotBlock (default 2)",
+    ),
 ) -> None:
     """Start the lab: a Temporal dev server and the lab AWS endpoint."""
     state, started = manager.up(
@@ -70,6 +75,7 @@ def up(
         ui_port,
         snapshot_pending_seconds,
         role_session_seconds=role_session_seconds,
+        start_snapshot_unknown_seconds=start_snapshot_unknown_seconds,
     )
     if not started:
         typer.echo(

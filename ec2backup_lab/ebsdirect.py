@@ -229,6 +229,7 @@ def start_snapshot(req: AwsRequest) -> Response:
             pending_seconds=0,
         )
         snap._status_override = "pending"
+        snap.lab_started_at = time.monotonic()
         if encrypted:
             # AWS: a block never put reads as the decryption of nothing (random bytes), on
             # volumes created from the snapshot too; unencrypted ones read as zeros.
@@ -263,6 +264,12 @@ def put_snapshot_block(req: AwsRequest) -> Response:
     """PutSnapshotBlock: exactly 524288 bytes, a matching base64 SHA-256, an index in range,
     only while the snapshot is pending."""
     snap = _pending_snapshot(req, req.route["snap"])
+    started = getattr(snap, "lab_started_at", 0.0)
+    if time.monotonic() - started < get_runtime().start_snapshot_unknown_seconds:
+        # AWS: a new snapshot is not yet known to the block API (coldsnap PR #56).
+        raise LabAwsError(
+            "ResourceNotFoundException", f"The snapshot '{snap.id}' does not exist.", 404
+        )
     index = int(req.route["idx"])
     data = req.body
     length = req.headers.get("x-amz-data-length")

@@ -99,6 +99,7 @@ class Snapshot(MotoSnapshot):
         self._pending_seconds = seconds
         # EBS direct StartSnapshot bookkeeping (ebsdirect.py).
         self.lab_parent_id: str | None = None
+        self.lab_started_at = 0.0  # monotonic time of StartSnapshot
         # Set on encrypted EBS-direct snapshots (and copies of them): blocks not in the map
         # read as this seed's random bytes, not zeros (blockstore.noise_digest).
         self.lab_noise: str | None = None

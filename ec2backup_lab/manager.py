@@ -220,6 +220,7 @@ def up(
     ui_port: int,
     snapshot_pending_seconds: float | None = None,
     role_session_seconds: float | None = None,
+    start_snapshot_unknown_seconds: float | None = None,
 ) -> tuple[LabState, bool]:
     """Start the lab (or find it running). Returns (state, started_now)."""
     resolved = resolve_dir(lab_dir)
@@ -281,6 +282,8 @@ def up(
         aws_cmd += ["--snapshot-pending-seconds", str(snapshot_pending_seconds)]
     if role_session_seconds is not None:
         aws_cmd += ["--role-session-seconds", str(role_session_seconds)]
+    if start_snapshot_unknown_seconds is not None:
+        aws_cmd += ["--start-snapshot-unknown-seconds", str(start_snapshot_unknown_seconds)]
     with open(aws_log, "ab") as out:
         aws = subprocess.Popen(
             aws_cmd,

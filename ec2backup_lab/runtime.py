@@ -20,6 +20,9 @@ from ec2backup_lab.s3ext import DEFAULT_S3_RESTORE_READS, set_restore_reads
 # that waiters really poll, short enough for tests.
 DEFAULT_SNAPSHOT_PENDING_SECONDS = 1.0
 DEFAULT_ROLE_SESSION_SECONDS = 3600.0
+# After StartSnapshot, PutSnapshotBlock can answer "does not exist" for a while on AWS (up to
+# about 2 minutes, coldsnap PR #56); the lab's window is short but never zero.
+DEFAULT_START_SNAPSHOT_UNKNOWN_SECONDS = 2.0
 
 
 @dataclass
@@ -59,6 +62,7 @@ class LabRuntime:
         self.snapshot_pending_seconds = DEFAULT_SNAPSHOT_PENDING_SECONDS
         # AWS's default role session (AssumeRole without DurationSeconds): 1 hour.
         self.role_session_seconds = DEFAULT_ROLE_SESSION_SECONDS
+        self.start_snapshot_unknown_seconds = DEFAULT_START_SNAPSHOT_UNKNOWN_SECONDS
         self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
@@ -88,6 +92,11 @@ class LabRuntime:
                 if seconds < 1:
                     raise ValueError("role_session_seconds must be >= 1")
                 self.role_session_seconds = seconds
+            if "start_snapshot_unknown_seconds" in data:
+                window = float(data["start_snapshot_unknown_seconds"])
+                if window < 0:
+                    raise ValueError("start_snapshot_unknown_seconds must be >= 0")
+                self.start_snapshot_unknown_seconds = window
             if "s3_restore_reads" in data:
                 reads = int(data["s3_restore_reads"])
                 if reads < 0:
@@ -104,6 +113,7 @@ class LabRuntime:
         return {
             "snapshot_pending_seconds": self.snapshot_pending_seconds,
             "role_session_seconds": self.role_session_seconds,
+            "start_snapshot_unknown_seconds": self.start_snapshot_unknown_seconds,
             "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
         }

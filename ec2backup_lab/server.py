@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temporal-address", default="")
     parser.add_argument("--snapshot-pending-seconds", type=float, default=None)
     parser.add_argument("--role-session-seconds", type=float, default=None)
+    parser.add_argument("--start-snapshot-unknown-seconds", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -245,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["snapshot_pending_seconds"] = args.snapshot_pending_seconds
     if args.role_session_seconds is not None:
         settings["role_session_seconds"] = args.role_session_seconds
+    if args.start_snapshot_unknown_seconds is not None:
+        settings["start_snapshot_unknown_seconds"] = args.start_snapshot_unknown_seconds
     if settings:
         runtime.apply_config(settings)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from session_helpers import Workbench
 
 
@@ -79,11 +81,15 @@ def test_permanent_agent_error_fails_and_cleans_up(wb: Workbench) -> None:
     assert wb.leftovers(session.session_id) == {}, wb.diagnose(session)
 
 
-def test_a_device_shrunk_under_a_running_range_fails_naming_the_volume(wb: Workbench) -> None:
-    """The worker's copy of the volume shrinks while the agent reads it (pack uploads slowed
-    to 2/s so the range is still running): the range fails with the volume's id, no restore
-    point is committed, and the session cleans up."""
+@pytest.mark.parametrize("change", ["shrink", "swap"])
+def test_a_device_changed_under_a_running_range_fails_naming_the_volume(
+    wb: Workbench, change: str
+) -> None:
+    """The worker's copy of the volume shrinks, or another volume takes its NVMe device, while
+    the agent reads it (pack uploads slowed to 2/s so the range is still running): the range
+    fails with the volume's id, no restore point is committed, and the session cleans up."""
     inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.2", "--seed", "71")
+    other = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.05", "--seed", "72")
     repo = wb.new_repo()
     wb.cli("lab", "fault", "--throttle", "2", "--api", "PutObject")
     try:
@@ -91,21 +97,31 @@ def test_a_device_shrunk_under_a_running_range_fails_naming_the_volume(wb: Workb
         wb.wait_transferring(session_id, min_bytes=4 * 1024**2)
         data_volume = inst["volumes"][0]["volume_id"]
         copies = [
-            v["VolumeId"]
+            v
             for v in wb.session_volumes(session_id)
             if {"Key": "ec2backup:source-volume", "Value": data_volume} in v.get("Tags", [])
         ]
         assert len(copies) == 1, wb.session_volumes(session_id)
-        copy = copies[0]
-        path = wb.lab_call("GET", f"volumes/{copy}")["path"]
-        os.truncate(path, 64 * 1024**2)  # the device loses most of itself
+        copy = copies[0]["VolumeId"]
+        if change == "shrink":
+            path = wb.lab_call("GET", f"volumes/{copy}")["path"]
+            os.truncate(path, 64 * 1024**2)  # the device loses most of itself
+        else:  # the NVMe device the copy's by-id link names now is another volume
+            worker = copies[0]["Attachments"][0]["InstanceId"]
+            devices = wb.lab_call("GET", f"instances/{worker}/devices")["devices"]
+            by_id = Path(next(d["by_id"] for d in devices.values() if d["volume_id"] == copy))
+            nvme = by_id.parent / os.readlink(by_id)
+            foreign = wb.lab_call("GET", f"volumes/{other['volumes'][0]['volume_id']}")["path"]
+            swapped = nvme.with_name(nvme.name + ".swap")
+            swapped.symlink_to(foreign)
+            os.replace(swapped, nvme)
         status = wb.wait_status(session_id, timeout=120)
     finally:
         wb.cli("lab", "fault", "--clear")
     assert status == "FAILED", wb.diagnose(session_id)
     message = failure(wb, session_id)
     # Whichever check sees it first: a read, the checkpoint's verification, or the next range.
-    reasons = ("short read", "size changed", "but its snapshot is")
+    reasons = ("short read", "size changed", "but its snapshot is", "changed under")
     assert copy in message and any(r in message for r in reasons), message
     assert not wb.cli_json("repo", "ls", "--repo", repo, "--json")
     assert wb.leftovers(session_id) == {}, wb.diagnose(session_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,3 +188,34 @@ def test_tampered_tag_is_rejected(wb: Workbench, full: dict[str, Any]) -> None:
     entry = next(rp for rp in again["restore_points"] if rp["set_id"] == set_id)
     assert entry["complete"] is True
     assert victim in {s["snapshot_id"] for s in entry["snapshots"]}
+
+
+def test_a_volume_grown_before_its_snapshot_is_backed_up_at_the_snapshots_size(
+    wb: Workbench, tmp_path: Path
+) -> None:
+    """The volume is grown from 1 to 2 GiB after the session described it and before its
+    snapshot is taken (CreateSnapshots held back by throttling): the set records the
+    snapshot's size, the worker reads the whole 2 GiB, and the backup restores exactly."""
+    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.02", "--seed", "81")
+    volume_id = inst["volumes"][0]["volume_id"]
+    repo = wb.new_repo()
+    calls = int(wb.metrics()["api_calls"].get("CreateSnapshots", 0))
+    wb.cli("lab", "fault", "--throttle", "0.2", "--api", "CreateSnapshots")
+    try:
+        session_id = wb.start_backup(inst["instance_id"], "--repo", repo)
+        deadline = time.monotonic() + 60
+        while int(wb.metrics()["api_calls"].get("CreateSnapshots", 0)) <= calls:
+            assert time.monotonic() < deadline, "CreateSnapshots was never tried"
+            time.sleep(0.2)
+        wb.client("ec2").modify_volume(VolumeId=volume_id, Size=2)
+    finally:
+        wb.cli("lab", "fault", "--clear")
+    result = wb.session_result(session_id, timeout=300)
+    assert result["status"] == "completed", result
+    snaps = wb.client("ec2").describe_snapshots(SnapshotIds=result["snapshot_ids"])["Snapshots"]
+    snap = next(s for s in snaps if s["VolumeId"] == volume_id)
+    assert snap["VolumeSize"] == 2
+    # The restored image is the snapshot's 2 GiB, byte for byte (a 1 GiB record would not be).
+    wb.assert_restores(
+        repo, result["restore_point_id"], volume_id, snap["SnapshotId"], tmp_path / "g.img"
+    )

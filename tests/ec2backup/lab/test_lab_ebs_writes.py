@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import time
 from typing import Any
 
 import pytest
@@ -19,14 +20,24 @@ def _checksum(data: bytes) -> str:
 
 
 def _put(ebs: Any, snapshot_id: str, index: int, data: bytes, checksum: str | None = None) -> None:
-    ebs.put_snapshot_block(
-        SnapshotId=snapshot_id,
-        BlockIndex=index,
-        BlockData=data,
-        DataLength=len(data),
-        Checksum=checksum or _checksum(data),
-        ChecksumAlgorithm="SHA256",
-    )
+    """PutSnapshotBlock, retrying while the new snapshot is not yet known (as on AWS)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ebs.put_snapshot_block(
+                SnapshotId=snapshot_id,
+                BlockIndex=index,
+                BlockData=data,
+                DataLength=len(data),
+                Checksum=checksum or _checksum(data),
+                ChecksumAlgorithm="SHA256",
+            )
+            return
+        except ClientError as exc:
+            unknown = exc.response["Error"]["Code"] == "ResourceNotFoundException"
+            if not unknown or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _code(exc: pytest.ExceptionInfo[ClientError]) -> str:
@@ -137,3 +148,25 @@ def test_never_put_blocks_of_encrypted_snapshots_read_as_random_bytes(
     empty = ec2.create_volume(Size=1, AvailabilityZone="us-east-1a", Encrypted=True)
     zero_sum = hashlib.sha256(bytes(BLOCK) * 2048).hexdigest()
     assert lab.cli("lab", "checksum", empty["VolumeId"]).stdout.strip() == zero_sum
+
+
+def test_a_new_snapshot_is_briefly_unknown_to_put_snapshot_block(lab: Any) -> None:
+    """AWS: right after StartSnapshot, PutSnapshotBlock may answer that the snapshot does not
+    exist (coldsnap PR #56); a writer must retry. The lab's window is 2 s by default."""
+    ebs = lab.client("ebs")
+    snapshot_id = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    data = b"x" * BLOCK
+    with pytest.raises(ClientError) as unknown:
+        ebs.put_snapshot_block(
+            SnapshotId=snapshot_id,
+            BlockIndex=0,
+            BlockData=data,
+            DataLength=BLOCK,
+            Checksum=_checksum(data),
+            ChecksumAlgorithm="SHA256",
+        )
+    assert _code(unknown) == "ResourceNotFoundException"
+    t0 = time.monotonic()
+    _put(ebs, snapshot_id, 0, data)  # retried until the snapshot is known
+    assert time.monotonic() - t0 < 5
+    ebs.complete_snapshot(SnapshotId=snapshot_id, ChangedBlocksCount=1)
