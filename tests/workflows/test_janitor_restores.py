@@ -10,7 +10,7 @@ import uuid
 from typing import Any
 
 from session_helpers import REGION, Workbench
-from test_restore import RESTORE_TAG, restore, tags_of
+from test_restore import RESTORE_TAG, TEMP_TAG, restore, tags_of
 
 from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.temporal import TASK_QUEUE
@@ -80,10 +80,48 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
         ],
     )["VolumeId"]
 
+    # ... and an image it registered over a temporary snapshot, then died before launching:
+    # the image keeps the snapshot in use, so it must go first.
+    temp = ec2.create_snapshot(
+        VolumeId=leftover,
+        TagSpecifications=[
+            {
+                "ResourceType": "snapshot",
+                "Tags": [
+                    {"Key": RESTORE_TAG, "Value": leftover_id},
+                    {"Key": TEMP_TAG, "Value": leftover_id},
+                ],
+            }
+        ],
+    )["SnapshotId"]
+    ec2.get_waiter("snapshot_completed").wait(
+        SnapshotIds=[temp], WaiterConfig={"Delay": 1, "MaxAttempts": 60}
+    )
+    image = ec2.register_image(
+        Name=f"ec2backup-restore-{leftover_id}",
+        RootDeviceName="/dev/sda1",
+        BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"SnapshotId": temp}}],
+        Architecture="x86_64",
+        VirtualizationType="hvm",
+        TagSpecifications=[
+            {
+                "ResourceType": "image",
+                "Tags": [
+                    {"Key": RESTORE_TAG, "Value": leftover_id},
+                    {"Key": PENDING_TAG, "Value": leftover_id},
+                ],
+            }
+        ],
+    )["ImageId"]
+
     for restore_id in (volume.restore_id, instance.restore_id):
         wb.temporal(lambda client, rid=restore_id: _forget(client, rid))
     swept = _janitor(wb)
 
+    assert ec2.describe_images(ImageIds=[image])["Images"] == []
+    assert not ec2.describe_snapshots(
+        OwnerIds=["self"], Filters=[{"Name": "snapshot-id", "Values": [temp]}]
+    )["Snapshots"]
     assert leftover in swept.volumes_deleted
     assert not {volume_id, instance_id, *instance_volumes} & {
         *swept.volumes_deleted,
