@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 from workflows.common import (
     CONTROL_RETRY,
@@ -26,6 +26,7 @@ from workflows.common import (
     ensure_search_attributes,
     raise_if_cancelled,
     run_to_completion,
+    settle_round,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -281,20 +282,8 @@ class BackupSession(Pausable):
                 *(self._range(session_id, plan, worker, vp) for vp in todo), return_exceptions=True
             )
             raise_if_cancelled()
-            lost = False
-            for vp, result in zip(todo, results, strict=True):
-                if isinstance(result, BaseException):
-                    if _host_lost(result):
-                        lost = True
-                        continue
-                    if (
-                        isinstance(result, ActivityError)
-                        and _retryable(result)
-                        and errors < MAX_RANGE_ERRORS
-                    ):
-                        errors += 1
-                        continue
-                    raise result
+            done, lost, errors = settle_round(todo, results, errors, MAX_RANGE_ERRORS)
+            for vp, result in done:
                 self._account(vp, result)
             if lost:
                 workflow.logger.warning(
@@ -391,16 +380,6 @@ class BackupSession(Pausable):
             start_to_close_timeout=CLEANUP_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
-
-
-def _host_lost(exc: BaseException) -> bool:
-    """A range timed out (heartbeat: the host died; schedule-to-start: it never came up)."""
-    return isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError)
-
-
-def _retryable(exc: ActivityError) -> bool:
-    cause = exc.cause
-    return isinstance(cause, ApplicationError) and not cause.non_retryable
 
 
 __all__ = ["BackupSession", "CancelledError"]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models.common import PauseInput, ResumeInput
@@ -33,6 +34,42 @@ async def run_to_completion(coro: Coroutine[Any, Any, Any]) -> None:
     except asyncio.CancelledError:
         await task
         raise
+
+
+def host_lost(exc: BaseException) -> bool:
+    """An agent activity timed out (heartbeat: the host died; schedule-to-start: it never
+    came up): the worker is replaced, not the activity retried on its dead queue."""
+    return isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError)
+
+
+def retryable(exc: BaseException) -> bool:
+    cause = exc.cause if isinstance(exc, ActivityError) else None
+    return isinstance(cause, ApplicationError) and not cause.non_retryable
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def settle_round(
+    items: list[T], results: list[R | BaseException], errors: int, max_errors: int
+) -> tuple[list[tuple[T, R]], bool, int]:
+    """Sort one round of agent activities run on one worker: (the items that succeeded with
+    their results, whether the host was lost, the retryable errors so far). The first
+    permanent failure (or one retryable error too many) is raised."""
+    done: list[tuple[T, R]] = []
+    lost = False
+    for item, result in zip(items, results, strict=True):
+        if isinstance(result, BaseException):
+            if host_lost(result):
+                lost = True
+                continue
+            if retryable(result) and errors < max_errors:
+                errors += 1
+                continue
+            raise result
+        done.append((item, result))
+    return done, lost, errors
 
 
 def cancel_requested() -> bool:

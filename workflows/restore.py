@@ -23,9 +23,15 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import CONTROL_RETRY, cancel_requested, raise_if_cancelled, run_to_completion
+from workflows.common import (
+    CONTROL_RETRY,
+    cancel_requested,
+    raise_if_cancelled,
+    run_to_completion,
+    settle_round,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities import restore as restore_activities
@@ -120,21 +126,9 @@ class Restore:
                 return_exceptions=True,
             )
             raise_if_cancelled()
-            lost = False
-            for volume, result in zip(todo, results, strict=True):
-                if isinstance(result, BaseException):
-                    if _host_lost(result):
-                        lost = True
-                        continue
-                    if (
-                        isinstance(result, ActivityError)
-                        and _retryable(result)
-                        and errors < MAX_WRITE_ERRORS
-                    ):
-                        errors += 1
-                        continue
-                    raise result
-                self._written[volume.device] = result
+            done, lost, errors = settle_round(todo, results, errors, MAX_WRITE_ERRORS)
+            for volume, written in done:
+                self._written[volume.device] = written
             if lost:
                 workflow.logger.warning(
                     "restore worker %s lost; provisioning a new one", worker.instance_id
@@ -296,13 +290,3 @@ class Restore:
                     retry_policy=CONTROL_RETRY,
                 )
             )
-
-
-def _host_lost(exc: BaseException) -> bool:
-    """A write timed out (heartbeat: the worker died; schedule-to-start: it never came up)."""
-    return isinstance(exc, ActivityError) and isinstance(exc.cause, TimeoutError)
-
-
-def _retryable(exc: ActivityError) -> bool:
-    cause = exc.cause
-    return isinstance(cause, ApplicationError) and not cause.non_retryable

@@ -76,8 +76,16 @@ def test_seed_creates_running_instances_with_attached_volumes(lab: Any) -> None:
     assert set(out) == {"instances"} and len(out["instances"]) == 2
     ec2 = client(lab, "ec2")
     for n, inst in enumerate(out["instances"], start=1):
-        assert set(inst) == {"instance_id", "region", "account", "volumes"}
+        assert set(inst) == {
+            "instance_id",
+            "region",
+            "account",
+            "architecture",
+            "image_id",
+            "volumes",
+        }
         assert (inst["region"], inst["account"]) == (REGION, "123456789012")
+        assert inst["architecture"] == "x86_64"
         assert [v["device"] for v in inst["volumes"]] == ["/dev/sdf", "/dev/sdg"]
         for v in inst["volumes"]:
             assert set(v) == {"volume_id", "device", "size_gib"} and v["size_gib"] == 1
