@@ -12,8 +12,8 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from ec2backup import aws, workers
-from ec2backup.activity_support import classify
+from ec2backup import aws, installation, workers
+from ec2backup.activity_support import role_session
 from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.restore import launch as restore_launch
 from ec2backup.restore import plan as restore_plan
@@ -84,43 +84,78 @@ def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
         kwargs["NextToken"] = page["NextToken"]
 
 
+def _places(req: JanitorInput, out: JanitorOutput) -> list[tuple[str, str | None]]:
+    """Where to sweep: the places asked for, and (by default) every place the installation
+    remembers (its snapshot sets, replicas, restore targets) with the backup account in each
+    of their Regions (where its workers run)."""
+    places = {(region, role) for region in req.regions for role in req.role_arns}
+    if req.known_places:
+        try:
+            known = installation.known_places()
+        except Exception as exc:  # no installation key yet, or Secrets Manager unreachable
+            out.failures.append(f"known places not read: {aws.error_code(exc) or exc}")
+            known = []
+        places |= set(known) | {(region, None) for region, _ in known}
+    return sorted(places, key=lambda p: (p[0], p[1] or ""))
+
+
+def _failure(what: str, exc: BaseException) -> str:
+    return f"{what}: {aws.error_code(exc) or type(exc).__name__}: {exc}"[:500]
+
+
+async def _sweep_place(region: str, role_arn: str | None, out: JanitorOutput) -> None:
+    """One place; a resource that cannot be removed is reported and the sweep goes on."""
+    resources = await asyncio.to_thread(workers.sessions_with_resources, region, role_arn)
+    secrets = await asyncio.to_thread(_session_secrets, region, role_arn)
+    for session_id in sorted(set(resources) | set(secrets)):
+        out.sessions_checked += 1
+        activity.heartbeat(session_id)
+        try:
+            if await _session_open(session_id):
+                continue
+            released = await asyncio.to_thread(
+                workers.release, session_id, region, role_arn, secrets.get(session_id)
+            )
+        except Exception as exc:
+            out.failures.append(_failure(f"session {session_id} in {region}", exc))
+            continue
+        out.instances_terminated += released.instances_terminated
+        out.volumes_deleted += released.volumes_deleted
+        if session_id in secrets:
+            out.secrets_deleted.append(secrets[session_id])
+    # Restores: a finished one leaves nothing temporary; one that ended otherwise
+    # (terminated, failed without cleanup) leaves nothing at all.
+    for restore_id in sorted(await asyncio.to_thread(_restore_ids, region, role_arn)):
+        activity.heartbeat(restore_id)
+        try:
+            status = await _status(restore_id)
+            if status == WorkflowExecutionStatus.RUNNING:
+                continue
+            cleaned = await asyncio.to_thread(
+                restore_launch.cleanup,
+                restore_id,
+                region,
+                role_arn,
+                status == WorkflowExecutionStatus.COMPLETED,
+            )
+        except Exception as exc:
+            out.failures.append(_failure(f"restore {restore_id} in {region}", exc))
+            continue
+        out.instances_terminated += cleaned.instances_terminated
+        out.volumes_deleted += cleaned.volumes_deleted
+
+
 @activity.defn(name="janitor_sweep")
 async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
+    """Sweep every place; what fails is listed in `failures` (the sweep does not stop there)
+    and retried by the next scheduled run."""
     out = JanitorOutput()
-    try:
-        for region in req.regions:
-            for role_arn in req.role_arns:
-                resources = await asyncio.to_thread(
-                    workers.sessions_with_resources, region, role_arn
-                )
-                secrets = await asyncio.to_thread(_session_secrets, region, role_arn)
-                for session_id in sorted(set(resources) | set(secrets)):
-                    out.sessions_checked += 1
-                    activity.heartbeat(session_id)
-                    if await _session_open(session_id):
-                        continue
-                    released = await asyncio.to_thread(
-                        workers.release, session_id, region, role_arn, secrets.get(session_id)
-                    )
-                    out.instances_terminated += released.instances_terminated
-                    out.volumes_deleted += released.volumes_deleted
-                    if session_id in secrets:
-                        out.secrets_deleted.append(secrets[session_id])
-                # Restores: a finished one leaves nothing temporary; one that ended otherwise
-                # (terminated, failed without cleanup) leaves nothing at all.
-                for restore_id in sorted(await asyncio.to_thread(_restore_ids, region, role_arn)):
-                    status = await _status(restore_id)
-                    if status == WorkflowExecutionStatus.RUNNING:
-                        continue
-                    cleaned = await asyncio.to_thread(
-                        restore_launch.cleanup,
-                        restore_id,
-                        region,
-                        role_arn,
-                        status == WorkflowExecutionStatus.COMPLETED,
-                    )
-                    out.instances_terminated += cleaned.instances_terminated
-                    out.volumes_deleted += cleaned.volumes_deleted
-    except Exception as exc:
-        raise classify(exc) from exc
+    with role_session():
+        places = _places(req, out)
+        for region, role_arn in places:
+            try:
+                await _sweep_place(region, role_arn, out)
+            except Exception as exc:  # the place itself cannot be listed
+                out.failures.append(_failure(f"{region} {role_arn or 'backup account'}", exc))
+        out.places_swept = len(places)
     return out

@@ -46,6 +46,8 @@ def plan_restore(req: PlanRestoreInput) -> RestorePlan:
 @activity.defn(name="provision_restore_worker")
 @adapter
 def provision_restore_worker(req: ProvisionRestoreWorkerInput) -> RestoreWorker:
+    # The Janitor sweeps the places the installation remembers: the worker's is one.
+    installation.remember_place(req.plan.region, req.plan.role_arn)
     address = os.environ.get("EC2BACKUP_AGENT_TEMPORAL_ADDRESS") or temporal_address()
     namespace = activity.info().workflow_namespace or "default"
     return restore_worker.provision(
@@ -77,6 +79,7 @@ def release_restore_worker(req: ReleaseRestoreWorkerInput) -> ReleaseRestoreWork
 @activity.defn(name="finish_restore")
 @adapter
 def finish_restore(req: FinishRestoreInput) -> FinishRestoreOutput:
+    installation.remember_place(req.plan.region, req.plan.role_arn)  # an image may be left
     return restore_launch.finish(req.plan, req.snapshot_ids, heartbeat=heartbeat)
 
 

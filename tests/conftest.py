@@ -170,6 +170,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             str(ui_port),
             "--snapshot-pending-seconds",
             "0.5",
+            # AWS's defaults, given explicitly so the flags are exercised (test_lab_credentials)
+            "--role-session-seconds",
+            "3600",
+            "--start-snapshot-unknown-seconds",
+            "2",
         ],
         env=base_env,
         capture_output=True,

@@ -14,6 +14,9 @@ def _backup_account_only() -> list[str | None]:
 class JanitorInput(BaseModel):
     regions: list[str] = Field(default_factory=lambda: ["us-east-1"])
     role_arns: list[str | None] = Field(default_factory=_backup_account_only)
+    # Also every place the installation remembers (snapshot sets, replicas, restore targets),
+    # with the backup account in each of their Regions.
+    known_places: bool = True
 
 
 class JanitorOutput(BaseModel):
@@ -21,6 +24,10 @@ class JanitorOutput(BaseModel):
     volumes_deleted: list[str] = Field(default_factory=list)
     secrets_deleted: list[str] = Field(default_factory=list)
     sessions_checked: int = 0
+    places_swept: int = 0
+    # What could not be removed (or a place that could not be listed), one line each: the
+    # sweep goes on past them, the next run tries again.
+    failures: list[str] = Field(default_factory=list)
 
 
 SessionCarry.model_rebuild()

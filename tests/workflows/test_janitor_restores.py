@@ -135,3 +135,43 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
     assert all(states[v] == "in-use" for v in instance_volumes), states
     reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     assert reservations[0]["Instances"][0]["State"]["Name"] == "running"
+
+
+def test_the_janitor_keeps_going_past_what_it_cannot_remove(wb: Workbench) -> None:
+    """Two closed sessions left a worker volume each; deleting the first is refused once: the
+    sweep reports it in `failures`, removes the other, and the next run removes the first."""
+    ec2 = wb.client("ec2")
+    zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
+    left = {}
+    for n in range(2):
+        # sorts before every real session id: the one refused delete is ours
+        session_id = f"aaa-janitor-{n}-{uuid.uuid4().hex[:8]}"
+        left[session_id] = ec2.create_volume(
+            Size=1,
+            AvailabilityZone=zone,
+            TagSpecifications=[
+                {
+                    "ResourceType": "volume",
+                    "Tags": [
+                        {"Key": "ec2backup:session", "Value": session_id},
+                        {"Key": "ec2backup:role", "Value": "worker"},
+                    ],
+                }
+            ],
+        )["VolumeId"]
+    wb.cli("lab", "fault", "--api", "DeleteVolume", "--error", "UnauthorizedOperation")
+    try:
+        first = _janitor(wb)
+    finally:
+        wb.cli("lab", "fault", "--clear")
+    refused = [s for s in left if any(s in f for f in first.failures)]
+    assert len(refused) == 1, first.failures
+    assert "UnauthorizedOperation" in first.failures[0]
+    (other,) = set(left) - set(refused)
+    assert left[other] in first.volumes_deleted
+    assert first.places_swept >= 1
+    second = _janitor(wb)
+    assert left[refused[0]] in second.volumes_deleted
+    assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": list(left.values())}])[
+        "Volumes"
+    ]

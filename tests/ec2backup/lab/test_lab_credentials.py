@@ -46,6 +46,15 @@ def short_sessions(lab: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     aws._cache.clear()
 
 
+def test_lab_up_flags_set_the_session_and_start_snapshot_windows(lab: Any) -> None:
+    """The session's lab was started with `--role-session-seconds 3600
+    --start-snapshot-unknown-seconds 2` (tests/conftest.py): the endpoint runs with them."""
+    with urllib.request.urlopen(f"{lab.aws_url}/_lab/config", timeout=30) as response:
+        config = json.load(response)
+    assert config["role_session_seconds"] == 3600
+    assert config["start_snapshot_unknown_seconds"] == 2
+
+
 def test_role_credentials_expire_with_each_services_code(lab: Any, short_sessions: None) -> None:
     sts = client(lab, "sts")
     before = time.time()
