@@ -63,8 +63,14 @@ def referenced(
             try:
                 cp = Checkpoint.model_validate_json(repo.load_named(name))
             except Exception as exc:
-                if report is not None:
-                    report.warnings.append(f"{name}: unreadable checkpoint ({_err(exc)})")
+                if report is None:
+                    # Prune: an unfinished backup's checkpoint names pages and blobs that no
+                    # restore point does yet; skipping it would delete them under the backup.
+                    raise UserError(
+                        f"{name}: unreadable checkpoint ({_err(exc)}): refusing to prune "
+                        "(what it references could be deleted under its backup)"
+                    ) from exc
+                report.warnings.append(f"{name}: unreadable checkpoint ({_err(exc)})")
                 continue
             roots.append((name, cp.pages))
             if cp.parent_pages:
