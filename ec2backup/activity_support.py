@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from ec2backup import aws
 from ec2backup.errors import UserError
+from ec2backup.repository.locks import RepositoryLocked
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +55,10 @@ def repository_password() -> str:
 def classify(exc: BaseException) -> ApplicationError:
     if isinstance(exc, ApplicationError):
         return exc
+    if isinstance(exc, RepositoryLocked):
+        # Another run holds the repository (a long prune): worth trying again later, unlike
+        # the other user errors. Temporal's backoff spaces the attempts.
+        return ApplicationError(str(exc), type="RepositoryLocked", non_retryable=False)
     if isinstance(exc, UserError):
         return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
     if isinstance(exc, ClientError):
