@@ -47,6 +47,11 @@ def provision(
     volume attached to it (idempotent: a retry finds what an earlier attempt made)."""
     if not plan.secret_name or not plan.repository:
         raise RestoreError(f"restore {plan.restore_id}: no repository to restore from")
+    if len(plan.volumes) > len(workers.WORKER_DEVICES):
+        raise RestoreError(
+            f"restore {plan.restore_id}: {len(plan.volumes)} volumes are more than one worker "
+            f"can attach ({len(workers.WORKER_DEVICES)})"
+        )
     workers.put_secret(
         plan.restore_id, plan.region, plan.role_arn, plan.secret_name, plan.repository, password
     )
@@ -65,7 +70,9 @@ def provision(
     heartbeat(f"restore worker {instance_id} launched")
     existing = workers.existing_volumes(ec2, plan.restore_id)
     volumes: list[RestoreWorkerVolume] = []
-    for volume, worker_device in zip(plan.volumes, workers.WORKER_DEVICES, strict=False):
+    for volume, worker_device in zip(
+        plan.volumes, workers.WORKER_DEVICES[: len(plan.volumes)], strict=True
+    ):
         volume_type, iops, throughput, _copies = workers.plan_volume(volume.size_gib)
         create: dict[str, Any] = {
             "Size": volume.size_gib,
@@ -92,11 +99,6 @@ def provision(
             RestoreWorkerVolume(
                 device=volume.device, volume_id=volume_id, worker_device=worker_device
             )
-        )
-    if len(volumes) < len(plan.volumes):
-        raise RestoreError(
-            f"restore {plan.restore_id}: {len(plan.volumes)} volumes are more than one worker "
-            f"can attach ({len(workers.WORKER_DEVICES)})"
         )
     return RestoreWorker(
         instance_id=instance_id,
