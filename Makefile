@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt bench clean venv
+.PHONY: demo test faults lint fmt bench clean venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,7 +18,11 @@ demo: $(STAMP)
 	$(BIN)/python -m ec2backup_lab.demo
 
 test: lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x --durations=15
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x --durations=15 -m "not fault"
+
+# The long fault runs (marker `fault`); `make test` runs a short form of each.
+faults: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --durations=15 -m fault
 
 # lint-imports enforces the dependency direction (docs/architecture.md, [tool.importlinter]).
 lint: $(STAMP)

@@ -169,6 +169,9 @@ def test_worker_removed_on_failure_and_cancel(wb: Workbench, hot: dict[str, Any]
     _assert_worker_removed(wb, archive_id, launched=False)
 
 
+# A long fault run for `make faults`; its short form in `make test`:
+# test_session_interrupt::test_lost_worker_is_replaced_and_resumes.
+@pytest.mark.fault
 def test_lost_archive_worker_resumes_from_checkpoint(wb: Workbench) -> None:
     """The worker dies mid-copy: the Archive workflow notices (heartbeat timeout), provisions
     another, which resumes from the archive's checkpoint; the result restores exactly."""

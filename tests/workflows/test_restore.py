@@ -509,7 +509,14 @@ def test_restore_to_other_account_from_backup(
 ZEROED_FRACTION = "0.008"  # 16 blocks: a zeroed 8 MiB region in the middle of the data
 
 
-@pytest.fixture(scope="module", params=["cmk", "none"], ids=["encrypted", "unencrypted"])
+@pytest.fixture(
+    scope="module",
+    # Unencrypted volumes with written zero blocks (the seed writes some) and holes are the
+    # `two` and `replicated` fixtures' (test_restore_instance, ..._to_other_account_from_backup);
+    # the unencrypted variant here repeats them, so it is a long run for `make faults`.
+    params=["cmk", pytest.param("none", marks=pytest.mark.fault)],
+    ids=["encrypted", "unencrypted"],
+)
 def zeroed(wb: Workbench, request: pytest.FixtureRequest) -> dict[str, Any]:
     """A 2-volume instance (encrypted with a customer key, or not) whose volumes hold data,
     holes and a written zeroed region; a full backup, then an incremental after more churn
@@ -726,6 +733,9 @@ def stable(read: Any, seconds: float) -> bool:
     return bool(read() == first)
 
 
+# A long fault run for `make faults`; its short form in `make test`:
+# test_cancel_mid_restore_leaves_nothing.
+@pytest.mark.fault
 def test_cancel_while_the_worker_is_provisioned_leaves_nothing(
     wb: Workbench, two: dict[str, Any]
 ) -> None:

@@ -138,6 +138,9 @@ def test_pause_stops_reading_and_resume_completes(wb: Workbench, big: dict[str, 
     assert wb.leftovers(sid) == {}
 
 
+# A long fault run for `make faults`; its short form in `make test`:
+# test_restore::test_crash_between_image_registration_and_launch_leaves_nothing.
+@pytest.mark.fault
 def test_orchestrator_restart_mid_session(wb: Workbench, big: dict[str, Any]) -> None:
     repo = wb.new_repo()
     sid = wb.start_backup(big["instance_id"], "--repo", repo)
