@@ -63,7 +63,11 @@ def find_volume(volume_id: str | None, device: str) -> Path:
     if volume_id:
         by_id = _by_id_dir() / (NVME_BY_ID_PREFIX + volume_id.replace("-", ""))
         if by_id.exists():
-            return by_id.resolve()
+            path = by_id.resolve()
+            found = volume_id_of(path)  # the device's own serial, not the link's name
+            if found.startswith("vol-") and found != volume_id:
+                raise DeviceMismatch(f"volume {volume_id}: its by-id link leads to {found}")
+            return path
     path = resolve_device(device)
     if not path.exists():
         raise DeviceMismatch(
@@ -160,7 +164,11 @@ class DeviceReader:
         try:
             now = find_volume(self.volume_id, self.device)
             identity = self._stat_identity(os.stat(now))
-        except (OSError, DeviceMismatch) as exc:
+        except DeviceMismatch as exc:
+            raise DeviceMismatch(
+                f"volume {self.volume_id}: the device changed under the transfer ({exc})"
+            ) from exc
+        except OSError as exc:
             raise DeviceMismatch(f"volume {self.volume_id}: device went away ({exc})") from exc
         if identity != self._identity:
             raise DeviceMismatch(

@@ -79,3 +79,10 @@ def test_a_shrunk_device_fails_reads_and_verification(devices: Path, tmp_path: P
             reader.read_block(2)
         with pytest.raises(DeviceMismatch, match=r"vol-0aaa.*size changed"):
             reader.verify()
+
+
+def test_a_by_id_link_to_another_volume_is_refused(devices: Path, tmp_path: Path) -> None:
+    """The link says vol-0aaa, the device behind it is vol-0zzz (its serial): refused."""
+    _attach(devices, 26, "vol-0aaa", _volume(tmp_path, "vol-0zzz", b"z"))
+    with pytest.raises(DeviceMismatch, match=r"vol-0aaa.*vol-0zzz"):
+        DeviceReader("/dev/sdf", "vol-0aaa", SIZE)

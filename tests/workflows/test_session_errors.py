@@ -122,7 +122,7 @@ def test_a_device_changed_under_a_running_range_fails_naming_the_volume(
     assert status == "FAILED", wb.diagnose(session_id)
     message = failure(wb, session_id)
     # Whichever check sees it first: a read, the checkpoint's verification, or the next range.
-    reasons = ("short read", "size changed", "but its snapshot is", "changed under")
+    reasons = ("short read", "size changed", "but its snapshot is", "changed under", "leads to")
     assert copy in message and any(r in message for r in reasons), message
     assert not wb.cli_json("repo", "ls", "--repo", repo, "--json")
     assert wb.leftovers(session_id) == {}, wb.diagnose(session_id)
