@@ -101,6 +101,16 @@ def choose_placement(
     return "backup", "default placement (snapshots shared with the backup account)"
 
 
+def heartbeat_timeout() -> float:
+    """Seconds without a heartbeat before a worker is presumed lost (backups and restores)."""
+    return float(os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or DEFAULT_HEARTBEAT_TIMEOUT)
+
+
+def boot_timeout() -> float:
+    """Seconds a new worker may take to start polling its task queue."""
+    return float(os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or DEFAULT_BOOT_TIMEOUT)
+
+
 def range_blocks() -> int:
     return int(os.environ.get("EC2BACKUP_RANGE_BLOCKS") or DEFAULT_RANGE_BLOCKS)
 
@@ -152,12 +162,8 @@ def build_plan(
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
         secret_name=session_secret_name(session_id),
-        heartbeat_timeout_seconds=float(
-            os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or DEFAULT_HEARTBEAT_TIMEOUT
-        ),
-        boot_timeout_seconds=float(
-            os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or DEFAULT_BOOT_TIMEOUT
-        ),
+        heartbeat_timeout_seconds=heartbeat_timeout(),
+        boot_timeout_seconds=boot_timeout(),
     )
 
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable
 
 from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.reader import restore_volume
 from ec2backup.repository.repo import Repository
 from ec2backup.workers import read_session_secret
@@ -56,7 +57,7 @@ def write_volume(req: WriteVolumeInput, progress: Callable[[int, int], None]) ->
             os.pwrite(fd, data, offset)
 
         def advance(nbytes: int) -> None:
-            counts[0] += -(-nbytes // (512 * 1024))
+            counts[0] += -(-nbytes // EBS_BLOCK_SIZE)
             counts[1] += nbytes
             progress(counts[0], counts[1])
 

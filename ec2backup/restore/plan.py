@@ -4,7 +4,6 @@ volumes, in which zone, with which shape. Shared names of the restore package li
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from typing import Any
 
@@ -370,20 +369,14 @@ def _worker_fields(
     waits to be retried."""
     from ec2backup import workers
 
-    heartbeat_timeout = float(
-        os.environ.get("EC2BACKUP_HEARTBEAT_TIMEOUT_SECONDS") or workers.DEFAULT_HEARTBEAT_TIMEOUT
-    )
     if source == "snapshot":
-        return {"heartbeat_timeout_seconds": heartbeat_timeout}
-    boot_timeout = float(
-        os.environ.get("EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS") or workers.DEFAULT_BOOT_TIMEOUT
-    )
+        return {"heartbeat_timeout_seconds": workers.heartbeat_timeout()}
     return {
         "secret_name": workers.session_secret_name(restore_id),
         "worker_instance_type": workers.plan_instance_type(total_gib, req.worker_instance_type),
         "worker_subnet_id": req.worker_subnet_id or req.subnet_id,
-        "heartbeat_timeout_seconds": heartbeat_timeout,
-        "boot_timeout_seconds": boot_timeout,
+        "heartbeat_timeout_seconds": workers.heartbeat_timeout(),
+        "boot_timeout_seconds": workers.boot_timeout(),
     }
 
 
