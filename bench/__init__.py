@@ -19,6 +19,11 @@ Methodology
 - Figures: full and restore as logical MB/s (image size / wall, 10^6 bytes), incremental as wall
   seconds, repository size after both backups, peak RSS over the three steps. With `--runs N`
   every figure is the median of the N runs, and the first tool alternates between runs.
+- Index memory at scale (`bench.index_scale`, `--index-scales 1m,10m`): for 1 and 10 million
+  blobs, a repository whose index files name that many synthetic blobs, then a full backup and
+  the 1% incremental of the same image through the CLI. `index_rss_mib_<n>` is the peak RSS of
+  that incremental, against the same incremental in the main run's small repository; the bound
+  is an absolute 512 MiB.
 - The VM is shared and has 2 vCPUs: expect +/-10-25% noise between runs (see
   /work/shared/research/performance-facts.md).
 """

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import index_scale
 from bench.measure import StepFailed, drop_page_cache
 from bench.report import format_table, summarize
 from bench.run import RunResult, run_once
@@ -32,9 +33,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported")
     p.add_argument("--keep", action="store_true", help="keep image, repositories and logs")
     p.add_argument("--out", type=Path, default=OUT, help=f"output directory (default {OUT})")
+    p.add_argument(
+        "--index-scales",
+        default=",".join(index_scale.SCALES),
+        help="repository index sizes for the index-memory rows, comma-separated, from "
+        f"{', '.join(index_scale.SCALES)} (default all; 'none' skips them)",
+    )
     a = p.parse_args(argv)
     if a.runs < 1 or a.size_gib <= 0:
         p.error("--runs must be >= 1 and --size-gib > 0")
+    a.index_scales = [] if a.index_scales == "none" else a.index_scales.split(",")
+    unknown = [s for s in a.index_scales if s not in index_scale.SCALES]
+    if unknown:
+        p.error(f"--index-scales: unknown scale {unknown[0]!r}")
     return a
 
 
@@ -61,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
             results.append(
                 run_once(work, args.size_gib, ec2backup_exe, restic_exe, restic_first=i % 2 == 1)
             )
+        print("index memory at scale", file=sys.stderr)
+        scale_runs = index_scale.run_scales(work, ec2backup_exe, args.size_gib, args.index_scales)
     except (StepFailed, SetupError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     finally:
         if not args.keep:
-            for name in ("disk.img", "repo-ec2backup", "repo-restic", "restic-cache"):
+            scratch = [f"repo-index-{k}" for k in index_scale.SCALES] + ["index-disk.img"]
+            for name in ("disk.img", "repo-ec2backup", "repo-restic", "restic-cache", *scratch):
                 path = work / name
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -74,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                     path.unlink(missing_ok=True)
 
     summary = summarize(results)
+    steps = summary["steps_median"]
+    assert isinstance(steps, dict)
+    index_rows = index_scale.figures(scale_runs, steps["ec2backup"]["incremental"]["max_rss_mib"])
+    figures = summary["figures"]
+    assert isinstance(figures, dict)
+    figures.update(index_rows)
     first = results[0]
     doc = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -97,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         **summary,
         "per_run": [r.as_dict() for r in results],
+        "index_scale": {k: r.as_dict() for k, r in scale_runs.items()},
         "total_s": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(doc, indent=2) + "\n")
     print()
     print(format_table(summary, args.runs))
+    if index_rows:
+        print("\nindex memory: peak RSS of a 1% incremental into a repository of N blobs")
+        print(index_scale.format_rows(index_rows))
     print(f"\n(results: {args.out / 'results.json'}; total {doc['total_s']}s)")
     return 0
 

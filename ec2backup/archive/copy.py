@@ -242,7 +242,7 @@ def packs_of(repo: Repository, volumes: list[VolumeRecord]) -> dict[str, int]:
         for volume in volumes:
             for run in plan_runs(repo, volume):
                 assert isinstance(run, Run)  # without zeros=True only blob runs come
-                packs[run.pack_id] = index.packs[run.pack_id].size
+                packs[run.pack_id] = index.pack_size(run.pack_id)
     except CorruptObjectError as exc:
         raise ArchiveError(str(exc)) from exc
     return packs

@@ -97,13 +97,10 @@ def referenced(
 
 
 def load_index_checked(repo: Repository, report: CheckReport) -> Index:
-    index = Index()
-    for oid in repo.list_ids("index"):
-        try:
-            index.add_file(oid, repo.load_index_file(oid))
-        except UserError as exc:
-            report.errors.append(_err(exc))
-    return index
+    def damaged(_oid: str, exc: UserError) -> None:
+        report.errors.append(_err(exc))
+
+    return Index.build(repo.iter_index_tables(on_error=damaged))
 
 
 def verify_pack(repo: Repository, codec: BlobCodec, ipack: IndexPack) -> list[str]:
@@ -152,13 +149,14 @@ def check(
     report.index_files = len(index.files)
     present = repo.list_packs()
     report.packs = len(present)
-    for pid, ipack in index.packs.items():
+    for pid in index.packs:
         name = data_name(pid)
+        size = index.pack_size(pid)
         if pid not in present:
             report.errors.append(f"object {name} is missing (named by the index)")
-        elif present[pid] != ipack.size:
+        elif present[pid] != size:
             report.errors.append(
-                f"object {name} is corrupt: size {present[pid]} != {ipack.size} in the index"
+                f"object {name} is corrupt: size {present[pid]} != {size} in the index"
             )
     for pid in present:
         if pid not in index.packs:
@@ -177,19 +175,22 @@ def check(
         report.errors.append(f"... and {len(missing) - 20} more missing blobs")
 
     if read_data or subset_percent is not None:
-        to_read = [index.packs[p] for p in index.packs if p in present]
+        to_read = [p for p in index.packs if p in present]
         if subset_percent is not None and not read_data:
             if not 0 < subset_percent <= 100:
                 raise UserError("--read-data-subset must be a percentage in (0, 100]")
             k = math.ceil(len(to_read) * subset_percent / 100)
             to_read = random.sample(to_read, k)
         if on_start is not None:
-            on_start(sum(p.size for p in to_read))
+            on_start(sum(index.pack_size(p) for p in to_read))
         codec = BlobCodec(repo.data_key, repo.config.compression_level)
+
+        def verify(pid: str) -> tuple[IndexPack, list[str]]:
+            ipack = index.pack(pid)  # one pack's entries in memory at a time (per thread)
+            return ipack, verify_pack(repo, codec, ipack)
+
         with ThreadPoolExecutor(max_workers=2) as pool:
-            for ipack, errs in zip(
-                to_read, pool.map(lambda p: verify_pack(repo, codec, p), to_read), strict=True
-            ):
+            for ipack, errs in pool.map(verify, to_read):
                 report.errors.extend(errs)
                 report.packs_read += 1
                 report.blobs_verified += len(ipack.blobs)

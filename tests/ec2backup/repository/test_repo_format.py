@@ -69,7 +69,7 @@ def _downgrade_to_v1(url: str) -> None:
 
 def test_new_repositories_mark_written_zero_blocks(tmp_path: Path) -> None:
     repo = Repository.create(str(tmp_path / "r"), PASSWORD.encode())
-    assert repo.config.version == FORMAT_VERSION == 2
+    assert repo.config.version == FORMAT_VERSION == 3
     record = _backup(repo)
     entries = _entries(repo, record)
     assert all(entries[i] == WRITTEN_ZERO_ID for i in WRITTEN_ZEROS)
