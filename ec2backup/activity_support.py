@@ -24,7 +24,7 @@ from temporalio.exceptions import ApplicationError
 
 from ec2backup import aws
 from ec2backup.errors import UserError
-from ec2backup.repository.locks import RepositoryLocked
+from ec2backup.repository.locks import LockLost, RepositoryLocked
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,6 +59,10 @@ def classify(exc: BaseException) -> ApplicationError:
         # Another run holds the repository (a long prune): worth trying again later, unlike
         # the other user errors. Temporal's backoff spaces the attempts.
         return ApplicationError(str(exc), type="RepositoryLocked", non_retryable=False)
+    if isinstance(exc, LockLost):
+        # The lock went while we worked (refreshes failing, or removed): nothing was committed
+        # after that; a new attempt takes a new lock and resumes from the last checkpoint.
+        return ApplicationError(str(exc), type="LockLost", non_retryable=False)
     if isinstance(exc, UserError):
         return ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True)
     if isinstance(exc, ClientError):

@@ -12,6 +12,7 @@ Two implementations with the same small interface:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import tempfile
 import threading
@@ -24,11 +25,17 @@ from urllib.parse import urlparse
 
 from ec2backup.errors import NotFoundError, UserError
 
-# S3 caps a single PUT at 5 GiB, but retries of one big PUT resend everything; above 16 MiB we
+# S3 caps a single PUT at 5 GiB, but retries of one big PUT resend everything; above 64 MiB we
 # switch to multipart with 8 MiB parts (S3 and moto require >= 5 MiB for all but the last part).
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
+# A default pack (16 MiB, plus at most one blob and its header) is one PUT: as multipart it
+# would be 4-5 requests. Archive packs (128 MiB) go up in parts.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
 MULTIPART_CONCURRENCY = 4
+
+# Error codes that mean "no such object" (GET says NoSuchKey, HEAD only its status): only these.
+# A 403 or 503 must never read as "absent" (a lock read as absent is a lock ignored).
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 Buffer = bytes | bytearray | memoryview
 # An object's content: one buffer, or a list of chunks written back to back (packs).
@@ -48,6 +55,7 @@ class Backend(Protocol):
     def size(self, name: str) -> int: ...
     def exists(self, name: str) -> bool: ...
     def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, int, dt.datetime]]: ...
     def delete(self, name: str) -> None: ...
     def location(self) -> str: ...
 
@@ -127,6 +135,11 @@ class LocalBackend:
         return self._path(name).exists()
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        for name, size, _modified in self.list_modified(prefix):
+            yield name, size
+
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, int, dt.datetime]]:
+        """(name, size, modification time as the file system sees it) under `prefix`."""
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         if not base.is_dir():
             return
@@ -136,10 +149,11 @@ class LocalBackend:
                     continue  # an in-progress (or crashed) write, not an object
                 full = os.path.join(dirpath, fname)
                 try:
-                    size = os.stat(full).st_size
+                    st = os.stat(full)
                 except FileNotFoundError:
                     continue
-                yield os.path.relpath(full, self.root).replace(os.sep, "/"), size
+                modified = dt.datetime.fromtimestamp(st.st_mtime, dt.UTC)
+                yield os.path.relpath(full, self.root).replace(os.sep, "/"), st.st_size, modified
 
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -163,6 +177,11 @@ class S3Backend:
 
     def _missing(self, name: str, exc: Exception) -> ObjectMissing:
         return ObjectMissing(f"object {name} not found in {self.url}")
+
+    def _raise_missing(self, name: str, exc: Any) -> None:
+        """Turn a 404 into ObjectMissing; anything else (403, 503, ...) stays the error it is."""
+        if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+            raise self._missing(name, exc) from exc
 
     def put(self, name: str, data: Content) -> None:
         key = self._key(name)
@@ -206,8 +225,7 @@ class S3Backend:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(name), **kwargs)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                raise self._missing(name, exc) from exc
+            self._raise_missing(name, exc)
             raise
         body: bytes = resp["Body"].read()
         return body
@@ -226,7 +244,8 @@ class S3Backend:
         try:
             resp = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
         except ClientError as exc:
-            raise self._missing(name, exc) from exc
+            self._raise_missing(name, exc)
+            raise
         return int(resp["ContentLength"])
 
     def exists(self, name: str) -> bool:
@@ -240,7 +259,7 @@ class S3Backend:
         for name, size, _modified in self.list_modified(prefix):
             yield name, size
 
-    def list_modified(self, prefix: str) -> Iterator[tuple[str, int, Any]]:
+    def list_modified(self, prefix: str) -> Iterator[tuple[str, int, dt.datetime]]:
         """(name, size, last-modified datetime) of every object under `prefix`."""
         full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -260,7 +279,8 @@ class S3Backend:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
         except ClientError as exc:
-            raise self._missing(name, exc) from exc
+            self._raise_missing(name, exc)
+            raise
         storage_class = head.get("StorageClass") or "STANDARD"
         restore = head.get("Restore") or ""
         if storage_class not in ARCHIVE_CLASSES:

@@ -1,17 +1,26 @@
-"""Repository locks: shared (backup, check, forget) and exclusive (prune).
+"""Repository locks: shared (backup, restore, check, forget) and exclusive (prune).
 
-A lock is an encrypted object `locks/<random id>` refreshed in place by a background thread.
-Acquire = write our lock, then list: if a live conflicting lock exists, remove ours and wait or
-give up. Two lockers racing both see each other and both back off (then retry with jitter), so
-at most one exclusive holder ever proceeds. A lock is stale (ignored, and removed by
-`repo unlock`) when it has not been refreshed for `LOCK_TTL`, or when it belongs to a dead
-process on this host (a `kill -9`ed backup must not block prune for half an hour).
+A lock is an encrypted object `locks/<random id>` rewritten in place by a background thread
+every `REFRESH_EVERY`. Acquire = write our lock, then list: if a live conflicting lock exists,
+remove ours and wait or give up. Two lockers racing both see each other and both back off (then
+retry with jitter), so at most one exclusive holder ever proceeds.
+
+Staleness is judged by the repository's own clock, never by host names or process ids (EC2
+host names like `ip-10-0-1-23` repeat across VPCs, containers share them, and clocks of two
+hosts differ): a lock is stale when its object's last-modified time is more than `LOCK_TTL`
+older than that of an object the judge has just written (its own lock, or a probe).
+
+A holder knows whether it still holds its lock: each refresh first reads the object back, and
+a lock found missing (removed by `repo unlock --remove-all`, or taken for stale) or replaced, or
+not refreshed for `HOLD_LIMIT`, is lost. `Lock.check()` raises `LockLost` from then on, and the
+repository calls it before it writes a restore point or a checkpoint and before prune deletes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import random
 import secrets
@@ -21,43 +30,47 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ec2backup.errors import UserError
+from ec2backup.repository.backend import ObjectMissing
 
 if TYPE_CHECKING:
     from ec2backup.repository.repo import Repository
 
-# A holder refreshes every LOCK_TTL/3; a lock older than LOCK_TTL is presumed dead. Half an hour
-# tolerates long GC pauses, clock skew between hosts and throttled S3 PUTs.
-LOCK_TTL = dt.timedelta(minutes=30)
-REFRESH_EVERY = LOCK_TTL.total_seconds() / 3
+log = logging.getLogger(__name__)
+
+# A holder rewrites its lock every minute: one PUT a minute per session is noise on the bill.
+REFRESH_EVERY = dt.timedelta(minutes=1)
+# Five refresh intervals without a write make a lock stale: a holder survives four failed
+# refreshes in a row (an S3 brownout) before anyone may take it for dead, and a `kill -9`ed
+# backup blocks prune for five minutes, not half an hour.
+LOCK_TTL = dt.timedelta(minutes=5)
+# The holder gives up one interval before others may call it stale: that interval covers the
+# latency of its last write and the drift between its monotonic clock and the repository's.
+HOLD_LIMIT = LOCK_TTL - REFRESH_EVERY
 LOCK_PREFIX = "locks/"
+PROBE_PURPOSE = "clock probe"
 
 
 class RepositoryLocked(UserError):
     exit_code = 5
 
 
+class LockLost(UserError):
+    """This process no longer holds its lock: it must stop before writing anything that other
+    lockers rely on (a restore point, a checkpoint, a deletion)."""
+
+    exit_code = 5
+
+
 class LockInfo(BaseModel):
     exclusive: bool
     purpose: str
+    # informational (shown to users); staleness uses the object's last-modified time
     time: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
     hostname: str = Field(default_factory=socket.gethostname)
     pid: int = Field(default_factory=os.getpid)
-
-    def is_stale(self, now: dt.datetime | None = None) -> bool:
-        now = now or dt.datetime.now(dt.UTC)
-        if now - self.time > LOCK_TTL:
-            return True
-        if self.hostname == socket.gethostname():
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                return False
-        return False
 
     def describe(self) -> str:
         kind = "exclusive" if self.exclusive else "shared"
@@ -67,25 +80,84 @@ class LockInfo(BaseModel):
         )
 
 
-def list_locks(repo: Repository) -> list[tuple[str, LockInfo | None]]:
-    """(object name, info); info is None for an unreadable lock object."""
-    out: list[tuple[str, LockInfo | None]] = []
-    for name, _ in repo.backend.list(LOCK_PREFIX):
+class LockObject(BaseModel):
+    """One object under locks/: its info (None if it cannot be decrypted or parsed) and its
+    last-modified time as the repository reports it."""
+
+    name: str
+    info: LockInfo | None
+    modified: dt.datetime
+    damage: str = ""
+
+    def is_stale(self, repo_now: dt.datetime) -> bool:
+        return repo_now - self.modified > LOCK_TTL
+
+    def describe(self) -> str:
+        if self.info is None:
+            return f"{self.name} (damaged: {self.damage})"
+        return self.info.describe()
+
+
+def list_locks(repo: Repository) -> list[LockObject]:
+    """Every lock object. A read that fails for any reason but absence raises (an unreadable
+    lock is not an absent one); a lock that does not decrypt or parse is damaged (info None)."""
+    from ec2backup.repository.repo import CorruptObjectError
+
+    out: list[LockObject] = []
+    for name, _size, modified in repo.backend.list_modified(LOCK_PREFIX):
         try:
-            info: LockInfo | None = LockInfo.model_validate_json(repo.load_named(name))
-        except Exception:
-            if not repo.backend.exists(name):
-                continue  # released while we listed
-            info = None
-        out.append((name, info))
+            raw = repo.load_named(name)
+        except ObjectMissing:
+            continue
+        except CorruptObjectError as exc:
+            out.append(LockObject(name=name, info=None, modified=modified, damage=str(exc)))
+            continue
+        try:
+            info = LockInfo.model_validate_json(raw)
+        except ValidationError as exc:
+            damage = f"bad content: {exc.error_count()} errors"
+            out.append(LockObject(name=name, info=None, modified=modified, damage=damage))
+            continue
+        out.append(LockObject(name=name, info=info, modified=modified))
+    return out
+
+
+def _repo_now(locks: list[LockObject], own: str) -> dt.datetime:
+    for lock in locks:
+        if lock.name == own:
+            return lock.modified
+    raise LockLost(f"lock {own} vanished right after it was written")
+
+
+def conflicts(locks: list[LockObject], own: str, exclusive: bool) -> list[LockObject]:
+    """Live locks that keep a locker of this kind out. Damaged ones are reported and ignored by
+    shared lockers; an exclusive locker cannot know what a damaged lock protects and waits for
+    it to go stale (or for `repo unlock`)."""
+    now = _repo_now(locks, own)
+    out = []
+    for lock in locks:
+        if lock.name == own or lock.is_stale(now):
+            continue
+        if lock.info is None:
+            if exclusive:
+                out.append(lock)
+            else:
+                log.warning("ignoring damaged lock %s", lock.describe())
+        elif lock.info.purpose == PROBE_PURPOSE:
+            continue
+        elif exclusive or lock.info.exclusive:
+            out.append(lock)
     return out
 
 
 class Lock:
-    def __init__(self, repo: Repository, name: str, info: LockInfo) -> None:
+    def __init__(self, repo: Repository, name: str, info: LockInfo, written: bytes) -> None:
         self.repo = repo
         self.name = name
         self.info = info
+        self._written = written  # the sealed object last written: a refresh checks it is there
+        self._refreshed = time.monotonic()
+        self._lost: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._refresh_loop, daemon=True, name="lock-refresh")
         self._thread.start()
@@ -96,38 +168,79 @@ class Lock:
         while True:
             name = LOCK_PREFIX + secrets.token_hex(16)
             info = LockInfo(exclusive=exclusive, purpose=purpose)
-            repo.save_named(name, info.model_dump_json().encode())
-            conflicts = []
-            for other, oinfo in list_locks(repo):
-                if other == name:
-                    continue
-                if oinfo is None:
-                    conflicts.append(f"{other} (unreadable)")
-                elif not oinfo.is_stale() and (exclusive or oinfo.exclusive):
-                    conflicts.append(oinfo.describe())
-            if not conflicts:
-                return cls(repo, name, info)
+            written = repo.seal_named(name, info.model_dump_json().encode())
+            repo.backend.put(name, written)
+            try:
+                found = conflicts(list_locks(repo), name, exclusive)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    repo.backend.delete(name)
+                raise
+            if not found:
+                lock = cls(repo, name, info, written)
+                repo.held_locks.add(lock)
+                return lock
             repo.backend.delete(name)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise RepositoryLocked(
-                    f"repository is locked ({conflicts[0]}"
-                    + (f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else "")
+                    f"repository is locked ({found[0].describe()}"
+                    + (f" and {len(found) - 1} more" if len(found) > 1 else "")
                     + "); try again later, or `ec2backup repo unlock` if that process is gone"
                 )
             time.sleep(min(remaining, 0.5 + random.random()))
 
+    # ---- holding ----
+
+    def refresh(self) -> None:
+        """Read the lock back, then rewrite it; marks the lock lost if it was removed or
+        replaced. Raises on a storage error (the caller retries at the next tick)."""
+        if self._lost is not None:
+            return
+        try:
+            current = self.repo.backend.get(self.name)
+        except ObjectMissing:
+            self._lose("its object was removed (taken for stale, or `repo unlock --remove-all`)")
+            return
+        if current != self._written:
+            self._lose("its object was replaced by another")
+            return
+        info = self.info.model_copy(update={"time": dt.datetime.now(dt.UTC)})
+        written = self.repo.seal_named(self.name, info.model_dump_json().encode())
+        self.repo.backend.put(self.name, written)
+        self.info, self._written = info, written
+        self._refreshed = time.monotonic()
+
+    def _lose(self, why: str) -> None:
+        self._lost = why
+        log.error("lost the %s: %s", self.info.describe(), why)
+
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(REFRESH_EVERY):
-            self.info = self.info.model_copy(update={"time": dt.datetime.now(dt.UTC)})
-            # a failed refresh is retried at the next tick; the TTL leaves two more chances
-            with contextlib.suppress(Exception):
-                self.repo.save_named(self.name, self.info.model_dump_json().encode())
+        while not self._stop.wait(REFRESH_EVERY.total_seconds()):
+            try:
+                self.refresh()
+            except Exception as exc:  # retried at the next tick; check() tells when it is too late
+                log.warning("refreshing lock %s failed: %s", self.name, exc)
+
+    def check(self) -> None:
+        """Raise LockLost unless this lock is still ours and fresh enough that no one may have
+        taken it for stale."""
+        if self._stop.is_set():
+            raise LockLost(f"the {self.info.describe()} was released")
+        if self._lost is not None:
+            raise LockLost(f"lost the {self.info.describe()}: {self._lost}")
+        idle = time.monotonic() - self._refreshed
+        if idle > HOLD_LIMIT.total_seconds():
+            self._lose(f"not refreshed for {idle:.0f}s (refreshes failing)")
+            raise LockLost(f"lost the {self.info.describe()}: {self._lost}")
 
     def release(self) -> None:
         if self._stop.is_set():
             return
         self._stop.set()
+        self.repo.held_locks.discard(self)
+        if self._lost is not None:
+            return  # not ours any more: never delete what may be another's
         with contextlib.suppress(Exception):  # a leftover lock goes stale after LOCK_TTL
             self.repo.backend.delete(self.name)
 
@@ -144,10 +257,21 @@ class Lock:
 
 
 def unlock(repo: Repository, remove_all: bool = False) -> list[str]:
-    """Remove stale (or, with remove_all, every) lock; returns the removed names."""
-    removed = []
-    for name, info in list_locks(repo):
-        if remove_all or info is None or info.is_stale():
-            repo.backend.delete(name)
-            removed.append(name)
-    return removed
+    """Remove stale and damaged (or, with remove_all, every) locks; returns the removed names.
+    Staleness is judged against a probe object written now (the repository's clock)."""
+    probe = LOCK_PREFIX + secrets.token_hex(16)
+    info = LockInfo(exclusive=False, purpose=PROBE_PURPOSE)
+    repo.backend.put(probe, repo.seal_named(probe, info.model_dump_json().encode()))
+    try:
+        locks = list_locks(repo)
+        now = _repo_now(locks, probe)
+        removed = []
+        for lock in locks:
+            if lock.name == probe:
+                continue
+            if remove_all or lock.info is None or lock.is_stale(now):
+                repo.backend.delete(lock.name)
+                removed.append(lock.name)
+        return removed
+    finally:
+        repo.backend.delete(probe)

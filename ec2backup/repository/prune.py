@@ -145,7 +145,9 @@ def prune(
     flush()
     report.packs_written = len(new_packs)
 
-    # 3. new index, 4. drop old index files, 5. delete packs and pages
+    # 3. new index, 4. drop old index files, 5. delete packs and pages: only while our
+    # exclusive lock is still ours (a holder that lost it would delete under a backup)
+    repo.check_locks()
     old_index_ids = list(index.files)
     final = keep_packs + new_packs
     for chunk in iter_chunks(final, PACKS_PER_INDEX):

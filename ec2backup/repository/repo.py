@@ -131,6 +131,8 @@ class Repository:
         self.meta = crypto.Sealer(self.meta_key)
         self._zc = zstandard.ZstdCompressor(level=DEFAULT_COMPRESSION_LEVEL)
         self._index: Index | None = None
+        # Locks this process holds on the repository: checked before writes others rely on.
+        self.held_locks: set[Lock] = set()
 
     @property
     def marks_written_zeros(self) -> bool:
@@ -311,9 +313,12 @@ class Repository:
     def list_ids(self, kind: str) -> list[str]:
         return [name.rsplit("/", 1)[1] for name, _ in self.backend.list(KIND_PREFIX[kind])]
 
+    def seal_named(self, name: str, payload: bytes) -> bytes:
+        """A mutable encrypted object (locks, checkpoints): the name is the associated data."""
+        return self.meta.seal(b"\x00" + payload, name.encode())
+
     def save_named(self, name: str, payload: bytes) -> None:
-        """Mutable encrypted object (locks, checkpoints): the name is the associated data."""
-        self.backend.put(name, self.meta.seal(b"\x00" + payload, name.encode()))
+        self.backend.put(name, self.seal_named(name, payload))
 
     def load_named(self, name: str) -> bytes:
         return self.open_object("named", name, self.backend.get(name), aad=name)
@@ -406,7 +411,13 @@ class Repository:
 
     # ---- restore points --------------------------------------------------------------------
 
+    def check_locks(self) -> None:
+        """Raise LockLost if a lock this process took on the repository is no longer held."""
+        for lock in list(self.held_locks):
+            lock.check()
+
     def save_restore_point(self, rp: RestorePoint) -> str:
+        self.check_locks()  # a holder that lost its lock may have had its data pruned
         return self.save_object("restorepoint", rp.model_dump_json().encode())
 
     def load_restore_point_by_id(self, oid: str) -> RestorePoint:

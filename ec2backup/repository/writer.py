@@ -414,6 +414,9 @@ class BackupWriter:
                 stats=self.stats,
                 metadata=self.metadata,
             )
+            # a checkpoint names pages and blobs: if our lock is gone, a prune may have
+            # removed some of them, so resuming from it must not be possible
+            self.repo.check_locks()
             self.repo.save_named(
                 checkpoint_name(self.checkpoint_key), cp.model_dump_json().encode()
             )

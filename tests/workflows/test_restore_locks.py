@@ -43,7 +43,7 @@ def test_restore_waits_for_a_prune_and_releases_its_lock(
         # The restore gets as far as reading, then waits: its volume is not written meanwhile.
         time.sleep(15)
         assert restore.poll() is None, "the restore finished under an exclusive lock"
-        held = [info for _, info in list_locks(repo) if info is not None]
+        held = [lock.info for lock in list_locks(repo) if lock.info is not None]
         assert any(i.exclusive for i in held), held
     finally:
         prune.release()

@@ -120,19 +120,6 @@ def test_prune_refuses_or_waits_while_backup_holds_lock(init_repo: str, tmp_path
         excl.release()
 
 
-def test_stale_lock_of_dead_process_is_ignored(init_repo: str) -> None:
-    proc = subprocess.Popen(["sleep", "0"])
-    proc.wait()
-    repo = open_repo(init_repo)
-    from ec2backup.repository.locks import LockInfo
-
-    info = LockInfo(exclusive=True, purpose="crashed prune", pid=proc.pid)
-    repo.save_named("locks/deadbeef", info.model_dump_json().encode())
-    assert run_inproc("repo", "check", "--repo", init_repo).code == 0
-    assert run_inproc("repo", "unlock", "--repo", init_repo).code == 0
-    assert not [n for n in list_objects(init_repo) if n.startswith("locks/")]
-
-
 def test_forget_then_prune_frees_exactly_unreferenced(init_repo: str, tmp_path: Path) -> None:
     rng = random.Random(77)
     shared = [rng.randbytes(BS) for _ in range(3)]
