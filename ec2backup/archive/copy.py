@@ -19,7 +19,7 @@ from ec2backup.repository.backend import (
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, ZERO_BLOCK
 from ec2backup.repository.pack import BlobCodec
 from ec2backup.repository.reader import Run, ZeroRun, _fetch_run, plan_runs
-from ec2backup.repository.repo import Repository, data_name
+from ec2backup.repository.repo import Repository, RepositoryExists, data_name
 from ec2backup.repository.restorepoint import VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
 
@@ -54,6 +54,23 @@ class ArchiveError(UserError):
     pass
 
 
+# An init that lost the race sees the winner's key files before its config (written last).
+CREATED_ELSEWHERE_WAIT_SECONDS = 30.0
+
+
+def _open_when_created(url: str, password: bytes) -> Repository:
+    from ec2backup.errors import NotFoundError
+
+    deadline = time.monotonic() + CREATED_ELSEWHERE_WAIT_SECONDS
+    while True:
+        try:
+            return Repository.open(url, password)
+        except NotFoundError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def open_or_create(url: str, password: bytes, storage_class: str | None) -> Repository:
     """The archive repository at `url`; created (with `storage_class`, large packs) if absent."""
     from ec2backup.errors import NotFoundError
@@ -65,12 +82,15 @@ def open_or_create(url: str, password: bytes, storage_class: str | None) -> Repo
     try:
         repo = Repository.open(url, password)
     except NotFoundError:
-        return Repository.create(
-            url,
-            password,
-            pack_size=ARCHIVE_PACK_SIZE,
-            data_storage_class=storage_class or "GLACIER",
-        )
+        try:
+            return Repository.create(
+                url,
+                password,
+                pack_size=ARCHIVE_PACK_SIZE,
+                data_storage_class=storage_class or "GLACIER",
+            )
+        except RepositoryExists:  # a parallel run is creating it: use that one
+            repo = _open_when_created(url, password)
     have = repo.config.data_storage_class
     if have not in ARCHIVE_CLASSES:
         raise ArchiveError(f"{url} is not an archive repository (its packs are STANDARD)")

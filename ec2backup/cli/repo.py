@@ -91,6 +91,8 @@ def repo_init(
         data_storage_class=storage_class,
     )
     _say(f"created repository {r.config.id[:SHORT_ID]} at {r.backend.location()}")
+    if r.created_note:
+        _say(r.created_note)
     print(r.config.id)
     if repo.startswith("s3://"):  # what sessions can use: the catalog should know it
         from ec2backup import installation

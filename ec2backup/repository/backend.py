@@ -32,6 +32,12 @@ from ec2backup.errors import NotFoundError, UserError
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_PART_SIZE = 8 * 1024 * 1024
 MULTIPART_CONCURRENCY = 4
+# Incomplete multipart uploads under the repository are aborted this long after they start
+# (the shortest S3 allows); no upload of ours takes a day.
+ABORT_MULTIPART_DAYS = 1
+ABORT_RULE_ID = "ec2backup-abort-incomplete-multipart"
+# A conditional write that races another on the same key gets a 409; AWS: retry it.
+CONDITIONAL_CONFLICT_RETRIES = 3
 
 # Error codes that mean "no such object" (GET says NoSuchKey, HEAD only its status): only these.
 # A 403 or 503 must never read as "absent" (a lock read as absent is a lock ignored).
@@ -50,6 +56,7 @@ class Backend(Protocol):
     url: str
 
     def put(self, name: str, data: Content) -> None: ...
+    def create(self, name: str, data: Content) -> bool: ...
     def get(self, name: str) -> bytes: ...
     def get_range(self, name: str, offset: int, length: int) -> bytes: ...
     def size(self, name: str) -> int: ...
@@ -83,6 +90,13 @@ class LocalBackend:
             self._made_dirs.add(path)
 
     def put(self, name: str, data: Content) -> None:
+        self._write(name, data, replace=True)
+
+    def create(self, name: str, data: Content) -> bool:
+        """Write only if no object has the name (atomically); False if one already had it."""
+        return self._write(name, data, replace=False)
+
+    def _write(self, name: str, data: Content, replace: bool) -> bool:
         path = self._path(name)
         self._ensure_dir(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
@@ -96,12 +110,21 @@ class LocalBackend:
             os.fsync(fd)  # the object must be on disk before its name is
             os.close(fd)
             fd = -1
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)  # fails if the name exists: create-if-absent
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(tmp)
             dfd = os.open(path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)  # make the rename itself durable
             finally:
                 os.close(dfd)
+            return True
         except BaseException:
             if fd >= 0:
                 os.close(fd)
@@ -184,13 +207,36 @@ class S3Backend:
             raise self._missing(name, exc) from exc
 
     def put(self, name: str, data: Content) -> None:
+        self._write(name, data, {})
+
+    def create(self, name: str, data: Content) -> bool:
+        """Write only if no object has the name (`If-None-Match: *`, S3 conditional writes);
+        False if one already had it. A 409 (a concurrent conditional write of the same key)
+        is retried, as AWS advises."""
+        from botocore.exceptions import ClientError
+
+        for attempt in range(CONDITIONAL_CONFLICT_RETRIES + 1):
+            try:
+                self._write(name, data, {"IfNoneMatch": "*"})
+                return True
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code == "PreconditionFailed":
+                    return False
+                if code != "ConditionalRequestConflict" or attempt == CONDITIONAL_CONFLICT_RETRIES:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _write(self, name: str, data: Content, condition: dict[str, str]) -> None:
         key = self._key(name)
         view = memoryview(b"".join(data) if isinstance(data, list) else data)
         extra: dict[str, Any] = {}
         if self.data_storage_class and name.startswith("data/"):
             extra["StorageClass"] = self.data_storage_class
         if len(view) <= MULTIPART_THRESHOLD:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=bytes(view), **extra)
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=bytes(view), **extra, **condition
+            )
             return
         upload = self.client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)
         upload_id = upload["UploadId"]
@@ -211,13 +257,64 @@ class S3Backend:
             with ThreadPoolExecutor(max_workers=MULTIPART_CONCURRENCY) as pool:
                 parts = list(pool.map(part, range(1, len(starts) + 1), starts))
             self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                **condition,
             )
         except BaseException:
-            # best effort; a lifecycle rule (AbortIncompleteMultipartUpload) removes stragglers
+            # best effort; the lifecycle rule `repo init` sets (AbortIncompleteMultipartUpload)
+            # removes what is left when this fails too
             with contextlib.suppress(Exception):
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
+
+    def ensure_abort_multipart_rule(self) -> str:
+        """Make sure a lifecycle rule aborts this prefix's incomplete multipart uploads (an
+        upload whose abort failed, a killed process: its parts are billed until aborted).
+        Returns what was done, or how to do it when this principal may not."""
+        from botocore.exceptions import ClientError
+
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        rule = {
+            "ID": f"{ABORT_RULE_ID}{('-' + self.prefix.replace('/', '-')) if self.prefix else ''}",
+            "Filter": {"Prefix": prefix},
+            "Status": "Enabled",
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
+        }
+        how = (
+            f"add a lifecycle rule to bucket {self.bucket} with "
+            f'{{"Filter": {{"Prefix": "{prefix}"}}, "Status": "Enabled", '
+            f'"AbortIncompleteMultipartUpload": {{"DaysAfterInitiation": {ABORT_MULTIPART_DAYS}}}}}'
+        )
+        try:
+            try:
+                current = self.client.get_bucket_lifecycle_configuration(Bucket=self.bucket)
+                rules = list(current.get("Rules", []))
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+            for r in rules:
+                covers = (r.get("Filter") or {}).get("Prefix", r.get("Prefix", "")) or ""
+                if (
+                    r.get("Status") == "Enabled"
+                    and "AbortIncompleteMultipartUpload" in r
+                    and prefix.startswith(covers)
+                ):
+                    return f"incomplete multipart uploads are aborted by rule {r.get('ID', '?')}"
+            # the call replaces the whole configuration: keep every existing rule
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket, LifecycleConfiguration={"Rules": [*rules, rule]}
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "error")
+            return f"could not set a lifecycle rule ({code}): {how}"
+        return (
+            f"added lifecycle rule {rule['ID']}: incomplete multipart uploads are aborted "
+            f"after {ABORT_MULTIPART_DAYS} day"
+        )
 
     def _get(self, name: str, **kwargs: Any) -> bytes:
         from botocore.exceptions import ClientError

@@ -117,7 +117,7 @@ def prune(
         if not builder.entries:
             return
         pack_id, buf, entries = builder.finish(repo.meta)
-        repo.backend.put(data_name(pack_id), buf)
+        repo.backend.create(data_name(pack_id), buf)
         new_packs.append(index_pack(pack_id, builder.size, entries))
         report.bytes_freed -= builder.size
         builder = PackBuilder()

@@ -80,6 +80,10 @@ class CorruptObjectError(UserError):
     exit_code = 4
 
 
+class RepositoryExists(UserError):
+    """`init` where a repository is (or, racing, just came to be)."""
+
+
 class RepoConfig(BaseModel):
     version: int = FORMAT_VERSION
     id: str
@@ -133,6 +137,7 @@ class Repository:
         self._index: Index | None = None
         # Locks this process holds on the repository: checked before writes others rely on.
         self.held_locks: set[Lock] = set()
+        self.created_note = ""  # what `create` did beside the objects (S3 lifecycle rule)
 
     @property
     def marks_written_zeros(self) -> bool:
@@ -169,7 +174,7 @@ class Repository:
         except Exception as exc:
             raise UserError(f"cannot access {backend.location()}: {keys.short_error(exc)}") from exc
         if exists:
-            raise UserError(f"a repository already exists at {backend.location()}")
+            raise RepositoryExists(f"a repository already exists at {backend.location()}")
         config = RepoConfig(
             id=secrets.token_hex(32),
             pack_size=pack_size,
@@ -183,9 +188,19 @@ class Repository:
         if password is not None:
             wrapped.append(keys.wrap_with_password(master, password, config.id))
         key_ids = [_save_key_file(backend, k) for k in wrapped]
-        # config last: a repository "exists" only once it can be opened
-        backend.put(CONFIG_NAME, config.model_dump_json(indent=2).encode())
-        return cls(backend, config, master, key_ids[0])
+        # config last: a repository "exists" only once it can be opened; created only if
+        # absent, so of two `repo init`s racing (parallel first archive runs) one wins and the
+        # other removes its key files (bound to a config id that never came to be)
+        if not backend.create(CONFIG_NAME, config.model_dump_json(indent=2).encode()):
+            for kid in key_ids:
+                backend.delete(f"keys/{kid}")
+            raise RepositoryExists(
+                f"a repository was created at {backend.location()} meanwhile (by another init)"
+            )
+        repo = cls(backend, config, master, key_ids[0])
+        if isinstance(backend, S3Backend):
+            repo.created_note = backend.ensure_abort_multipart_rule()
+        return repo
 
     @classmethod
     def open(cls, url: str, password: bytes | None) -> Repository:
@@ -300,8 +315,9 @@ class Repository:
         name = self.object_name(kind, oid)
         if deterministic and self.backend.exists(name):
             return oid, False  # the same page is already stored
-        self.backend.put(name, data)
-        return oid, True
+        # content-named: an object already there under this name holds these very bytes, and
+        # is never overwritten (nor a version added on a versioned or Object Lock bucket)
+        return oid, self.backend.create(name, data)
 
     def load_object(self, kind: str, oid: str) -> bytes:
         name = self.object_name(kind, oid)
@@ -473,7 +489,7 @@ class Repository:
 def _save_key_file(backend: Backend, kf: keys.KeyFile) -> str:
     data = kf.model_dump_json(indent=2).encode()
     kid = crypto.content_hash(data).hex()
-    backend.put(f"keys/{kid}", data)
+    backend.create(f"keys/{kid}", data)
     return kid
 
 

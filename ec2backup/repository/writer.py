@@ -343,7 +343,7 @@ class BackupWriter:
     def _upload(self, chunks: list[bytes], size: int, entries: list[PackEntry]) -> IndexPack:
         """On the upload thread: name the pack by its hash and store it."""
         pid = hash_pack(chunks)
-        self.repo.backend.put(data_name(pid), chunks)
+        self.repo.backend.create(data_name(pid), chunks)  # content-named
         return index_pack(pid, size, entries)
 
     def _reap_upload(self) -> None:

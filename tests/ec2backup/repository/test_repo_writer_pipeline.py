@@ -126,6 +126,14 @@ class _Recording:
 
     def put(self, name: str, data: Any) -> None:
         self._inner.put(name, data)
+        self._record(name)
+
+    def create(self, name: str, data: Any) -> bool:
+        created: bool = self._inner.create(name, data)
+        self._record(name)
+        return created
+
+    def _record(self, name: str) -> None:
         with self._lock:
             if name.startswith("checkpoints/"):
                 self.named[len(self.order)] = self._inner.get(name)
