@@ -122,6 +122,13 @@ def list_locks(repo: Repository) -> list[LockObject]:
     return out
 
 
+def _write(repo: Repository, name: str, info: LockInfo) -> bytes:
+    """Seal and store a lock object; its stored bytes (what a refresh expects to find)."""
+    sealed = repo.seal_named(name, info.model_dump_json().encode())
+    repo.backend.put(name, sealed)
+    return sealed
+
+
 def _repo_now(locks: list[LockObject], own: str) -> dt.datetime:
     for lock in locks:
         if lock.name == own:
@@ -168,8 +175,7 @@ class Lock:
         while True:
             name = LOCK_PREFIX + secrets.token_hex(16)
             info = LockInfo(exclusive=exclusive, purpose=purpose)
-            written = repo.seal_named(name, info.model_dump_json().encode())
-            repo.backend.put(name, written)
+            written = _write(repo, name, info)
             try:
                 found = conflicts(list_locks(repo), name, exclusive)
             except BaseException:
@@ -206,9 +212,8 @@ class Lock:
             self._lose("its object was replaced by another")
             return
         info = self.info.model_copy(update={"time": dt.datetime.now(dt.UTC)})
-        written = self.repo.seal_named(self.name, info.model_dump_json().encode())
-        self.repo.backend.put(self.name, written)
-        self.info, self._written = info, written
+        self._written = _write(self.repo, self.name, info)
+        self.info = info
         self._refreshed = time.monotonic()
 
     def _lose(self, why: str) -> None:
@@ -260,8 +265,7 @@ def unlock(repo: Repository, remove_all: bool = False) -> list[str]:
     """Remove stale and damaged (or, with remove_all, every) locks; returns the removed names.
     Staleness is judged against a probe object written now (the repository's clock)."""
     probe = LOCK_PREFIX + secrets.token_hex(16)
-    info = LockInfo(exclusive=False, purpose=PROBE_PURPOSE)
-    repo.backend.put(probe, repo.seal_named(probe, info.model_dump_json().encode()))
+    _write(repo, probe, LockInfo(exclusive=False, purpose=PROBE_PURPOSE))
     try:
         locks = list_locks(repo)
         now = _repo_now(locks, probe)

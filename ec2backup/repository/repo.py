@@ -356,24 +356,29 @@ class Repository:
     def load_index_table(self, oid: str) -> IndexTable:
         """One index file, either encoding (JSON or binary table)."""
         raw = self.load_object("index", oid)
-        try:
-            if raw[: len(INDEX_MAGIC)] == INDEX_MAGIC:
+        if raw[: len(INDEX_MAGIC)] == INDEX_MAGIC:
+            try:
                 return IndexTable.decode(raw)
-            return IndexTable.from_file(IndexFile.model_validate_json(raw))
-        except ValidationError as exc:
-            raise CorruptObjectError(f"object index/{oid} is corrupt: bad JSON") from exc
-        except ValueError as exc:
-            raise CorruptObjectError(f"object index/{oid} is corrupt: {exc}") from exc
+            except ValueError as exc:
+                raise CorruptObjectError(f"object index/{oid} is corrupt: {exc}") from exc
+        return IndexTable.from_file(self._parse_index_json(oid, raw))
 
     def load_index_file(self, oid: str) -> IndexFile:
         """One index file as a document (tests, debugging: materializes every entry)."""
         raw = self.load_object("index", oid)
-        if raw[: len(INDEX_MAGIC)] != INDEX_MAGIC:
+        if raw[: len(INDEX_MAGIC)] == INDEX_MAGIC:
             try:
-                return IndexFile.model_validate_json(raw)
-            except ValidationError as exc:
-                raise CorruptObjectError(f"object index/{oid} is corrupt: bad JSON") from exc
-        return self.load_index_table(oid).to_file()
+                return IndexTable.decode(raw).to_file()
+            except ValueError as exc:
+                raise CorruptObjectError(f"object index/{oid} is corrupt: {exc}") from exc
+        return self._parse_index_json(oid, raw)
+
+    @staticmethod
+    def _parse_index_json(oid: str, raw: bytes) -> IndexFile:
+        try:
+            return IndexFile.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"object index/{oid} is corrupt: bad JSON") from exc
 
     def iter_index_tables(
         self,
