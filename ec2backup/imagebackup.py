@@ -67,7 +67,7 @@ def verify_records(repo: Repository, records: list[VolumeRecord], session_id: st
                 ) from exc
             for slot in range(0, len(page), ID_SIZE):
                 blob_id = bytes(page[slot : slot + ID_SIZE])
-                if is_blob(blob_id) and blob_id not in index:
+                if is_blob(blob_id) and blob_id not in index and repo.locate(blob_id) is None:
                     raise IncompleteBackup(
                         f"session {session_id}: blob {blob_id.hex()[:12]} of {record.name} is "
                         "not in the index: not committing a restore point"

@@ -277,6 +277,12 @@ class ImageBackup(_Strict):
         default_factory=dict, description="worker configuration per Region"
     )
     retention: GfsRetention = Field(default_factory=lambda: GfsRetention())
+    prune_grace_hours: float = Field(
+        default=23,
+        ge=0,
+        description="retention's prune deletes what an earlier prune marked only this many "
+        "hours after the marking (two-phase prune)",
+    )
 
     @field_validator("workers")
     @classmethod
@@ -306,6 +312,12 @@ class ArchivePolicy(_Strict):
         default=False,
         description="let retention delete packs younger than the storage class's minimum "
         "duration (90 days GLACIER, 180 DEEP_ARCHIVE); the charge is reported either way",
+    )
+    prune_grace_hours: float = Field(
+        default=23,
+        ge=0,
+        description="the archive's prune deletes what an earlier prune marked only this many "
+        "hours after the marking (two-phase prune)",
     )
 
     @field_validator("repository")

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 from ec2backup import aws
 from ec2backup.models.policy import RetentionOutput
 from ec2backup.policy import GfsRetention, Policy, Retention
+from ec2backup.repository.marks import marks_due
 from ec2backup.snapshots import CatalogEntry, catalog
 
 # Prune waits this long for other sessions' shared locks on the repository to go away.
@@ -240,14 +241,20 @@ def _restore_points(
         report.kept_restore_points += [rid for rid, _ in kept]
         forget += [rid for rid, _ in expired]
     report.forgotten_restore_points = forget
-    if not forget or report.dry_run:
+    if report.dry_run:
         return
-    progress(f"forgetting {len(forget)} restore points")
-    with repo.lock(exclusive=False, purpose=f"retention {policy.name}", wait=60):
-        for rid in forget:
-            repo.forget(rid)
+    grace = dt.timedelta(hours=policy.image_backup.prune_grace_hours)
+    if forget:
+        progress(f"forgetting {len(forget)} restore points")
+        with repo.lock(exclusive=False, purpose=f"retention {policy.name}", wait=60):
+            for rid in forget:
+                repo.forget(rid)
+    elif not marks_due(repo, grace):
+        return  # nothing forgotten now, nothing an earlier prune marked is due: no prune
     from ec2backup.repository.prune import prune
 
     progress("pruning the repository")
     with repo.lock(exclusive=True, purpose=f"prune {policy.name}", wait=PRUNE_LOCK_WAIT_SECONDS):
-        report.pruned_bytes = prune(repo, progress=lambda _n: progress("pruning")).bytes_freed
+        pruned = prune(repo, progress=lambda _n: progress("pruning"), grace=grace)
+    report.pruned_bytes = pruned.bytes_freed
+    report.prune_marked_bytes = pruned.bytes_marked

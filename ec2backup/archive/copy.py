@@ -256,13 +256,13 @@ def packs_of(repo: Repository, volumes: list[VolumeRecord]) -> dict[str, int]:
     """Pack id -> indexed size, for every pack the volumes' blocks live in."""
     from ec2backup.repository.repo import CorruptObjectError
 
-    index = repo.load_index(refresh=True)
+    repo.load_index(refresh=True)
     packs: dict[str, int] = {}
     try:
         for volume in volumes:
             for run in plan_runs(repo, volume):
                 assert isinstance(run, Run)  # without zeros=True only blob runs come
-                packs[run.pack_id] = index.pack_size(run.pack_id)
+                packs[run.pack_id] = repo.pack_size(run.pack_id)
     except CorruptObjectError as exc:
         raise ArchiveError(str(exc)) from exc
     return packs

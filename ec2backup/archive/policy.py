@@ -172,9 +172,9 @@ def select(policy: Policy, password: str) -> tuple[list[ArchiveCandidate], list[
 def unreferenced_packs(repo: Repository) -> list[str]:
     from ec2backup.repository.check import referenced
 
-    index = repo.load_index(refresh=True)
+    repo.load_index(refresh=True)
     _rps, _pages, used = referenced(repo)
-    used_packs = {index.blobs[b].pack_id for b in used if b in index.blobs}
+    used_packs = {loc.pack_id for b in used if (loc := repo.locate(b)) is not None}
     return sorted(p for p in repo.list_packs() if p not in used_packs)
 
 
@@ -231,8 +231,10 @@ def apply_retention(
             repack=False,
             may_delete=None if allow else (lambda pid: pid not in young),
             progress=lambda _n: progress("pruning the archive"),
+            grace=dt.timedelta(hours=policy.archive.prune_grace_hours),
         )
     out.packs_deleted, out.bytes_freed = report.packs_deleted, report.bytes_freed
+    out.packs_marked = report.packs_marked
     if early.packs and not allow:
         out.notes.append(
             f"{early.packs} unreferenced packs ({early.bytes} bytes) are inside the "

@@ -7,6 +7,7 @@ stdout alone; summaries and progress go to stderr.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ import typer
 
 from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
+from ec2backup.repository.marks import DEFAULT_GRACE
 from ec2backup.repository.repo import DEFAULT_PACK_SIZE, SHORT_ID, Repository, read_password
 
 repo_app = typer.Typer(
@@ -207,19 +209,36 @@ def repo_prune(
     password_file: PasswordFileOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     lock_wait: LockWaitOpt = 0.0,
+    grace_hours: Annotated[
+        float,
+        typer.Option(
+            "--grace-hours",
+            min=0,
+            help="Delete what an earlier prune marked only once this many hours have passed "
+            "since the marking (0: whatever any earlier prune marked).",
+        ),
+    ] = DEFAULT_GRACE.total_seconds() / 3600,
 ) -> None:
-    """Delete data no restore point references (needs the exclusive lock)."""
+    """Mark data no restore point references, and delete what earlier prunes marked once
+    their grace period is over (needs the exclusive lock)."""
     from ec2backup.repository.prune import prune
 
     r = _open(repo, password_file)
     t0 = time.monotonic()
+    grace = dt.timedelta(hours=grace_hours)
     with r.lock(exclusive=True, purpose="prune", wait=lock_wait), progress_bar("prune") as bar:
-        rep = prune(r, dry_run=dry_run, progress=bar.advance)
-    verb = "would free" if dry_run else "freed"
+        rep = prune(r, dry_run=dry_run, progress=bar.advance, grace=grace)
+    verb = "would" if dry_run else ""
+    for pending in rep.marks_pending:
+        _say(f"waiting: {pending}")
     _say(
-        f"prune: {verb} {human_bytes(rep.bytes_freed)}; removed {rep.blobs_removed} blobs, "
-        f"kept {rep.blobs_kept}; packs deleted {rep.packs_deleted}, written {rep.packs_written}; "
-        f"map pages deleted {rep.pages_deleted} ({time.monotonic() - t0:.1f}s)"
+        f"prune: {verb + ' ' if verb else ''}freed {human_bytes(rep.bytes_freed)} "
+        f"({rep.packs_deleted} packs, {rep.pages_deleted} map pages marked earlier); "
+        f"{verb + ' ' if verb else ''}marked {human_bytes(rep.bytes_marked)} for deletion "
+        f"after {grace_hours:g}h ({rep.packs_marked} packs, {rep.pages_marked} map pages; "
+        f"{rep.blobs_removed} blobs); kept {rep.blobs_kept} blobs, packs written "
+        f"{rep.packs_written}; recovered {rep.packs_recovered} packs, {rep.pages_recovered} "
+        f"map pages ({time.monotonic() - t0:.1f}s)"
     )
 
 

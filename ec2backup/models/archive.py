@@ -107,8 +107,9 @@ class ArchiveRetentionOutput(BaseModel):
     dry_run: bool = False
     forgotten_restore_points: list[str] = Field(default_factory=list)
     kept_restore_points: list[str] = Field(default_factory=list)
-    packs_deleted: int = 0
+    packs_deleted: int = 0  # what an earlier prune marked, deleted now
     bytes_freed: int = 0
+    packs_marked: int = 0  # marked by this prune: deleted by a later one after the grace period
     # Unreferenced packs still inside the storage class's minimum duration: kept (unless
     # allow_early_deletion), with what deleting them now costs (deleted or not).
     young_packs: int = 0

@@ -78,7 +78,8 @@ class RetentionOutput(BaseModel):
     cbt_bases: list[str] = Field(default_factory=list)  # snapshots kept as CBT bases
     forgotten_restore_points: list[str] = Field(default_factory=list)
     kept_restore_points: list[str] = Field(default_factory=list)
-    pruned_bytes: int = 0
+    pruned_bytes: int = 0  # deleted by this run's prune (what an earlier prune marked)
+    prune_marked_bytes: int = 0  # marked by this run's prune: deleted after the grace period
     notes: list[str] = Field(default_factory=list)
 
 

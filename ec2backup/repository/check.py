@@ -29,6 +29,7 @@ class CheckReport:
     pages: int = 0
     blobs_referenced: int = 0
     blobs_verified: int = 0
+    marked_packs: int = 0  # packs a prune marked for deletion (deleted by a later prune)
 
     @property
     def ok(self) -> bool:
@@ -158,17 +159,38 @@ def check(
             report.errors.append(
                 f"object {name} is corrupt: size {present[pid]} != {size} in the index"
             )
+    try:
+        marked = repo.marked_index(refresh=True)
+    except UserError as exc:
+        report.errors.append(_err(exc))
+        marked = Index.build([])
+    report.marked_packs = marked.pack_count()
     for pid in present:
-        if pid not in index.packs:
+        if pid not in index.packs and pid not in marked.packs:
             report.warnings.append(
                 f"{data_name(pid)}: not in any index (left by an interrupted backup; "
-                "a rerun adopts it, prune removes it)"
+                "a rerun adopts it, prune marks it for deletion)"
             )
     rps, pages, blobs = referenced(repo, report)
     report.restore_points = len(rps)
     report.pages = len(pages)
     report.blobs_referenced = len(blobs)
-    missing = [b for b in blobs if b not in index.blobs]
+    unindexed = [b for b in blobs if b not in index.blobs]
+    missing = []
+    for b in unindexed:
+        loc = marked.blobs.get(b)
+        if loc is None:
+            missing.append(b)
+        elif loc.pack_id not in present:
+            report.errors.append(
+                f"blob {b.hex()} is referenced but its marked pack {data_name(loc.pack_id)} "
+                "is missing"
+            )
+        else:
+            report.warnings.append(
+                f"blob {b.hex()} is referenced but in a pack marked for deletion "
+                f"({data_name(loc.pack_id)}): the next prune puts it back into the index"
+            )
     for b in missing[:20]:
         report.errors.append(f"blob {b.hex()} is referenced by a block map but not in any index")
     if len(missing) > 20:

@@ -393,6 +393,12 @@ class Index:
     def pack_count(self) -> int:
         return len(self._pack_size)
 
+    def pack_blob_count(self, pack_id: str) -> int:
+        ordinal = self._ordinal(pack_id)
+        if ordinal is None:
+            raise KeyError(pack_id)
+        return self._pack_count[ordinal]
+
     def pack(self, pack_id: str) -> IndexPack:
         """One pack with its blobs (read back from the scratch file)."""
         ordinal = self._ordinal(pack_id)

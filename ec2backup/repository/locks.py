@@ -203,6 +203,12 @@ class Lock:
         replaced. Raises on a storage error (the caller retries at the next tick)."""
         if self._lost is not None:
             return
+        idle = time.monotonic() - self._refreshed
+        if idle > HOLD_LIMIT.total_seconds():
+            # a paused or starved process: others may have judged the lock stale meanwhile (and
+            # pruned under it); rewriting it now would bring a dead lock back to life
+            self._lose(f"not refreshed for {idle:.0f}s")
+            return
         try:
             current = self.repo.backend.get(self.name)
         except ObjectMissing:

@@ -94,7 +94,7 @@ def plan_runs(
             if zero_run is not None:
                 yield zero_run
                 zero_run = None
-            loc = index.blobs.get(bid)
+            loc = index.blobs.get(bid) or repo.locate(bid)  # a marked pack, before its recovery
             if loc is None:
                 raise CorruptObjectError(
                     f"blob {bid.hex()} referenced by map page {repo.object_name('map', page_id)} "

@@ -3,9 +3,14 @@ index file) are found by listing data/ and adopted from their own encrypted head
 
 from __future__ import annotations
 
+import logging
+
+from ec2backup.errors import UserError
 from ec2backup.repository.index import IndexPack, index_pack
 from ec2backup.repository.pack import PackEntry
 from ec2backup.repository.repo import Repository, data_name
+
+log = logging.getLogger(__name__)
 
 
 def recover_unindexed_packs(repo: Repository) -> int:
@@ -13,7 +18,14 @@ def recover_unindexed_packs(repo: Repository) -> int:
     them instead of uploading the same blobs again. Returns the number of packs adopted."""
     index = repo.load_index(refresh=True)
     present = repo.list_packs()
-    orphans = [p for p in present if p not in index.packs]
+    try:
+        marked = repo.marked_index()
+    except UserError as exc:  # adoption only saves uploads: a damaged mark must not stop backups
+        log.warning("not adopting unindexed packs: %s", exc)
+        return 0
+    # a pack a prune marked for deletion is no orphan: adopting it would undo the prune (and
+    # keep it forever, as an indexed pack is never deleted by the mark)
+    orphans = [p for p in present if p not in index.packs and p not in marked.packs]
     if not orphans:
         return 0
     adopted: list[IndexPack] = []

@@ -10,8 +10,9 @@ Object namespace (see docs/repository-format.md):
     restorepoints/<id>          encrypted: a restore point
     locks/<random id>           encrypted: a lock (rewritten in place to refresh it)
     checkpoints/<key id>        encrypted: resumable state of an unfinished volume backup
+    marks/<random id>           encrypted: what a prune marked for deletion by a later prune
 
-Every encrypted object except locks and checkpoints is named by the BLAKE3 hash of its stored
+Every encrypted object except locks, checkpoints and marks is named by the BLAKE3 hash of its stored
 bytes, so a reader detects a modified or swapped object by name mismatch before decrypting.
 """
 
@@ -34,6 +35,7 @@ from ec2backup.repository.backend import Backend, ObjectMissing, S3Backend, open
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, PAGE_BLOCKS, PAGE_BYTES
 from ec2backup.repository.index import (
     INDEX_MAGIC,
+    BlobLoc,
     Index,
     IndexFile,
     IndexPack,
@@ -135,6 +137,7 @@ class Repository:
         self.meta = crypto.Sealer(self.meta_key)
         self._zc = zstandard.ZstdCompressor(level=DEFAULT_COMPRESSION_LEVEL)
         self._index: Index | None = None
+        self._marked: Index | None = None
         # Locks this process holds on the repository: checked before writes others rely on.
         self.held_locks: set[Lock] = set()
         self.created_note = ""  # what `create` did beside the objects (S3 lifecycle rule)
@@ -417,7 +420,30 @@ class Repository:
             return self._index
         # An index handed out before stays valid for its holder (its scratch file goes with it).
         self._index = Index.build(self.iter_index_tables())
+        self._marked = None  # loaded again when a blob is in no index
         return self._index
+
+    def marked_index(self, refresh: bool = False) -> Index:
+        """The index entries of packs a prune marked for deletion (see marks.py)."""
+        from ec2backup.repository.marks import list_marks
+
+        if self._marked is None or refresh:
+            self._marked = Index.build((m.name, m.table) for m in list_marks(self))
+        return self._marked
+
+    def locate(self, blob_id: bytes) -> BlobLoc | None:
+        """Where a blob is: the index, else a pack marked for deletion but not deleted yet (a
+        restore point written by a holder that lost its lock may reference one; the next prune
+        puts the pack back into the index)."""
+        loc = self.load_index().blobs.get(blob_id)
+        if loc is None:
+            loc = self.marked_index().blobs.get(blob_id)
+        return loc
+
+    def pack_size(self, pack_id: str) -> int:
+        """A pack's size from the index, or from the marks."""
+        index = self.load_index()
+        return (index if pack_id in index.packs else self.marked_index()).pack_size(pack_id)
 
     def save_index(self, packs: list[IndexPack], supersedes: list[str] | None = None) -> str:
         table = IndexTable.from_packs(packs, supersedes or [])

@@ -72,8 +72,9 @@ def test_archive_copy_verify_and_retrieve(hot: dict[str, Any], tmp_path: Path) -
     # Deleting the hot restore point (forget + prune) does not touch the archived one.
     hot_repo: Repository = hot["repo"]
     hot_repo.forget(hot["rp"])
-    with hot_repo.lock(exclusive=True, purpose="test prune"):
-        prune(hot_repo)
+    for _phase in ("mark", "delete"):
+        with hot_repo.lock(exclusive=True, purpose="test prune"):
+            prune(hot_repo, grace=dt.timedelta(0))
     assert not [k for k in list_objects(hot["url"]) if k.startswith("data/")]
     assert list_objects(arc.backend.location()) == before
 
@@ -130,7 +131,12 @@ def test_prune_keeps_packs_inside_the_minimum_duration(hot: dict[str, Any]) -> N
     later = archive_policy.young_packs(arc, now + dt.timedelta(days=91))
     assert later == {}
     with arc.lock(exclusive=True, purpose="test prune"):
-        gone = prune(arc, repack=False, may_delete=lambda pid: pid not in later)
+        marked = prune(arc, repack=False, may_delete=lambda pid: pid not in later)
+    assert marked.packs_marked == len(packs) and marked.packs_deleted == 0
+    with arc.lock(exclusive=True, purpose="test prune"):
+        gone = prune(
+            arc, repack=False, may_delete=lambda pid: pid not in later, grace=dt.timedelta(0)
+        )
     assert gone.packs_deleted == len(packs)
     assert not arc.list_packs()
     for pid in packs:
@@ -181,6 +187,7 @@ def test_archive_retention_and_early_deletion(
                 "repository": url,
                 "retention": {"monthly": 1},
                 "allow_early_deletion": allow,
+                "prune_grace_hours": 0,
             },
         }
     )
@@ -197,13 +204,15 @@ def test_archive_retention_and_early_deletion(
     assert out.forgotten_restore_points == [ids[0]] and out.kept_restore_points == [ids[1]]
     assert out.young_packs == len(first_packs) and out.young_bytes > 0
     assert out.early_deletion_cost_usd > 0
-    remaining = set(arc.list_packs())
-    if allow:
-        assert out.early_deleted and out.packs_deleted == len(first_packs)
-        assert not remaining & first_packs
+    if allow:  # marked now, deleted by the next run's prune (grace 0 here)
+        assert out.early_deleted and out.packs_marked == len(first_packs)
+        assert first_packs <= set(arc.list_packs())
+        later = archive_policy.apply_retention(policy, dt.datetime.now(dt.UTC), PASSWORD)
+        assert later.packs_deleted == len(first_packs)
+        assert not set(arc.list_packs()) & first_packs
     else:
-        assert not out.early_deleted and out.packs_deleted == 0
-        assert first_packs <= remaining
+        assert not out.early_deleted and out.packs_deleted == out.packs_marked == 0
+        assert first_packs <= set(arc.list_packs())
         assert any("minimum storage duration" in n and "$" in n for n in out.notes)
 
 

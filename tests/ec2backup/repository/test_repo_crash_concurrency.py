@@ -134,8 +134,14 @@ def test_forget_then_prune_frees_exactly_unreferenced(init_repo: str, tmp_path: 
     rp_c = run_inproc("image", "backup", a, "--repo", init_repo, "--parent", rp_a).last_line
     assert run_inproc("repo", "forget", rp_a[:8], rp_c[:8], "--repo", init_repo).code == 0
 
-    res = run_inproc("repo", "prune", "--repo", init_repo)
+    # two phases: the first prune marks, a later one (here with no grace period) deletes
+    marking = run_inproc("repo", "prune", "--repo", init_repo, "--grace-hours", "0")
+    assert marking.code == 0, marking.err
+    assert "freed 0 B (0 packs, 0 map pages" in marking.err
+    res = run_inproc("repo", "prune", "--repo", init_repo, "--grace-hours", "0")
     assert res.code == 0, res.err
+    assert "marked 0 B for deletion" in res.err
+    assert not [n for n in list_objects(init_repo) if n.startswith("marks/")]
     repo = open_repo(init_repo)
     index = repo.load_index(refresh=True)
     _rps, pages, blobs = referenced(repo)
@@ -151,7 +157,7 @@ def test_forget_then_prune_frees_exactly_unreferenced(init_repo: str, tmp_path: 
     assert sha256_file(out) == sha256_file(b)
     objects = list_objects(init_repo)
     again = run_inproc("repo", "prune", "--repo", init_repo)
-    assert again.code == 0 and "freed 0 B" in again.err
+    assert again.code == 0 and "freed 0 B" in again.err and "marked 0 B" in again.err
     assert {n: s for n, s in list_objects(init_repo).items() if not n.startswith("index/")} == {
         n: s for n, s in objects.items() if not n.startswith("index/")
     }
