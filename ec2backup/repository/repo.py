@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +58,7 @@ BINARY_INDEX_FORMAT = 3
 # files in flight (each up to ~7 MB, times ~3 while it is decrypted) stay a few tens of MB.
 INDEX_FETCH_WINDOW = 4
 CONFIG_NAME = "config"
+CONFIG_MAC_CONTEXT = "ec2backup 2026-12 config authentication v1"
 # 16 MiB packs: 32-128 blocks per PUT (30x+ fewer requests than one object per block) and
 # bounded memory (a backup holds two packs in RAM: one filling, one uploading); research
 # measured 16-64 MiB as the sweet spot.
@@ -102,6 +104,29 @@ class RepoConfig(BaseModel):
     # (config, keys, index, maps, restore points) stays STANDARD so listing, planning and
     # retention never need a retrieval. Absent = STANDARD (a hot repository).
     data_storage_class: str | None = None
+    # Keyed BLAKE3 of the other fields (canonical JSON) under a key derived from the master
+    # key: the config is plaintext (read before any key is open), and a changed parameter
+    # (data_storage_class sending every pack to Glacier, a pack size, a version) must not be
+    # taken on trust. Checked once the master key is open.
+    mac: str = ""
+
+    def canonical(self) -> bytes:
+        return json.dumps(
+            self.model_dump(mode="json", exclude={"mac"}), sort_keys=True, separators=(",", ":")
+        ).encode()
+
+    def signed(self, master: bytes) -> RepoConfig:
+        return self.model_copy(update={"mac": config_mac(master, self)})
+
+
+def config_mac(master: bytes, config: RepoConfig) -> str:
+    return crypto.keyed_hash(
+        crypto.derive_key(master, CONFIG_MAC_CONTEXT), config.canonical()
+    ).hex()
+
+
+def config_bytes(config: RepoConfig) -> bytes:
+    return config.model_dump_json(indent=2).encode()
 
 
 def data_name(pack_id: str) -> str:
@@ -185,6 +210,7 @@ class Repository:
             data_storage_class=data_storage_class,
         )
         master = crypto.random_key()
+        config = config.signed(master)
         wrapped: list[keys.KeyFile] = []
         if kms_key_id:  # first, so a bad KMS key fails before anything is written
             wrapped.append(keys.wrap_with_kms(master, kms_key_id, config.id))
@@ -194,7 +220,7 @@ class Repository:
         # config last: a repository "exists" only once it can be opened; created only if
         # absent, so of two `repo init`s racing (parallel first archive runs) one wins and the
         # other removes its key files (bound to a config id that never came to be)
-        if not backend.create(CONFIG_NAME, config.model_dump_json(indent=2).encode()):
+        if not backend.create(CONFIG_NAME, config_bytes(config)):
             for kid in key_ids:
                 backend.delete(f"keys/{kid}")
             raise RepositoryExists(
@@ -247,6 +273,11 @@ class Repository:
                 if str(exc) not in reasons:
                     reasons.append(str(exc))
                 continue
+            if not secrets.compare_digest(config.mac, config_mac(master, config)):
+                raise CorruptObjectError(
+                    f"object config of {backend.location()} is corrupt: it does not match its "
+                    "authentication code (modified outside ec2backup?): refusing to use it"
+                )
             return cls(backend, config, master, key_id)
         raise UserError(
             f"cannot open repository {backend.location()}: "

@@ -80,3 +80,13 @@ def list_objects(url: str) -> dict[str, int]:
     from ec2backup.repository.backend import open_backend
 
     return dict(open_backend(url).list(""))
+
+
+def rewrite_config(repo, **update):  # type: ignore[no-untyped-def]
+    """Replace the repository's config by one with these fields changed, authenticated by the
+    repository's key (as an older program, or one with other parameters, would have written)."""
+    from ec2backup.repository.repo import CONFIG_NAME, config_bytes
+
+    config = repo.config.model_copy(update=update).signed(repo._master)
+    repo.backend.put(CONFIG_NAME, [config_bytes(config)])
+    return config

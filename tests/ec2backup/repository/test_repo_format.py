@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from repo_helpers import PASSWORD
+from repo_helpers import PASSWORD, rewrite_config
 
 from ec2backup.repository.blockmap import (
     EBS_BLOCK_SIZE,
@@ -63,8 +63,7 @@ def _writes(repo: Repository, record: VolumeRecord, write_zeros: bool) -> dict[i
 def _downgrade_to_v1(url: str) -> None:
     """Make the repository a version 1 one (as an older program created it)."""
     repo = Repository.open(url, PASSWORD.encode())
-    config = repo.config.model_copy(update={"version": 1})
-    repo.backend.put(CONFIG_NAME, [config.model_dump_json().encode()])
+    rewrite_config(repo, version=1)
 
 
 def test_new_repositories_mark_written_zero_blocks(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_helpers import rewrite_config
 
 from ec2backup.repository.index import (
     FILE_BLOB,
@@ -20,7 +21,7 @@ from ec2backup.repository.index import (
     IndexPack,
     IndexTable,
 )
-from ec2backup.repository.repo import CONFIG_NAME, CorruptObjectError, Repository
+from ec2backup.repository.repo import CorruptObjectError, Repository
 
 PASSWORD = b"index-test-password"
 
@@ -141,8 +142,7 @@ def _repo(tmp_path: Path, version: int | None = None) -> Repository:
     url = str(tmp_path / "r")
     repo = Repository.create(url, PASSWORD)
     if version is not None:
-        config = repo.config.model_copy(update={"version": version})
-        repo.backend.put(CONFIG_NAME, [config.model_dump_json().encode()])
+        rewrite_config(repo, version=version)
         repo = Repository.open(url, PASSWORD)
     return repo
 

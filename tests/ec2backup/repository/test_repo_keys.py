@@ -194,3 +194,55 @@ def test_damaged_key_files_are_skipped_and_named(
     assert len(lines) == 1, res.err
     assert f"keys/planted-{name}"[:17] in lines[0] and why in lines[0], lines[0]
     assert "Traceback" not in res.err
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"data_storage_class": "GLACIER"},  # every new pack to Glacier
+        {"pack_size": 1024},
+        {"compression_level": 19},
+        {"version": 2},
+        {"mac": ""},  # the code stripped
+    ],
+)
+def test_a_modified_config_is_refused_and_nothing_is_written(
+    tmp_path: Path, change: dict[str, Any]
+) -> None:
+    """The plaintext `config` is authenticated by a key derived from the master key: a change
+    made without that key (anyone with write access to the bucket) fails every open with one
+    line, before anything is written."""
+    import json
+
+    from ec2backup.repository.repo import CONFIG_NAME, Repository
+
+    url = str(tmp_path / "repo")
+    assert run_inproc("repo", "init", "--repo", url).code == 0
+    image = tmp_path / "img"
+    make_image(image, 2, seed=3)
+    assert run_inproc("image", "backup", image, "--repo", url).code == 0
+    repo = Repository.open(url, PASSWORD.encode())
+    doc = json.loads(repo.backend.get(CONFIG_NAME))
+    doc.update(change)
+    repo.backend.put(CONFIG_NAME, [json.dumps(doc).encode()])
+    before = list_objects(url)
+    res = run_inproc("image", "backup", image, "--repo", url)
+    assert res.code != 0
+    assert "config" in res.err and "authentication code" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+    assert list_objects(url) == before
+
+
+def test_a_config_rewritten_with_the_key_still_opens(tmp_path: Path) -> None:
+    """The authentication covers the content, not the bytes: key order and spacing do not
+    matter (another implementation may write the JSON differently)."""
+    import json
+
+    from ec2backup.repository.repo import CONFIG_NAME, Repository
+
+    url = str(tmp_path / "repo")
+    assert run_inproc("repo", "init", "--repo", url).code == 0
+    repo = Repository.open(url, PASSWORD.encode())
+    doc = json.loads(repo.backend.get(CONFIG_NAME))
+    repo.backend.put(CONFIG_NAME, [json.dumps(dict(reversed(list(doc.items())))).encode()])
+    assert Repository.open(url, PASSWORD.encode()).config.id == doc["id"]
