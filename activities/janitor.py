@@ -1,7 +1,9 @@
 """The janitor: remove worker instances, volumes and session secrets whose session has closed.
 
 A terminated workflow runs no cleanup code; this sweep (the `Janitor` workflow, on a schedule)
-finds what sessions left by tag and asks Temporal whether each session is still running.
+finds what sessions left by tag and asks Temporal whether each session is still running. It
+sees only resources tagged with its own installation id (`installation.INSTALLATION_TAG`):
+another installation in the same account keeps its workers, secrets and pending restores.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from ec2backup import aws, installation, workers
-from ec2backup.activity_support import role_session
+from ec2backup import aws, imagebackup, installation, workers
+from ec2backup.activity_support import repository_password, role_session
 from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.restore import launch as restore_launch
 from ec2backup.restore import plan as restore_plan
@@ -35,38 +37,28 @@ async def _session_open(session_id: str) -> bool:
 
 
 def _restore_ids(region: str, role_arn: str | None) -> set[str]:
-    """Ids of restores that left temporary snapshots, or volumes or instances not handed over
-    (tagged pending), in this place."""
+    """Ids of this installation's restores that left temporary snapshots, or volumes, images
+    or instances not handed over (tagged pending), in this place."""
     ec2 = aws.client("ec2", region, role_arn)
-    found: set[str] = set()
-    for snap in ec2.describe_snapshots(
-        OwnerIds=["self"], Filters=[{"Name": "tag-key", "Values": [restore_plan.TEMP_KEY]}]
-    )["Snapshots"]:
-        found.update(t["Value"] for t in snap.get("Tags", []) if t["Key"] == restore_plan.TEMP_KEY)
-    for vol in ec2.describe_volumes(
-        Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
-    )["Volumes"]:
-        found.update(
-            t["Value"] for t in vol.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
-        )
-    for image in ec2.describe_images(
-        Owners=["self"], Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
-    )["Images"]:
-        found.update(
-            t["Value"] for t in image.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
-        )
-    for reservation in ec2.describe_instances(
-        Filters=[{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}]
-    )["Reservations"]:
+    ours = installation.installation_filter()
+    temp = [{"Name": "tag-key", "Values": [restore_plan.TEMP_KEY]}, ours]
+    pending = [{"Name": "tag-key", "Values": [restore_plan.PENDING_KEY]}, ours]
+    tagged: list[tuple[str, list[dict[str, str]]]] = []
+    for snap in ec2.describe_snapshots(OwnerIds=["self"], Filters=temp)["Snapshots"]:
+        tagged.append((restore_plan.TEMP_KEY, snap.get("Tags", [])))
+    for vol in ec2.describe_volumes(Filters=pending)["Volumes"]:
+        tagged.append((restore_plan.PENDING_KEY, vol.get("Tags", [])))
+    for image in ec2.describe_images(Owners=["self"], Filters=pending)["Images"]:
+        tagged.append((restore_plan.PENDING_KEY, image.get("Tags", [])))
+    for reservation in ec2.describe_instances(Filters=pending)["Reservations"]:
         for inst in reservation["Instances"]:
-            found.update(
-                t["Value"] for t in inst.get("Tags", []) if t["Key"] == restore_plan.PENDING_KEY
-            )
-    return found
+            tagged.append((restore_plan.PENDING_KEY, inst.get("Tags", [])))
+    return {t["Value"] for key, tags in tagged for t in tags if t["Key"] == key}
 
 
 def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
-    """Session id -> secret name of every per-session secret still present."""
+    """Session id -> secret name of every per-session secret of this installation still
+    present (another installation's, in the same account, are not ours to remove)."""
     sm = aws.client("secretsmanager", region, role_arn)
     found: dict[str, str] = {}
     kwargs: dict[str, object] = {}
@@ -74,6 +66,8 @@ def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
         page = sm.list_secrets(**kwargs)
         for secret in page.get("SecretList", []):
             if not secret["Name"].startswith(workers.SESSION_SECRET_PREFIX):
+                continue
+            if not installation.is_ours(secret.get("Tags")):
                 continue
             tags = {t["Key"]: t["Value"] for t in secret.get("Tags", [])}
             sid = tags.get("ec2backup:session")
@@ -145,6 +139,35 @@ async def _sweep_place(region: str, role_arn: str | None, out: JanitorOutput) ->
         out.volumes_deleted += cleaned.volumes_deleted
 
 
+async def _sweep_checkpoints(out: JanitorOutput) -> None:
+    """Checkpoints in every repository the installation writes whose workflow is no longer
+    running: a terminated session runs no release, and its checkpoints would pin their data
+    (prune keeps what checkpoints reference) forever."""
+    try:
+        urls = await asyncio.to_thread(installation.known_repositories)
+        password = repository_password() if urls else ""
+    except Exception as exc:
+        out.failures.append(_failure("repositories not read", exc))
+        return
+    for url in urls:
+        activity.heartbeat(url)
+        try:
+            owners = await asyncio.to_thread(imagebackup.checkpoint_owners, url, password)
+            closed = [
+                name
+                for name, workflow_id in sorted(owners.items())
+                if await _status(workflow_id) != WorkflowExecutionStatus.RUNNING
+            ]
+            if closed:
+                out.checkpoints_deleted += await asyncio.to_thread(
+                    imagebackup.delete_checkpoints, url, password, closed
+                )
+        except Exception as exc:
+            out.failures.append(_failure(f"checkpoints in {url}", exc))
+            continue
+        out.repositories_swept += 1
+
+
 @activity.defn(name="janitor_sweep")
 async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
     """Sweep every place; what fails is listed in `failures` (the sweep does not stop there)
@@ -158,4 +181,6 @@ async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
             except Exception as exc:  # the place itself cannot be listed
                 out.failures.append(_failure(f"{region} {role_arn or 'backup account'}", exc))
         out.places_swept = len(places)
+        if req.known_places:
+            await _sweep_checkpoints(out)
     return out

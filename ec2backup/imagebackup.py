@@ -32,6 +32,50 @@ class IncompleteBackup(UserError):
     """A commit that would name data that is not (all) there: never retried as is."""
 
 
+SESSION_CHECKPOINT_PREFIX = "session:"
+
+
+def checkpoint_owner(key: str) -> str | None:
+    """The workflow id that wrote a checkpoint, from its key: `session:<session id>:<volume>`
+    (backup sessions, above) or `<archive workflow id>/<volume index>` (archive copies)."""
+    if key.startswith(SESSION_CHECKPOINT_PREFIX):
+        owner = key[len(SESSION_CHECKPOINT_PREFIX) :].rsplit(":", 1)[0]  # ids may hold ':'
+        return owner or None
+    if "/" in key:
+        return key.rsplit("/", 1)[0] or None
+    return None
+
+
+def checkpoint_owners(url: str, password: str) -> dict[str, str]:
+    """Checkpoint object name -> the workflow id that wrote it, for every checkpoint in the
+    repository (one that does not decrypt is left for `repo check` to report)."""
+    from ec2backup.repository.writer import Checkpoint
+
+    repo = Repository.open(url, password.encode())
+    out: dict[str, str] = {}
+    for name, _size in repo.backend.list("checkpoints/"):
+        try:
+            key = Checkpoint.model_validate_json(repo.load_named(name)).key
+        except (UserError, ValueError):
+            continue
+        owner = checkpoint_owner(key)
+        if owner is not None:
+            out[name] = owner
+    return out
+
+
+def delete_checkpoints(url: str, password: str, names: list[str]) -> int:
+    """Delete these checkpoints (of closed workflows) under a shared lock; how many were there."""
+    repo = Repository.open(url, password.encode())
+    deleted = 0
+    with repo.lock(exclusive=False, purpose="janitor: checkpoints of closed workflows", wait=60):
+        for name in names:
+            if repo.backend.exists(name):
+                repo.backend.delete(name)
+                deleted += 1
+    return deleted
+
+
 def drop_checkpoints(url: str, session_id: str, volume_ids: list[str], password: str) -> int:
     """Delete a closed session's checkpoints (a committed session has none left: the commit
     removes them); returns how many there were. Idempotent."""

@@ -58,6 +58,38 @@ def installation_key(create: bool = True) -> bytes:
         return key
 
 
+# ---- the installation id: which temporary resources are this installation's ------------------
+# Every temporary resource (worker instances and volumes, session secrets, a restore's pending
+# volumes/instances/images and temporary snapshots) carries it; cleanup and the Janitor act only
+# on resources carrying their own, so two installations sharing an account (prod and staging,
+# a test install) never sweep each other's work. Derived from the installation key: public,
+# stable, and meaningless without the key.
+INSTALLATION_TAG = "ec2backup:installation"
+INSTALLATION_ID_CONTEXT = "ec2backup installation id v1"
+
+
+def installation_id() -> str:
+    return id_from_key(installation_key())
+
+
+def id_from_key(key: bytes) -> str:
+    # 64 bits: installations sharing an account are few; a collision only merges two sweeps
+    return crypto.keyed_hash(crypto.derive_key(key, INSTALLATION_ID_CONTEXT), b"")[:8].hex()
+
+
+def installation_tag() -> dict[str, str]:
+    return {"Key": INSTALLATION_TAG, "Value": installation_id()}
+
+
+def installation_filter() -> dict[str, Any]:
+    """An EC2 Describe* filter: only this installation's resources."""
+    return {"Name": f"tag:{INSTALLATION_TAG}", "Values": [installation_id()]}
+
+
+def is_ours(tags: list[dict[str, str]] | None) -> bool:
+    return any(t["Key"] == INSTALLATION_TAG and t["Value"] == installation_id() for t in tags or [])
+
+
 # ---- what the installation knows: repositories and places (Region + account role) -----------
 # The catalog (`ec2backup.catalog`) resolves a restore point id from durable sources only: the
 # encrypted tags of snapshot sets in every place the installation backs up or replicates to,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ec2backup import aws, tagcodec
+from ec2backup import aws, installation, tagcodec
 from ec2backup.errors import UserError
 from ec2backup.models.session import (
     ImageBackupSpec,
@@ -214,6 +214,7 @@ def _session_tags(session_id: str, extra: dict[str, str] | None = None) -> list[
     tags = {
         tagcodec.SESSION_KEY: session_id,
         ROLE_KEY: WORKER_ROLE,
+        installation.INSTALLATION_TAG: installation.installation_id(),
         "Name": f"ec2backup-worker {session_id}"[:255],
         **(extra or {}),
     }
@@ -405,7 +406,10 @@ def _volume_in(ec2: Any, volume_id: str, states: tuple[str, ...]) -> bool:
 
 
 def _session_filter(session_id: str | None) -> list[dict[str, Any]]:
-    filters: list[dict[str, Any]] = [{"Name": f"tag:{ROLE_KEY}", "Values": [WORKER_ROLE]}]
+    filters: list[dict[str, Any]] = [
+        {"Name": f"tag:{ROLE_KEY}", "Values": [WORKER_ROLE]},
+        installation.installation_filter(),  # never another installation's workers
+    ]
     if session_id is not None:
         filters.append({"Name": f"tag:{tagcodec.SESSION_KEY}", "Values": [session_id]})
     return filters

@@ -23,6 +23,9 @@ class JanitorOutput(BaseModel):
     instances_terminated: list[str] = Field(default_factory=list)
     volumes_deleted: list[str] = Field(default_factory=list)
     secrets_deleted: list[str] = Field(default_factory=list)
+    # checkpoints of closed (terminated, forgotten) sessions and archive copies, per repository
+    checkpoints_deleted: int = 0
+    repositories_swept: int = 0
     sessions_checked: int = 0
     places_swept: int = 0
     # What could not be removed (or a place that could not be listed), one line each: the

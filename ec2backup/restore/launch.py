@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ec2backup import aws
+from ec2backup import aws, installation
 from ec2backup.models.restore import (
     CleanupRestoreOutput,
     FinishRestoreOutput,
@@ -76,7 +76,11 @@ def register_image(ec2: Any, plan: RestorePlan, mappings: list[dict[str, Any]]) 
 def deregister_images(ec2: Any, restore_id: str) -> list[str]:
     """Deregister every image the restore registered (an image is never delivered)."""
     images = ec2.describe_images(
-        Owners=["self"], Filters=[{"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]}]
+        Owners=["self"],
+        Filters=[
+            {"Name": f"tag:{RESTORE_KEY}", "Values": [restore_id]},
+            installation.installation_filter(),
+        ],
     )["Images"]
     gone = []
     for image in images:
@@ -90,7 +94,12 @@ def deregister_images(ec2: Any, restore_id: str) -> list[str]:
 
 
 def _restore_tags(restore_id: str, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
-    tags = {**(extra or {}), RESTORE_KEY: restore_id, PENDING_KEY: restore_id}
+    tags = {
+        **(extra or {}),
+        RESTORE_KEY: restore_id,
+        PENDING_KEY: restore_id,
+        installation.INSTALLATION_TAG: installation.installation_id(),
+    }
     return [{"Key": k, "Value": v} for k, v in tags.items() if not k.startswith("aws:")]
 
 
@@ -245,6 +254,7 @@ def cleanup(
         reservations = ec2.describe_instances(
             Filters=[
                 {"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]},
+                installation.installation_filter(),
                 {
                     "Name": "instance-state-name",
                     "Values": ["pending", "running", "stopping", "stopped"],
@@ -256,7 +266,10 @@ def cleanup(
             ec2.terminate_instances(InstanceIds=ids)
             out.instances_terminated += ids
         for vol in ec2.describe_volumes(
-            Filters=[{"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]}]
+            Filters=[
+                {"Name": f"tag:{PENDING_KEY}", "Values": [restore_id]},
+                installation.installation_filter(),
+            ]
         )["Volumes"]:
             if vol["State"] == "in-use":
                 ec2.detach_volume(VolumeId=vol["VolumeId"], Force=True)
@@ -269,7 +282,11 @@ def cleanup(
     # Images first: a registered image keeps its snapshots in use (InvalidSnapshot.InUse).
     out.images_deregistered = deregister_images(ec2, restore_id)
     for snap in ec2.describe_snapshots(
-        OwnerIds=["self"], Filters=[{"Name": f"tag:{TEMP_KEY}", "Values": [restore_id]}]
+        OwnerIds=["self"],
+        Filters=[
+            {"Name": f"tag:{TEMP_KEY}", "Values": [restore_id]},
+            installation.installation_filter(),
+        ],
     )["Snapshots"]:
         try:
             ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ec2backup import aws, snapshots, tagcodec, workers
+from ec2backup import aws, installation, snapshots, tagcodec, workers
 from ec2backup.models.restore import (
     ReleaseRestoreWorkerOutput,
     RestorePlan,
@@ -124,7 +124,12 @@ def snapshot_volumes(
         if volume.device in found:
             continue
         heartbeat(f"{volume.device}: snapshot of {volume.volume_id}")
-        tags = {RESTORE_KEY: plan.restore_id, TEMP_KEY: plan.restore_id, DEVICE_KEY: volume.device}
+        tags = {
+            RESTORE_KEY: plan.restore_id,
+            TEMP_KEY: plan.restore_id,
+            DEVICE_KEY: volume.device,
+            installation.INSTALLATION_TAG: installation.installation_id(),
+        }
         found[volume.device] = ec2.create_snapshot(
             VolumeId=volume.volume_id,
             Description=f"ec2backup restore {plan.restore_id} {volume.device}",

@@ -16,6 +16,19 @@ from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.temporal import TASK_QUEUE
 
 PENDING_TAG = "ec2backup:restore-pending"
+INSTALLATION_TAG = "ec2backup:installation"
+OTHER_INSTALLATION = "0123456789abcdef"  # another installation sharing the account
+
+
+def _ours(wb: Workbench) -> str:
+    """This installation's id, from its key (what the product tags its resources with)."""
+    import base64
+    import json
+
+    from ec2backup.installation import INSTALLATION_SECRET, id_from_key
+
+    value = wb.client("secretsmanager").get_secret_value(SecretId=INSTALLATION_SECRET)
+    return id_from_key(base64.b64decode(json.loads(value["SecretString"])["key"]))
 
 
 async def _forget(client: Any, workflow_id: str) -> None:
@@ -63,22 +76,31 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
     # Delivered: provenance kept, nothing marks them temporary.
     for vol in ec2.describe_volumes(VolumeIds=[volume_id, *instance_volumes])["Volumes"]:
         assert PENDING_TAG not in tags_of(vol) and RESTORE_TAG in tags_of(vol)
-    # A restore that died half-way (its workflow is unknown): a volume still pending.
+    ours = _ours(wb)
+    assert (
+        tags_of(ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0])[INSTALLATION_TAG] == ours
+    )
+    # A restore that died half-way (its workflow is unknown): a volume still pending; and the
+    # same of another installation in this account (and of none), which are not ours to sweep.
     leftover_id = f"restore-volume-{uuid.uuid4().hex[:8]}"
     zone = ec2.describe_availability_zones()["AvailabilityZones"][0]["ZoneName"]
-    leftover = ec2.create_volume(
-        Size=1,
-        AvailabilityZone=zone,
-        TagSpecifications=[
-            {
-                "ResourceType": "volume",
-                "Tags": [
-                    {"Key": RESTORE_TAG, "Value": leftover_id},
-                    {"Key": PENDING_TAG, "Value": leftover_id},
-                ],
-            }
-        ],
-    )["VolumeId"]
+    leftovers = {}
+    for owner in (ours, OTHER_INSTALLATION, None):
+        leftovers[owner] = ec2.create_volume(
+            Size=1,
+            AvailabilityZone=zone,
+            TagSpecifications=[
+                {
+                    "ResourceType": "volume",
+                    "Tags": [
+                        {"Key": RESTORE_TAG, "Value": leftover_id},
+                        {"Key": PENDING_TAG, "Value": leftover_id},
+                    ]
+                    + ([{"Key": INSTALLATION_TAG, "Value": owner}] if owner else []),
+                }
+            ],
+        )["VolumeId"]
+    leftover = leftovers[ours]
 
     # ... and an image it registered over a temporary snapshot, then died before launching:
     # the image keeps the snapshot in use, so it must go first.
@@ -90,6 +112,7 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
                 "Tags": [
                     {"Key": RESTORE_TAG, "Value": leftover_id},
                     {"Key": TEMP_TAG, "Value": leftover_id},
+                    {"Key": INSTALLATION_TAG, "Value": ours},
                 ],
             }
         ],
@@ -109,6 +132,7 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
                 "Tags": [
                     {"Key": RESTORE_TAG, "Value": leftover_id},
                     {"Key": PENDING_TAG, "Value": leftover_id},
+                    {"Key": INSTALLATION_TAG, "Value": ours},
                 ],
             }
         ],
@@ -123,6 +147,11 @@ def test_restored_resources_survive_a_janitor_run_after_temporal_forgets(
         OwnerIds=["self"], Filters=[{"Name": "snapshot-id", "Values": [temp]}]
     )["Snapshots"]
     assert leftover in swept.volumes_deleted
+    foreign = [leftovers[OTHER_INSTALLATION], leftovers[None]]
+    assert not set(foreign) & set(swept.volumes_deleted)
+    assert {v["State"] for v in ec2.describe_volumes(VolumeIds=foreign)["Volumes"]} == {"available"}
+    ec2.delete_volume(VolumeId=foreign[0])
+    ec2.delete_volume(VolumeId=foreign[1])
     assert not {volume_id, instance_id, *instance_volumes} & {
         *swept.volumes_deleted,
         *swept.instances_terminated,
@@ -155,6 +184,7 @@ def test_the_janitor_keeps_going_past_what_it_cannot_remove(wb: Workbench) -> No
                     "Tags": [
                         {"Key": "ec2backup:session", "Value": session_id},
                         {"Key": "ec2backup:role", "Value": "worker"},
+                        {"Key": INSTALLATION_TAG, "Value": _ours(wb)},
                     ],
                 }
             ],

@@ -160,6 +160,14 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     repo = wb.new_repo()
     sid = wb.start_backup(big["instance_id"], "--repo", repo)
     wb.wait_transferring(sid, min_bytes=32 * MIB)
+    bucket, _, prefix = repo.removeprefix("s3://").partition("/")
+    s3 = wb.client("s3")
+
+    def checkpoints() -> list[str]:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/checkpoints/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+
+    wait_for(lambda: bool(checkpoints()), 60, "a checkpoint of the running session")
 
     async def terminate(client: Any) -> None:
         await client.get_workflow_handle(sid).terminate(reason="test: terminate mid-transfer")
@@ -168,6 +176,9 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     assert wb.status(sid) == "TERMINATED"
     left = wb.leftovers(sid)
     assert left.get("instances") and left.get("volumes") and left.get("secret"), left
+    # a terminated session runs no release: its checkpoints stay and pin their data ...
+    time.sleep(2)  # an agent range may still write one more before its heartbeat times out
+    assert checkpoints()
 
     async def janitor(client: Any) -> Any:
         return await client.execute_workflow(
@@ -181,6 +192,9 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     out = wb.temporal(janitor)
     print(f"janitor: {out}")
     assert wb.leftovers(sid) == {}, (out, wb.diagnose(sid))
+    # ... until the Janitor removes them (the repository is one the installation remembers)
+    assert out["checkpoints_deleted"] >= 1 and out["repositories_swept"] >= 1, out
+    assert not checkpoints(), out
 
 
 def test_cancel_while_provisioning_leaves_nothing(wb: Workbench, big: dict[str, Any]) -> None:
