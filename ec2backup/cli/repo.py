@@ -20,7 +20,14 @@ import typer
 from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
 from ec2backup.repository.marks import DEFAULT_GRACE
-from ec2backup.repository.repo import DEFAULT_PACK_SIZE, SHORT_ID, Repository, read_password
+from ec2backup.repository.repo import (
+    DEFAULT_LOCK_TTL_SECONDS,
+    DEFAULT_PACK_SIZE,
+    MIN_LOCK_TTL_SECONDS,
+    SHORT_ID,
+    Repository,
+    read_password,
+)
 
 repo_app = typer.Typer(
     help="Manage a backup repository (directory or s3://bucket/prefix).", no_args_is_help=True
@@ -75,6 +82,15 @@ def repo_init(
             help="An archive repository: packs in GLACIER or DEEP_ARCHIVE (128 MiB packs).",
         ),
     ] = None,
+    lock_ttl_seconds: Annotated[
+        int,
+        typer.Option(
+            "--lock-ttl-seconds",
+            min=MIN_LOCK_TTL_SECONDS,
+            help="Locks not refreshed for this long are stale (holders refresh 5 times per "
+            "TTL); a killed process blocks prune this long.",
+        ),
+    ] = DEFAULT_LOCK_TTL_SECONDS,
 ) -> None:
     """Create a repository: config, and one key file per wrapping (password and/or KMS)."""
     from ec2backup.archive.copy import ARCHIVE_PACK_SIZE, STORAGE_CLASSES
@@ -91,6 +107,7 @@ def repo_init(
         kms_key_id,
         pack_size=pack_size_mib * 1024 * 1024,
         data_storage_class=storage_class,
+        lock_ttl_seconds=lock_ttl_seconds,
     )
     _say(f"created repository {r.config.id[:SHORT_ID]} at {r.backend.location()}")
     if r.created_note:

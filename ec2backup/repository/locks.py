@@ -40,15 +40,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A holder rewrites its lock every minute: one PUT a minute per session is noise on the bill.
-REFRESH_EVERY = dt.timedelta(minutes=1)
-# Five refresh intervals without a write make a lock stale: a holder survives four failed
-# refreshes in a row (an S3 brownout) before anyone may take it for dead, and a `kill -9`ed
-# backup blocks prune for five minutes, not half an hour.
-LOCK_TTL = dt.timedelta(minutes=5)
+# The lock TTL is a repository parameter (`config.lock_ttl_seconds`): every locker of one
+# repository must judge staleness with the same TTL its holders refresh against. Default:
+# five minutes, so a `kill -9`ed backup blocks prune for five minutes, not half an hour.
+DEFAULT_LOCK_TTL = dt.timedelta(minutes=5)
+# A holder rewrites its lock five times per TTL (every minute by default: one PUT a minute per
+# session is noise on the bill), so it survives four failed refreshes in a row (an S3
+# brownout) before anyone may take it for dead.
+REFRESHES_PER_TTL = 5
+LOCK_TTL = DEFAULT_LOCK_TTL
+REFRESH_EVERY = DEFAULT_LOCK_TTL / REFRESHES_PER_TTL
 # The holder gives up one interval before others may call it stale: that interval covers the
 # latency of its last write and the drift between its monotonic clock and the repository's.
 HOLD_LIMIT = LOCK_TTL - REFRESH_EVERY
+
+
+def lock_ttl(repo: Repository) -> dt.timedelta:
+    return dt.timedelta(seconds=repo.config.lock_ttl_seconds)
+
+
+def refresh_every(repo: Repository) -> dt.timedelta:
+    return lock_ttl(repo) / REFRESHES_PER_TTL
+
+
+def hold_limit(repo: Repository) -> dt.timedelta:
+    """How long a holder may go without a successful refresh (scaled like HOLD_LIMIT)."""
+    return lock_ttl(repo) * (HOLD_LIMIT / LOCK_TTL)
+
+
 LOCK_PREFIX = "locks/"
 PROBE_PURPOSE = "clock probe"
 
@@ -89,8 +108,8 @@ class LockObject(BaseModel):
     modified: dt.datetime
     damage: str = ""
 
-    def is_stale(self, repo_now: dt.datetime) -> bool:
-        return repo_now - self.modified > LOCK_TTL
+    def is_stale(self, repo_now: dt.datetime, ttl: dt.timedelta = LOCK_TTL) -> bool:
+        return repo_now - self.modified > ttl
 
     def describe(self) -> str:
         if self.info is None:
@@ -136,14 +155,16 @@ def _repo_now(locks: list[LockObject], own: str) -> dt.datetime:
     raise LockLost(f"lock {own} vanished right after it was written")
 
 
-def conflicts(locks: list[LockObject], own: str, exclusive: bool) -> list[LockObject]:
+def conflicts(
+    locks: list[LockObject], own: str, exclusive: bool, ttl: dt.timedelta = LOCK_TTL
+) -> list[LockObject]:
     """Live locks that keep a locker of this kind out. Damaged ones are reported and ignored by
     shared lockers; an exclusive locker cannot know what a damaged lock protects and waits for
     it to go stale (or for `repo unlock`)."""
     now = _repo_now(locks, own)
     out = []
     for lock in locks:
-        if lock.name == own or lock.is_stale(now):
+        if lock.name == own or lock.is_stale(now, ttl):
             continue
         if lock.info is None:
             if exclusive:
@@ -177,7 +198,7 @@ class Lock:
             info = LockInfo(exclusive=exclusive, purpose=purpose)
             written = _write(repo, name, info)
             try:
-                found = conflicts(list_locks(repo), name, exclusive)
+                found = conflicts(list_locks(repo), name, exclusive, lock_ttl(repo))
             except BaseException:
                 with contextlib.suppress(Exception):
                     repo.backend.delete(name)
@@ -204,7 +225,7 @@ class Lock:
         if self._lost is not None:
             return
         idle = time.monotonic() - self._refreshed
-        if idle > HOLD_LIMIT.total_seconds():
+        if idle > self._hold_limit():
             # a paused or starved process: others may have judged the lock stale meanwhile (and
             # pruned under it); rewriting it now would bring a dead lock back to life
             self._lose(f"not refreshed for {idle:.0f}s")
@@ -222,12 +243,16 @@ class Lock:
         self.info = info
         self._refreshed = time.monotonic()
 
+    def _hold_limit(self) -> float:
+        # the module's HOLD_LIMIT scaled to this repository's TTL (tests patch HOLD_LIMIT)
+        return hold_limit(self.repo).total_seconds()
+
     def _lose(self, why: str) -> None:
         self._lost = why
         log.error("lost the %s: %s", self.info.describe(), why)
 
     def _refresh_loop(self) -> None:
-        while not self._stop.wait(REFRESH_EVERY.total_seconds()):
+        while not self._stop.wait(refresh_every(self.repo).total_seconds()):
             try:
                 self.refresh()
             except Exception as exc:  # retried at the next tick; check() tells when it is too late
@@ -241,7 +266,7 @@ class Lock:
         if self._lost is not None:
             raise LockLost(f"lost the {self.info.describe()}: {self._lost}")
         idle = time.monotonic() - self._refreshed
-        if idle > HOLD_LIMIT.total_seconds():
+        if idle > self._hold_limit():
             self._lose(f"not refreshed for {idle:.0f}s (refreshes failing)")
             raise LockLost(f"lost the {self.info.describe()}: {self._lost}")
 
@@ -279,7 +304,7 @@ def unlock(repo: Repository, remove_all: bool = False) -> list[str]:
         for lock in locks:
             if lock.name == probe:
                 continue
-            if remove_all or lock.info is None or lock.is_stale(now):
+            if remove_all or lock.info is None or lock.is_stale(now, lock_ttl(repo)):
                 repo.backend.delete(lock.name)
                 removed.append(lock.name)
         return removed

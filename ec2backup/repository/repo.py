@@ -58,6 +58,9 @@ BINARY_INDEX_FORMAT = 3
 # files in flight (each up to ~7 MB, times ~3 while it is decrypted) stay a few tens of MB.
 INDEX_FETCH_WINDOW = 4
 CONFIG_NAME = "config"
+DEFAULT_LOCK_TTL_SECONDS = 300
+# Below this a holder refreshes more than every 2 s: storage latency alone could lose locks.
+MIN_LOCK_TTL_SECONDS = 10
 CONFIG_MAC_CONTEXT = "ec2backup 2026-12 config authentication v1"
 # 16 MiB packs: 32-128 blocks per PUT (30x+ fewer requests than one object per block) and
 # bounded memory (a backup holds two packs in RAM: one filling, one uploading); research
@@ -104,6 +107,9 @@ class RepoConfig(BaseModel):
     # (config, keys, index, maps, restore points) stays STANDARD so listing, planning and
     # retention never need a retrieval. Absent = STANDARD (a hot repository).
     data_storage_class: str | None = None
+    # Locks older than this (by the storage's clock) are stale; holders refresh five times per
+    # TTL (docs §8). A repository parameter: every locker of it must use the same.
+    lock_ttl_seconds: int = Field(default=DEFAULT_LOCK_TTL_SECONDS, ge=MIN_LOCK_TTL_SECONDS)
     # Keyed BLAKE3 of the other fields (canonical JSON) under a key derived from the master
     # key: the config is plaintext (read before any key is open), and a changed parameter
     # (data_storage_class sending every pack to Glacier, a pack size, a version) must not be
@@ -188,6 +194,7 @@ class Repository:
         pack_size: int = DEFAULT_PACK_SIZE,
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         data_storage_class: str | None = None,
+        lock_ttl_seconds: int = DEFAULT_LOCK_TTL_SECONDS,
     ) -> Repository:
         backend = open_backend(url)
         if data_storage_class and not isinstance(backend, S3Backend):
@@ -208,6 +215,7 @@ class Repository:
             pack_size=pack_size,
             compression_level=compression_level,
             data_storage_class=data_storage_class,
+            lock_ttl_seconds=lock_ttl_seconds,
         )
         master = crypto.random_key()
         config = config.signed(master)

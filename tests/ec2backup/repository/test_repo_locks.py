@@ -182,3 +182,29 @@ def test_a_lock_that_cannot_be_read_is_an_error_not_an_absent_lock(s3_repo: Repo
             other.backend.exists(holder.name)  # a HEAD denied is not "absent"
     finally:
         holder.release()
+
+
+def test_the_lock_ttl_is_a_repository_parameter(tmp_path: Path) -> None:
+    """`repo init --lock-ttl-seconds`: every locker of the repository judges staleness by it and
+    refreshes against it (a judge with a shorter TTL than the holders' refresh would take live
+    locks for stale)."""
+    url = str(tmp_path / "repo")
+    assert run_inproc("repo", "init", "--repo", url, "--lock-ttl-seconds", "5").code != 0
+    assert run_inproc("repo", "init", "--repo", url, "--lock-ttl-seconds", "20").code == 0
+    repo = open_repo(url)
+    assert repo.config.lock_ttl_seconds == 20
+    assert locks.refresh_every(repo) == dt.timedelta(seconds=4)
+    assert locks.hold_limit(repo) == dt.timedelta(seconds=16)
+    info = LockInfo(exclusive=True, purpose="prune")
+    _plant(repo, "locks/recent", info, age=dt.timedelta(seconds=10))  # stale at 5 min, not 20 s
+    res = run_inproc("image", "backup", str(_image(tmp_path)), "--repo", url, "--lock-wait", "0")
+    assert res.code == 5 and "prune" in res.err, res.err
+    _plant(repo, "locks/recent", info, age=dt.timedelta(seconds=25))
+    res = run_inproc("image", "backup", str(_image(tmp_path)), "--repo", url, "--lock-wait", "0")
+    assert res.code == 0, res.err
+    with repo.lock(exclusive=False, purpose="refreshing") as lock:
+        written = repo.backend.get(lock.name)
+        wait_for = time.monotonic() + 10
+        while repo.backend.get(lock.name) == written:  # rewritten within a refresh interval
+            assert time.monotonic() < wait_for, "the lock was not refreshed every 4 s"
+            time.sleep(0.2)
