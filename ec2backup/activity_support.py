@@ -12,8 +12,10 @@ Errors:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import os
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -32,11 +34,46 @@ F = TypeVar("F", bound=Callable[..., Any])
 # activity learns of a cancel only from a heartbeat's reply, so this bounds how long a cancel
 # waits for an activity to notice; one small RPC per 5 s per running activity is cheap.
 HEARTBEAT_THROTTLE = timedelta(seconds=5)
+# A sync activity also heartbeats from a thread this often while it runs (repeating its last
+# detail): a killed orchestrator is then noticed after the workflow's heartbeat timeout
+# (workflows.common.LIVENESS_TIMEOUT), not after the activity's start-to-close timeout.
+LIVENESS_EVERY = timedelta(seconds=5)
+# The last detail each running activity reported (task token -> detail), so the liveness
+# heartbeat repeats it instead of erasing it.
+_last_detail: dict[bytes, str] = {}
 
 
 def heartbeat(detail: str) -> None:
     """Record progress (a text detail) from inside a running activity."""
+    _last_detail[activity.info().task_token] = detail
     activity.heartbeat(detail)
+
+
+@contextlib.contextmanager
+def _liveness() -> Any:
+    """Heartbeat from a thread while the body runs (only inside an activity)."""
+    if not activity.in_activity():
+        yield
+        return
+    token = activity.info().task_token
+    context = contextvars.copy_context()  # the activity's context, for the thread
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(LIVENESS_EVERY.total_seconds()):
+            detail = _last_detail.get(token)
+            try:
+                context.run(activity.heartbeat, *([detail] if detail is not None else []))
+            except Exception:  # the activity is ending; its own result decides
+                return
+
+    thread = threading.Thread(target=beat, daemon=True, name="activity-liveness")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        _last_detail.pop(token, None)
 
 
 def repository_password() -> str:
@@ -80,13 +117,13 @@ def role_session() -> contextlib.AbstractContextManager[None]:
 
 
 def adapter(fn: F) -> F:
-    """Wrap a sync activity body so every failure is classified and role sessions are named
-    after the workflow."""
+    """Wrap a sync activity body so every failure is classified, role sessions are named
+    after the workflow, and it heartbeats while it runs (see LIVENESS_EVERY)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with role_session():
+            with role_session(), _liveness():
                 return fn(*args, **kwargs)
         except ApplicationError:
             raise

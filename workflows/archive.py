@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 from workflows.common import (
     CONTROL_RETRY,
+    LIVENESS_TIMEOUT,
     cancel_requested,
     ensure_search_attributes,
     raise_if_cancelled,
@@ -69,6 +70,7 @@ class Archive:
             archive_activities.plan_archive,
             PlanArchiveInput(archive_id=archive_id, request=req),
             start_to_close_timeout=CONTROL_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
         base = ArchiveOutput(
@@ -94,7 +96,7 @@ class Archive:
                     ProvisionWorkerInput(session_id=archive_id, plan=worker_plan, attempt=attempt),
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     start_to_close_timeout=CONTROL_TIMEOUT,
-                    heartbeat_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=LIVENESS_TIMEOUT,
                     retry_policy=CONTROL_RETRY,
                 )
                 provisioned += 1
@@ -143,6 +145,7 @@ class Archive:
                     archive_restore_point_id=copied.archive_restore_point_id,
                 ),
                 start_to_close_timeout=CONTROL_TIMEOUT,
+                heartbeat_timeout=LIVENESS_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
             if verified.problems:
@@ -185,5 +188,6 @@ class Archive:
                 only_instance_id=only,
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )

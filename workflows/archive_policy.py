@@ -20,7 +20,7 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
-from workflows.common import CONTROL_RETRY, ensure_search_attributes
+from workflows.common import CONTROL_RETRY, LIVENESS_TIMEOUT, ensure_search_attributes
 
 with workflow.unsafe.imports_passed_through():
     from activities import archive as archive_activities
@@ -65,6 +65,7 @@ class ArchivePolicy:
             archive_activities.select_for_archive,
             SelectArchiveInput(policy=policy),
             start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
         self._report.notes = list(selected.notes)
@@ -113,7 +114,7 @@ class ArchivePolicy:
                 archive_activities.apply_archive_retention,
                 ArchiveRetentionInput(policy=policy, now=workflow.now()),
                 start_to_close_timeout=RETENTION_TIMEOUT,
-                heartbeat_timeout=timedelta(minutes=5),
+                heartbeat_timeout=LIVENESS_TIMEOUT,
                 retry_policy=RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=2)),
             )
         except ActivityError as exc:

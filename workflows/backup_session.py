@@ -21,6 +21,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 from workflows.common import (
     CONTROL_RETRY,
+    LIVENESS_TIMEOUT,
     Pausable,
     cancel_requested,
     ensure_search_attributes,
@@ -61,7 +62,7 @@ with workflow.unsafe.imports_passed_through():
 CONTROL_TIMEOUT = timedelta(minutes=10)
 # Snapshots of large, busy volumes can stay pending for hours.
 SNAPSHOT_WAIT_TIMEOUT = timedelta(hours=24)
-SNAPSHOT_HEARTBEAT_TIMEOUT = timedelta(minutes=2)
+SNAPSHOT_HEARTBEAT_TIMEOUT = LIVENESS_TIMEOUT
 # One transfer range moves at most a few GiB; hours is generous even for slow volumes.
 RANGE_TIMEOUT = timedelta(hours=6)
 # Ranges that fail with a retryable error on a live host are retried this many times before the
@@ -202,6 +203,7 @@ class BackupSession(Pausable):
                 created=req.as_of or workflow.now(),
             ),
             start_to_close_timeout=CONTROL_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
         self._phase = "waiting for snapshots"
@@ -228,6 +230,7 @@ class BackupSession(Pausable):
                 session_activities.prepare_image_backup,
                 PrepareImageInput(session_id=session_id, snapshot_set=snapshot_set, spec=spec),
                 start_to_close_timeout=CONTROL_TIMEOUT,
+                heartbeat_timeout=LIVENESS_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
             self._carry.volumes = [
@@ -271,7 +274,7 @@ class BackupSession(Pausable):
                     # Cleanup (release by tag) must not run while this still creates things.
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     start_to_close_timeout=CONTROL_TIMEOUT,
-                    heartbeat_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=LIVENESS_TIMEOUT,
                     retry_policy=CONTROL_RETRY,
                 )
                 self._carry.workers_provisioned += 1
@@ -302,6 +305,7 @@ class BackupSession(Pausable):
                 policy_name=self._req.policy_name,
             ),
             start_to_close_timeout=CONTROL_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
         return out.restore_point_id
@@ -378,6 +382,7 @@ class BackupSession(Pausable):
                 else [v.source_volume_id for v in plan.volumes],
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
 

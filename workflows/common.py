@@ -24,6 +24,11 @@ CONTROL_RETRY = RetryPolicy(
     maximum_attempts=12,
 )
 
+# Orchestrator activities heartbeat while they run (activity_support.LIVENESS_EVERY): after an
+# orchestrator is killed, its activities are retried elsewhere after this long, not after
+# their start-to-close timeout (10 minutes and more).
+LIVENESS_TIMEOUT = timedelta(seconds=30)
+
 
 async def run_to_completion(coro: Coroutine[Any, Any, Any]) -> None:
     """Run cleanup to the end even if a cancellation arrives meanwhile. Temporal delivers a

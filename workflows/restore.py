@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.common import (
     CONTROL_RETRY,
+    LIVENESS_TIMEOUT,
     cancel_requested,
     raise_if_cancelled,
     run_to_completion,
@@ -59,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
 # Planning may copy a snapshot set to another Region/account first.
 PLAN_TIMEOUT = timedelta(hours=24)
 DATA_TIMEOUT = timedelta(hours=12)
-HEARTBEAT = timedelta(minutes=2)
+HEARTBEAT = LIVENESS_TIMEOUT
 FINISH_TIMEOUT = timedelta(hours=2)
 # How often a restore from the archive looks whether its packs are back. S3 answers Standard
 # retrievals in 3-5 hours (GLACIER) or 12 (DEEP_ARCHIVE), Bulk in 5-48: polling more often
@@ -191,6 +192,7 @@ class Restore:
                 only_instance_id=only_instance_id,
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
+            heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
 
@@ -213,6 +215,7 @@ class Restore:
                     tier=req.retrieval_tier,
                 ),
                 start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=LIVENESS_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
             )
             if self._retrieval.ready:
@@ -287,6 +290,7 @@ class Restore:
                         succeeded=succeeded,
                     ),
                     start_to_close_timeout=FINISH_TIMEOUT,
+                    heartbeat_timeout=LIVENESS_TIMEOUT,
                     retry_policy=CONTROL_RETRY,
                 )
             )

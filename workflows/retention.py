@@ -11,7 +11,7 @@ from datetime import timedelta
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
-from workflows.common import ensure_search_attributes
+from workflows.common import LIVENESS_TIMEOUT, ensure_search_attributes
 
 with workflow.unsafe.imports_passed_through():
     from activities import policy as policy_activities
@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
 # Deleting snapshots is quick; pruning a large repository rewrites packs and can take hours.
 RETENTION_TIMEOUT = timedelta(hours=6)
 # The activity heartbeats per Region and per prune step; prune reports progress per pack.
-RETENTION_HEARTBEAT_TIMEOUT = timedelta(minutes=5)
+RETENTION_HEARTBEAT_TIMEOUT = LIVENESS_TIMEOUT
 RETENTION_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(minutes=2))
 
 

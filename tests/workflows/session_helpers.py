@@ -275,8 +275,9 @@ class Workbench:
         return int(self.lab_call("GET", f"volumes/{volume_id}")["blocks_written"]) * BLOCK
 
     # -- repositories -------------------------------------------------------------------
-    def new_repo(self) -> str:
-        """A fresh repository under its own prefix of the (versioned) test bucket."""
+    def new_repo(self, *init_args: str) -> str:
+        """A fresh repository under its own prefix of the (versioned) test bucket (`repo init`
+        takes `init_args` too)."""
         s3 = self.client("s3")
         try:
             s3.create_bucket(Bucket=BUCKET)
@@ -289,7 +290,7 @@ class Workbench:
                 raise
         self._repos += 1
         url = f"s3://{BUCKET}/{self.name}-{self._repos}-{uuid.uuid4().hex[:6]}"
-        self.cli("repo", "init", "--repo", url)
+        self.cli("repo", "init", "--repo", url, *init_args)
         return url
 
     def repo_stored_bytes(self, repo: str) -> int:
