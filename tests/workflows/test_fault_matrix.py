@@ -37,7 +37,9 @@ S3_5XX = [
     ("HeadObject", "InternalError"),
 ]
 S3_403 = [("GetObject", "AccessDenied"), ("PutObject", "AccessDenied")]
-EVENTS = ["kill-orchestrator", "kill-agent", "kill-prune", "s3-5xx", "s3-5xx", "s3-403", "throttle"]
+# Every round: each kind of kill and a 5xx burst, plus one more S3 fault, in random order.
+EVERY_ROUND = ["kill-orchestrator", "kill-agent", "kill-prune", "s3-5xx"]
+ONE_MORE = ["s3-403", "throttle", "s3-5xx"]
 
 
 def _snapshot_of(wb: Workbench, result: dict[str, Any], volume_id: str) -> str:
@@ -48,18 +50,20 @@ def _snapshot_of(wb: Workbench, result: dict[str, Any], volume_id: str) -> str:
 class Driver:
     """Random faults for one round, from a thread, until stopped."""
 
-    def __init__(self, wb: Workbench, rng: random.Random, prune: subprocess.Popen[bytes]):
-        self.wb, self.rng, self.prune = wb, rng, prune
+    def __init__(self, wb: Workbench, rng: random.Random, repo: str, log: Path) -> None:
+        self.wb, self.rng, self.repo, self.log = wb, rng, repo, log
         self.counts: Counter[str] = Counter()
         self.stop = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        events = [*EVERY_ROUND, self.rng.choice(ONE_MORE)]
+        self.rng.shuffle(events)
         try:
-            for _ in range(self.rng.randint(3, 5)):
-                if self.stop.wait(self.rng.uniform(1.0, 8.0)):
+            for event in events:
+                if self.stop.wait(self.rng.uniform(0.3, 2.5)):
                     return
-                self.fire(self.rng.choice(EVENTS))
+                self.fire(event)
         except BaseException as exc:  # reported by the test, not lost in the thread
             self.error = exc
 
@@ -69,15 +73,20 @@ class Driver:
             wb.orchestrator.stop(kill=True)
             time.sleep(self.rng.uniform(0.5, 3.0))
             wb.orchestrator.start()
-        elif event == "kill-agent":
-            agents = list(wb.metrics()["agents"])
-            if not agents:
-                return
+        elif event == "kill-agent":  # the session's worker or the restore's, once one runs
+            deadline = time.monotonic() + 30
+            while not (agents := list(wb.metrics()["agents"])):
+                if time.monotonic() > deadline or self.stop.wait(0.5):
+                    return
             wb.cli("lab", "kill-instance", self.rng.choice(agents))
-        elif event == "kill-prune":
-            if self.prune.poll() is not None:
-                return
-            self.prune.kill()
+        elif event == "kill-prune":  # a prune of its own, killed at a random point of its run
+            with open(self.log, "ab") as log:
+                prune = _start_prune(wb, self.repo, log)
+            time.sleep(self.rng.uniform(0.2, 2.5))
+            if prune.poll() is not None:
+                event = "kill-prune (it had finished)"
+            prune.kill()
+            prune.wait()
         elif event in ("s3-5xx", "s3-403"):
             api, code = self.rng.choice(S3_5XX if event == "s3-5xx" else S3_403)
             times = "1" if event == "s3-403" else str(self.rng.randint(1, 3))
@@ -87,6 +96,14 @@ class Driver:
             wb.cli("lab", "fault", "--throttle", "25", "--api", "PutObject")
         self.counts[event] += 1
         print(f"  fault: {event}")
+
+
+def _start_prune(wb: Workbench, repo: str, log: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "ec2backup.cli", "repo", "prune", "--repo", repo,
+         "--grace-hours", "0", "--lock-wait", "180"],
+        env=wb.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 def _restore_result(wb: Workbench, restore_id: str, timeout: float) -> dict[str, Any] | None:
@@ -101,12 +118,19 @@ def _restore_result(wb: Workbench, restore_id: str, timeout: float) -> dict[str,
         return None
 
 
-def _session_outcome(wb: Workbench, sid: str) -> dict[str, Any] | None:
+def _session_outcome(wb: Workbench, sid: str) -> tuple[dict[str, Any] | None, str]:
+    """(the result of a completed session, else None; why it did not complete)."""
     status = wb.wait_status(sid, 400)
-    if status != "COMPLETED":
-        return None
-    result = wb.session_result(sid, 60)
-    return result if result.get("status") == "completed" else None
+    try:
+        result = wb.session_result(sid, 60)
+    except Exception as exc:
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        return None, f"{status}: {cause}"[:400]
+    if status == "COMPLETED" and result.get("status") == "completed":
+        return result, ""
+    return None, f"{status} {result.get('status')}: {result.get('error')}"[:400]
 
 
 @pytest.mark.parametrize(
@@ -119,7 +143,7 @@ def _session_outcome(wb: Workbench, sid: str) -> dict[str, Any] | None:
 def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
     rng = random.Random(1414 * rounds)
     repo = wb.new_repo("--lock-ttl-seconds", LOCK_TTL_SECONDS)
-    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.1", "--seed", str(rounds))
+    inst = wb.seed("--volumes", "1", "--size-gib", "2", "--fill", "0.2", "--seed", str(rounds))
     volume = inst["volumes"][0]["volume_id"]
     committed: dict[str, str] = {}  # restore point -> the snapshot of the data volume
     forgotten: list[str] = []
@@ -131,7 +155,7 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
 
     for r in range(rounds):
         print(f"round {r + 1}/{rounds}")
-        wb.cli("lab", "churn", volume, "--fraction", "0.03", "--seed", str(100 * rounds + r))
+        wb.cli("lab", "churn", volume, "--fraction", "0.05", "--seed", str(100 * rounds + r))
         live = [rp for rp in committed if rp not in forgotten]
         while len(live) > KEEP:  # retention: the oldest goes; its data is pruned below
             wb.cli("repo", "forget", live[0], "--repo", repo, "--lock-wait", "120")
@@ -149,16 +173,12 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
             restores.append(restore_id)
         prune_log = tmp_path / f"prune-{r}.log"
         with open(prune_log, "wb") as log:
-            prune = subprocess.Popen(
-                [sys.executable, "-m", "ec2backup.cli", "repo", "prune", "--repo", repo,
-                 "--grace-hours", "0", "--lock-wait", "180"],
-                env=wb.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        driver = Driver(wb, rng, prune)
+            prune = _start_prune(wb, repo, log)
+        driver = Driver(wb, rng, repo, tmp_path / f"killed-prunes-{r}.log")
         thread = threading.Thread(target=driver.run, name="fault-driver")
         thread.start()
         try:
-            result = _session_outcome(wb, sid)
+            result, why = _session_outcome(wb, sid)
             restored = _restore_result(wb, restore_id, 600) if restore_id else None
         finally:
             driver.stop.set()
@@ -184,7 +204,7 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
             committed[result["restore_point_id"]] = _snapshot_of(wb, result, volume)
         else:
             n["sessions failed"] += 1
-            print(f"  session {sid} did not complete:\n{wb.diagnose(sid)[-3000:]}")
+            print(f"  session {sid} did not complete: {why}")
         if restore_id is not None:
             if restored is not None and restored.get("status") == "completed":
                 new_volume = restored["volumes"][0]["volume_id"]
@@ -213,7 +233,7 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
         wb.assert_restores(repo, rp, volume, committed[rp], tmp_path / "verify.img")
     n["restore points verified"] = len(kept)
 
-    kills = sum(v for k, v in faults.items() if k.startswith("kill"))
+    kills = sum(v for k, v in faults.items() if k.startswith("kill") and "finished" not in k)
     injected = sum(v for k, v in faults.items() if not k.startswith("kill"))
     print(
         f"fault matrix: {rounds} rounds in {time.monotonic() - t0:.0f}s; kills {kills}, "
