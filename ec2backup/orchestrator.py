@@ -4,12 +4,12 @@ control-plane activities. Any number may run; they share nothing but Temporal an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import (
     Client,
     Schedule,
@@ -19,6 +19,8 @@ from temporalio.client import (
     SchedulePolicy,
     ScheduleSpec,
     ScheduleState,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
 )
 from temporalio.worker import Worker
 
@@ -47,9 +49,8 @@ JANITOR_INTERVAL = timedelta(minutes=15)
 ACTIVITY_THREADS = 16
 
 
-async def ensure_janitor_schedule(client: Client, regions: list[str]) -> None:
-    """Create the janitor's schedule if it is missing (idempotent across workers)."""
-    schedule = Schedule(
+def _janitor_schedule(regions: list[str]) -> Schedule:
+    return Schedule(
         action=ScheduleActionStartWorkflow(
             Janitor.run,
             JanitorInput(regions=regions),
@@ -60,8 +61,35 @@ async def ensure_janitor_schedule(client: Client, regions: list[str]) -> None:
         policy=SchedulePolicy(catchup_window=timedelta(minutes=30)),
         state=ScheduleState(note="sweeps what terminated backup sessions left behind"),
     )
-    with contextlib.suppress(ScheduleAlreadyRunningError):
-        await client.create_schedule(JANITOR_SCHEDULE_ID, schedule)
+
+
+async def ensure_janitor_schedule(client: Client, regions: list[str]) -> list[str]:
+    """Create the janitor's schedule, or widen an existing one to these Regions too (every
+    orchestrator adds its own; none removes another's); returns the Regions it sweeps."""
+    try:
+        await client.create_schedule(JANITOR_SCHEDULE_ID, _janitor_schedule(sorted(set(regions))))
+        return sorted(set(regions))
+    except ScheduleAlreadyRunningError:
+        pass
+    handle = client.get_schedule_handle(JANITOR_SCHEDULE_ID)
+    action = (await handle.describe()).schedule.action
+    current: list[str] = []
+    if isinstance(action, ScheduleActionStartWorkflow) and action.args:
+        first = action.args[0]
+        if isinstance(first, Payload):  # described schedules carry their input encoded
+            (decoded,) = await client.data_converter.decode([first], [JanitorInput])
+            current = list(decoded.regions)
+    wanted = sorted(set(current) | set(regions))
+    if wanted != sorted(current):
+        action = _janitor_schedule(wanted).action
+
+        def widen(update: ScheduleUpdateInput) -> ScheduleUpdate:
+            schedule = update.description.schedule  # its state (paused, note) stays as set
+            schedule.action = action
+            return ScheduleUpdate(schedule=schedule)
+
+        await handle.update(widen)
+    return wanted
 
 
 async def run_worker(

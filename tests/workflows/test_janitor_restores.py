@@ -205,3 +205,27 @@ def test_the_janitor_keeps_going_past_what_it_cannot_remove(wb: Workbench) -> No
     assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": list(left.values())}])[
         "Volumes"
     ]
+
+
+def test_the_janitor_schedule_widens_to_every_orchestrators_regions(wb: Workbench) -> None:
+    """An orchestrator started with other Regions adds them to the existing Janitor schedule
+    (it used to keep the first orchestrator's forever), without undoing a pause."""
+    from ec2backup.orchestrator import JANITOR_SCHEDULE_ID, ensure_janitor_schedule
+
+    async def go(client: Any) -> tuple[list[str], list[str], bool]:
+        handle = client.get_schedule_handle(JANITOR_SCHEDULE_ID)
+        before = await ensure_janitor_schedule(client, [REGION])
+        await handle.pause(note="test: paused by an operator")
+        try:
+            widened = await ensure_janitor_schedule(client, ["eu-west-1"])
+            again = await ensure_janitor_schedule(client, [REGION])
+            assert again == widened
+            paused = (await handle.describe()).schedule.state.paused
+        finally:
+            await handle.unpause()
+        return before, widened, paused
+
+    before, widened, paused = wb.temporal(go)
+    assert REGION in before
+    assert widened == sorted({*before, "eu-west-1"})
+    assert paused
