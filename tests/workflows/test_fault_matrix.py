@@ -1,6 +1,6 @@
-"""The fault matrix (issue 14): backups, restores, retention (forget) and prune of one repository
-run concurrently, round after round, while a driver kills (-9) the orchestrator, a worker agent
-and the prune at random moments and injects S3 5xx, 403 and throttling. Afterwards
+"""The fault matrix (issue 14): backups, restores, retention (`repo forget`) and prunes of one
+repository run concurrently, round after round, while a driver kills (-9) the orchestrator, a
+worker agent and a prune at random moments and injects S3 5xx, 403 and throttling. Afterwards
 `repo check --read-data` is clean, every committed restore point that was not forgotten is
 still there and restores byte-exact, and nothing is left running.
 
@@ -157,9 +157,6 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
         print(f"round {r + 1}/{rounds}")
         wb.cli("lab", "churn", volume, "--fraction", "0.05", "--seed", str(100 * rounds + r))
         live = [rp for rp in committed if rp not in forgotten]
-        while len(live) > KEEP:  # retention: the oldest goes; its data is pruned below
-            wb.cli("repo", "forget", live[0], "--repo", repo, "--lock-wait", "120")
-            forgotten.append(live.pop(0))
         sid = wb.start_backup(inst["instance_id"], "--repo", repo)
         sessions.append(sid)
         restore_id, restored_from = None, None
@@ -171,9 +168,17 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
             )  # fmt: skip
             restore_id = proc.stdout.splitlines()[0].strip()
             restores.append(restore_id)
+        # retention, concurrently: the oldest restore point beyond KEEP (not the one being
+        # restored) is forgotten while the backup, the restore and the prune run
+        expire = [rp for rp in live if rp != restored_from][: max(len(live) - KEEP, 0)]
         prune_log = tmp_path / f"prune-{r}.log"
         with open(prune_log, "wb") as log:
             prune = _start_prune(wb, repo, log)
+            forget = subprocess.Popen(
+                [sys.executable, "-m", "ec2backup.cli", "repo", "forget", *expire,
+                 "--repo", repo, "--lock-wait", "120"],
+                env=wb.env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            ) if expire else None  # fmt: skip
         driver = Driver(wb, rng, repo, tmp_path / f"killed-prunes-{r}.log")
         thread = threading.Thread(target=driver.run, name="fault-driver")
         thread.start()
@@ -196,6 +201,14 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
             raise AssertionError(f"prune hung:\n{prune_log.read_text()}") from None
         outcome = {0: "completed", -9: "killed"}.get(code, "failed")
         n[f"prunes {outcome}"] += 1
+        if forget is not None:
+            if forget.wait(timeout=300) == 0:
+                forgotten.extend(expire)
+                n["restore points forgotten"] += len(expire)
+            else:  # a fault hit it: what it did not remove stays, and must stay restorable
+                n["forgets failed"] += 1
+                listed = {p["id"] for p in wb.cli_json("repo", "ls", "--repo", repo, "--json")}
+                forgotten.extend(rp for rp in expire if rp not in listed)
         if code not in (0, -9):
             print(f"  prune rc={code}: {prune_log.read_text().strip().splitlines()[-1:]}")
 

@@ -229,3 +229,37 @@ def test_the_janitor_schedule_widens_to_every_orchestrators_regions(wb: Workbenc
     assert REGION in before
     assert widened == sorted({*before, "eu-west-1"})
     assert paused
+
+
+def test_the_janitor_sweeps_every_place_the_installation_remembers(wb: Workbench) -> None:
+    """Not only the Regions of its input: a place the installation uses (here eu-west-1, as a
+    replication target or a restore there records it) is swept too."""
+    import subprocess
+    import sys
+
+    from session_helpers import REPO_ROOT
+
+    subprocess.run(
+        [sys.executable, "-c", "from ec2backup import installation as i; "
+         "i.remember_place('eu-west-1', None)"],
+        env=wb.env, cwd=REPO_ROOT, check=True,
+    )  # fmt: skip
+    ec2 = wb.client("ec2", "eu-west-1")
+    session_id = f"janitor-places-{uuid.uuid4().hex[:8]}"  # a closed session Temporal forgot
+    volume = ec2.create_volume(
+        Size=1,
+        AvailabilityZone="eu-west-1a",
+        TagSpecifications=[
+            {
+                "ResourceType": "volume",
+                "Tags": [
+                    {"Key": "ec2backup:session", "Value": session_id},
+                    {"Key": "ec2backup:role", "Value": "worker"},
+                    {"Key": INSTALLATION_TAG, "Value": _ours(wb)},
+                ],
+            }
+        ],
+    )["VolumeId"]
+    swept = _janitor(wb)  # its input names us-east-1 only
+    assert volume in swept.volumes_deleted, swept
+    assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"]
