@@ -291,7 +291,7 @@ def stats(repo: Repository) -> RepoStats:
     vols = [v for rp in rps.values() for v in rp.volumes]
     raw = 0
     for b in blobs:
-        loc = index.blobs.get(b)
+        loc = index.blobs.get(b) or repo.locate(b)  # a marked pack not recovered yet
         if loc is None:
             raise UserError(f"blob {b.hex()} is in no index: run `ec2backup repo check`")
         raw += loc.raw_length

@@ -230,9 +230,13 @@ def finish(
 
 
 def _hand_over(ec2: Any, resource_ids: list[str]) -> None:
-    """The last step of a restore: what it delivers is no longer temporary (idempotent)."""
+    """The last step of a restore: what it delivers is no longer temporary, nor the
+    installation's to sweep (idempotent); only the provenance tag stays."""
     if resource_ids:
-        ec2.delete_tags(Resources=resource_ids, Tags=[{"Key": PENDING_KEY}])
+        ec2.delete_tags(
+            Resources=resource_ids,
+            Tags=[{"Key": PENDING_KEY}, {"Key": installation.INSTALLATION_TAG}],
+        )
 
 
 def cleanup(
