@@ -44,6 +44,17 @@ async def _forget(client: Any, workflow_id: str) -> None:
     )
 
 
+def _worker_volume(wb: Workbench, ec2: Any, zone: str, session_id: str) -> str:
+    """A worker volume of this installation that a (closed) session left behind."""
+    tags = [
+        {"Key": "ec2backup:session", "Value": session_id},
+        {"Key": "ec2backup:role", "Value": "worker"},
+        {"Key": INSTALLATION_TAG, "Value": _ours(wb)},
+    ]
+    spec = [{"ResourceType": "volume", "Tags": tags}]
+    return str(ec2.create_volume(Size=1, AvailabilityZone=zone, TagSpecifications=spec)["VolumeId"])
+
+
 def _janitor(wb: Workbench) -> JanitorOutput:
     async def go(client: Any) -> JanitorOutput:
         out: JanitorOutput = await client.execute_workflow(
@@ -175,20 +186,7 @@ def test_the_janitor_keeps_going_past_what_it_cannot_remove(wb: Workbench) -> No
     for n in range(2):
         # sorts before every real session id: the one refused delete is ours
         session_id = f"aaa-janitor-{n}-{uuid.uuid4().hex[:8]}"
-        left[session_id] = ec2.create_volume(
-            Size=1,
-            AvailabilityZone=zone,
-            TagSpecifications=[
-                {
-                    "ResourceType": "volume",
-                    "Tags": [
-                        {"Key": "ec2backup:session", "Value": session_id},
-                        {"Key": "ec2backup:role", "Value": "worker"},
-                        {"Key": INSTALLATION_TAG, "Value": _ours(wb)},
-                    ],
-                }
-            ],
-        )["VolumeId"]
+        left[session_id] = _worker_volume(wb, ec2, zone, session_id)
     wb.cli("lab", "fault", "--api", "DeleteVolume", "--error", "UnauthorizedOperation")
     try:
         first = _janitor(wb)
@@ -246,20 +244,7 @@ def test_the_janitor_sweeps_every_place_the_installation_remembers(wb: Workbench
     )  # fmt: skip
     ec2 = wb.client("ec2", "eu-west-1")
     session_id = f"janitor-places-{uuid.uuid4().hex[:8]}"  # a closed session Temporal forgot
-    volume = ec2.create_volume(
-        Size=1,
-        AvailabilityZone="eu-west-1a",
-        TagSpecifications=[
-            {
-                "ResourceType": "volume",
-                "Tags": [
-                    {"Key": "ec2backup:session", "Value": session_id},
-                    {"Key": "ec2backup:role", "Value": "worker"},
-                    {"Key": INSTALLATION_TAG, "Value": _ours(wb)},
-                ],
-            }
-        ],
-    )["VolumeId"]
+    volume = _worker_volume(wb, ec2, "eu-west-1a", session_id)
     swept = _janitor(wb)  # its input names us-east-1 only
     assert volume in swept.volumes_deleted, swept
     assert not ec2.describe_volumes(Filters=[{"Name": "volume-id", "Values": [volume]}])["Volumes"]
