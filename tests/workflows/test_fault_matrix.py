@@ -124,7 +124,7 @@ def _session_outcome(wb: Workbench, sid: str) -> tuple[dict[str, Any] | None, st
     try:
         result = wb.session_result(sid, 60)
     except Exception as exc:
-        cause = exc
+        cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
         return None, f"{status}: {cause}"[:400]
@@ -140,7 +140,9 @@ def _session_outcome(wb: Workbench, sid: str) -> tuple[dict[str, Any] | None, st
         pytest.param(6, id="long", marks=[pytest.mark.fault, pytest.mark.timeout(2400)]),
     ],
 )
-def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
+def test_fault_matrix(
+    wb: Workbench, tmp_path: Path, rounds: int, capsys: pytest.CaptureFixture[str]
+) -> None:
     rng = random.Random(1414 * rounds)
     repo = wb.new_repo("--lock-ttl-seconds", LOCK_TTL_SECONDS)
     inst = wb.seed("--volumes", "1", "--size-gib", "2", "--fill", "0.2", "--seed", str(rounds))
@@ -248,11 +250,12 @@ def test_fault_matrix(wb: Workbench, tmp_path: Path, rounds: int) -> None:
 
     kills = sum(v for k, v in faults.items() if k.startswith("kill") and "finished" not in k)
     injected = sum(v for k, v in faults.items() if not k.startswith("kill"))
-    print(
+    summary = [
         f"fault matrix: {rounds} rounds in {time.monotonic() - t0:.0f}s; kills {kills}, "
-        f"S3 faults {injected}; " + ", ".join(f"{k} {v}" for k, v in sorted(n.items()))
-    )
-    for kind, count in sorted(faults.items()):
-        print(f"  {kind}: {count}")
+        f"S3 faults {injected}; " + ", ".join(f"{k} {v}" for k, v in sorted(n.items())),
+        *(f"  {kind}: {count}" for kind, count in sorted(faults.items())),
+    ]
+    with capsys.disabled():  # the numbers show in `make test` / `make faults` output too
+        print("\n" + "\n".join(summary))
     assert n["sessions completed"] >= rounds // 2, n
     assert kills + injected > 0, "the driver injected nothing: the run tested no fault"
