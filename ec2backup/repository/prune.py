@@ -128,17 +128,29 @@ def prune(
         (waiting if why else ready).append(m)
         if why:
             report.marks_pending.append(f"{m.name}: {why}")
+    # (a pack or page also named by a waiting mark, after a crash between two prunes' steps,
+    # waits for that mark too)
+    still_marked = {p for m in waiting for p in m.mark.packs}
+    still_marked_pages = {p for m in waiting for p in m.mark.pages}
     doomed_packs = sorted(
         {
             p
             for m in ready
             for p in m.mark.packs
-            if p in present and p not in index.packs and p not in recovered
+            if p in present
+            and p not in index.packs
+            and p not in recovered
+            and p not in still_marked
         }
     )
-    doomed_pages = sorted({p for m in ready for p in m.mark.pages if p not in used_pages})
-    still_marked = {p for m in waiting for p in m.mark.packs}
-    still_marked_pages = {p for m in waiting for p in m.mark.pages}
+    doomed_pages = sorted(
+        {
+            p
+            for m in ready
+            for p in m.mark.pages
+            if p not in used_pages and p not in still_marked_pages
+        }
+    )
 
     # what this prune marks
     keep_ids: list[str] = []  # ids only: their entries are read back when the index is written
