@@ -153,11 +153,13 @@ async def _sweep_checkpoints(out: JanitorOutput) -> None:
         activity.heartbeat(url)
         try:
             owners = await asyncio.to_thread(imagebackup.checkpoint_owners, url, password)
-            closed = [
-                name
-                for name, workflow_id in sorted(owners.items())
-                if await _status(workflow_id) != WorkflowExecutionStatus.RUNNING
-            ]
+            # one status per workflow (a session has a checkpoint per volume)
+            running = {
+                wid
+                for wid in set(owners.values())
+                if await _status(wid) == WorkflowExecutionStatus.RUNNING
+            }
+            closed = sorted(name for name, wid in owners.items() if wid not in running)
             if closed:
                 out.checkpoints_deleted += await asyncio.to_thread(
                     imagebackup.delete_checkpoints, url, password, closed

@@ -67,12 +67,17 @@ def checkpoint_owners(url: str, password: str) -> dict[str, str]:
 def delete_checkpoints(url: str, password: str, names: list[str]) -> int:
     """Delete these checkpoints (of closed workflows) under a shared lock; how many were there."""
     repo = Repository.open(url, password.encode())
-    deleted = 0
     with repo.lock(exclusive=False, purpose="janitor: checkpoints of closed workflows", wait=60):
-        for name in names:
-            if repo.backend.exists(name):
-                repo.backend.delete(name)
-                deleted += 1
+        return _delete_present(repo, names)
+
+
+def _delete_present(repo: Repository, names: list[str]) -> int:
+    """Delete those of these objects that exist; how many did."""
+    deleted = 0
+    for name in names:
+        if repo.backend.exists(name):
+            repo.backend.delete(name)
+            deleted += 1
     return deleted
 
 
@@ -80,13 +85,8 @@ def drop_checkpoints(url: str, session_id: str, volume_ids: list[str], password:
     """Delete a closed session's checkpoints (a committed session has none left: the commit
     removes them); returns how many there were. Idempotent."""
     repo = Repository.open(url, password.encode())
-    dropped = 0
-    for volume_id in volume_ids:
-        name = checkpoint_name(checkpoint_key(session_id, volume_id))
-        if repo.backend.exists(name):
-            repo.backend.delete(name)
-            dropped += 1
-    return dropped
+    names = [checkpoint_name(checkpoint_key(session_id, v)) for v in volume_ids]
+    return _delete_present(repo, names)
 
 
 def committed(repo: Repository, session_id: str) -> str | None:
