@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test faults lint fmt bench clean venv
+.PHONY: demo test faults lint fmt bench clean venv smoke-aws
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: lint
 # The long fault runs (marker `fault`); `make test` runs a short form of each.
 faults: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q --durations=15 -m fault
+
+# One backup and one restore against a real AWS account and Temporal (docs/deploy.md); never in CI.
+smoke-aws: $(STAMP)
+	$(BIN)/python tests/smoke_aws.py
 
 # lint-imports enforces the dependency direction (docs/architecture.md, [tool.importlinter]).
 lint: $(STAMP)

@@ -6,7 +6,8 @@ renew themselves before they expire (AWS's default role session is 1 hour, short
 copy or wait), so a client may be kept for as long as a call needs. Each role session is named
 after the workflow the activity belongs to (`role_session`), so CloudTrail tells sessions apart;
 an ExternalId per account comes from `EC2BACKUP_ROLE_EXTERNAL_IDS` (JSON: account id or role
-ARN -> external id). `AWS_ENDPOINT_URL` (the lab) is honoured by boto3 itself.
+ARN -> external id) or, failing that, from the installation configuration's `accounts`.
+`AWS_ENDPOINT_URL` (the lab) is honoured by boto3 itself.
 """
 
 from __future__ import annotations
@@ -100,11 +101,27 @@ def role_session(name: str | None) -> Iterator[None]:
         _session_name.reset(token)
 
 
+def default_region(explicit: str | None = None) -> str | None:
+    """The Region as the AWS CLI resolves it: the flag, `AWS_REGION`, `AWS_DEFAULT_REGION`,
+    the `AWS_PROFILE` profile's `region`; then the installation's home Region."""
+    from ec2backup import config
+
+    return (
+        explicit
+        or os.environ.get("AWS_REGION")
+        or boto3.Session().region_name
+        or config.load().home_region
+    )
+
+
 def external_id(role_arn: str) -> str | None:
     """The ExternalId the role's trust policy asks for, if one is configured."""
     raw = os.environ.get(EXTERNAL_IDS_ENV)
     if not raw:
-        return None
+        from ec2backup import config
+
+        account = config.load().account_for_role(role_arn)
+        return account.external_id if account else None
     try:
         table = json.loads(raw)
     except ValueError as exc:

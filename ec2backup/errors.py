@@ -17,3 +17,9 @@ class NotFoundError(UserError):
     """A named resource (instance, volume, snapshot, restore point) does not exist."""
 
     exit_code = 3
+
+
+def short_error(exc: BaseException) -> str:
+    """First line of an exception message (botocore messages can be long)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

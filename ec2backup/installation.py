@@ -11,11 +11,11 @@ import base64
 import contextlib
 import hmac
 import json
-import os
 import threading
 from typing import Any, Literal
 
 from ec2backup import aws, crypto
+from ec2backup.errors import UserError
 
 INSTALLATION_SECRET = "ec2backup/installation"
 DEFAULT_HOME_REGION = "us-east-1"
@@ -25,15 +25,21 @@ _lock = threading.Lock()
 
 
 def home_region() -> str:
-    return (
-        os.environ.get("EC2BACKUP_HOME_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or DEFAULT_HOME_REGION
-    )
+    """The configuration's `home_region` (or `EC2BACKUP_HOME_REGION`); without one, the Region
+    the AWS CLI would use; else us-east-1."""
+    from ec2backup import config
+
+    return config.load().home_region or aws.default_region() or DEFAULT_HOME_REGION
 
 
-def installation_key(create: bool = True) -> bytes:
-    """Load the installation key (creating it on first use when `create`)."""
+class InstallationKeyMissing(UserError):
+    """No installation key in the home Region: `ec2backup setup` creates it, nothing else
+    does (an orchestrator pointed at the wrong Region must not fork the installation)."""
+
+
+def installation_key(create: bool = False) -> bytes:
+    """Load the installation key from the home Region. Only `create` (ec2backup setup)
+    creates it on a miss; everyone else fails with one line naming the Region."""
     region = home_region()
     with _lock:
         if region in _cached:
@@ -43,7 +49,11 @@ def installation_key(create: bool = True) -> bytes:
             value = sm.get_secret_value(SecretId=INSTALLATION_SECRET)["SecretString"]
         except sm.exceptions.ResourceNotFoundException:
             if not create:
-                raise
+                raise InstallationKeyMissing(
+                    f"installation key {INSTALLATION_SECRET} not found in the home Region "
+                    f"{region}: run `ec2backup setup` once (or set home_region in the "
+                    "configuration to the Region that holds it)"
+                ) from None
             value = json.dumps({"key": base64.b64encode(crypto.random_key()).decode()})
             try:
                 sm.create_secret(
@@ -51,11 +61,30 @@ def installation_key(create: bool = True) -> bytes:
                     SecretString=value,
                     Description="ec2backup installation key (tags, payloads)",
                 )
-            except sm.exceptions.ResourceExistsException:  # another worker won the race
+            except sm.exceptions.ResourceExistsException:  # a concurrent setup won the race
                 value = sm.get_secret_value(SecretId=INSTALLATION_SECRET)["SecretString"]
         key = base64.b64decode(json.loads(value)["key"])
         _cached[region] = key
         return key
+
+
+def replicate_installation_key(regions: list[str]) -> list[str]:
+    """Replicate the installation key to these Regions (besides the home Region); returns
+    the Regions newly added. Idempotent."""
+    home = home_region()
+    sm = aws.client("secretsmanager", home)
+    have = {
+        r["Region"]
+        for r in sm.describe_secret(SecretId=INSTALLATION_SECRET).get("ReplicationStatus", [])
+    }
+    missing = sorted({r for r in regions if r != home} - have)
+    if missing:
+        sm.replicate_secret_to_regions(
+            SecretId=INSTALLATION_SECRET,
+            AddReplicaRegions=[{"Region": r} for r in missing],
+            ForceOverwriteReplicaSecret=False,
+        )
+    return missing
 
 
 # ---- the installation id: which temporary resources are this installation's ------------------
@@ -167,7 +196,7 @@ def known_places() -> list[tuple[str, str | None]]:
 def remember_all(repositories: list[str], places: list[tuple[str, str | None]]) -> str | None:
     """What `policy apply` and `repo init` remember, best effort, before any session ran
     (sessions remember the same again). None when done; otherwise why not, for a note on
-    stderr (e.g. no installation key yet: the first session creates it and remembers these)."""
+    stderr (e.g. no installation key yet: `ec2backup setup` creates it)."""
     try:
         installation_key(create=False)
         for url in repositories:

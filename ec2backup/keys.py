@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from ec2backup import crypto
-from ec2backup.errors import UserError
+from ec2backup.errors import UserError, short_error
 
 KEY_FILE_VERSION = 1
 SALT_SIZE = 16  # 128-bit salt: unique per key file, as scrypt recommends
@@ -147,12 +147,6 @@ def wrap_with_kms(master: bytes, key_id: str, repo_id: str) -> KeyFile:
     except (ClientError, BotoCoreError) as exc:
         raise UserError(f"cannot use KMS key {key_id}: {short_error(exc)}") from exc
     return KeyFile(kind="kms", kms_key_id=key_id, data=b64e(resp["CiphertextBlob"]))
-
-
-def short_error(exc: Exception) -> str:
-    """First line of an exception message (botocore messages can be long)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def unwrap(key_file: KeyFile, repo_id: str, password: bytes | None) -> bytes:

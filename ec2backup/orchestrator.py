@@ -22,6 +22,7 @@ from temporalio.client import (
     ScheduleUpdate,
     ScheduleUpdateInput,
 )
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities import archive as archive_activities
@@ -49,7 +50,7 @@ JANITOR_INTERVAL = timedelta(minutes=15)
 ACTIVITY_THREADS = 16
 
 
-def _janitor_schedule(regions: list[str]) -> Schedule:
+def _janitor_schedule(regions: list[str], every: timedelta = JANITOR_INTERVAL) -> Schedule:
     return Schedule(
         action=ScheduleActionStartWorkflow(
             Janitor.run,
@@ -57,38 +58,61 @@ def _janitor_schedule(regions: list[str]) -> Schedule:
             id=JANITOR_SCHEDULE_ID,
             task_queue=TASK_QUEUE,
         ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=JANITOR_INTERVAL)]),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(catchup_window=timedelta(minutes=30)),
         state=ScheduleState(note="sweeps what terminated backup sessions left behind"),
     )
 
 
-async def ensure_janitor_schedule(client: Client, regions: list[str]) -> list[str]:
-    """Create the janitor's schedule, or widen an existing one to these Regions too (every
-    orchestrator adds its own; none removes another's); returns the Regions it sweeps."""
-    try:
-        await client.create_schedule(JANITOR_SCHEDULE_ID, _janitor_schedule(sorted(set(regions))))
-        return sorted(set(regions))
-    except ScheduleAlreadyRunningError:
-        pass
+async def janitor_schedule_state(client: Client) -> tuple[list[str], timedelta | None] | None:
+    """The Janitor schedule's Regions and interval, or None when there is none."""
     handle = client.get_schedule_handle(JANITOR_SCHEDULE_ID)
-    action = (await handle.describe()).schedule.action
+    try:
+        described = await handle.describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    action = described.schedule.action
     current: list[str] = []
     if isinstance(action, ScheduleActionStartWorkflow) and action.args:
         first = action.args[0]
         if isinstance(first, Payload):  # described schedules carry their input encoded
             (decoded,) = await client.data_converter.decode([first], [JanitorInput])
             current = list(decoded.regions)
+    intervals = described.schedule.spec.intervals
+    return sorted(current), (intervals[0].every if intervals else None)
+
+
+async def ensure_janitor_schedule(
+    client: Client, regions: list[str], every: timedelta | None = None
+) -> list[str]:
+    """Create the janitor's schedule, or widen an existing one to these Regions too (every
+    orchestrator adds its own; none removes another's) and, when `every` is given (setup,
+    from the configuration), set its interval; returns the Regions it sweeps."""
+    interval = every or JANITOR_INTERVAL
+    try:
+        await client.create_schedule(
+            JANITOR_SCHEDULE_ID, _janitor_schedule(sorted(set(regions)), interval)
+        )
+        return sorted(set(regions))
+    except ScheduleAlreadyRunningError:
+        pass
+    state = await janitor_schedule_state(client)
+    current, current_every = state if state else ([], None)
     wanted = sorted(set(current) | set(regions))
-    if wanted != sorted(current):
-        action = _janitor_schedule(wanted).action
+    new_every = every if every is not None and every != current_every else None
+    if wanted != sorted(current) or new_every is not None:
+        replacement = _janitor_schedule(wanted, new_every or current_every or interval)
 
         def widen(update: ScheduleUpdateInput) -> ScheduleUpdate:
             schedule = update.description.schedule  # its state (paused, note) stays as set
-            schedule.action = action
+            schedule.action = replacement.action
+            if new_every is not None:
+                schedule.spec = replacement.spec
             return ScheduleUpdate(schedule=schedule)
 
-        await handle.update(widen)
+        await client.get_schedule_handle(JANITOR_SCHEDULE_ID).update(widen)
     return wanted
 
 

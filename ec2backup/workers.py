@@ -15,8 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ec2backup import aws, installation, tagcodec
-from ec2backup.errors import UserError
+from botocore.exceptions import ClientError
+
+from ec2backup import aws, config, installation, tagcodec
+from ec2backup.errors import UserError, short_error
 from ec2backup.models.session import (
     ImageBackupSpec,
     ImagePlan,
@@ -50,7 +52,6 @@ SESSION_SECRET_PREFIX = "ec2backup/session/"
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 # A worker boots in about a minute on EC2; past this it is presumed lost and replaced.
 DEFAULT_BOOT_TIMEOUT = 600.0
-DEFAULT_WORKER_AMI = "ami-0ec2backup0worker1"
 WAIT_POLL_SECONDS = 0.5
 
 
@@ -158,7 +159,11 @@ def build_plan(
         availability_zone=snapshot_set.availability_zone,
         subnet_id=spec.worker.subnet_id,
         security_group_ids=list(spec.worker.security_group_ids),
-        instance_type=plan_instance_type(total, spec.worker.instance_type),
+        instance_type=plan_instance_type(
+            total,
+            spec.worker.instance_type
+            or config.load().worker_for(snapshot_set.region).instance_types.get("backup"),
+        ),
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
         secret_name=session_secret_name(session_id),
@@ -259,6 +264,9 @@ def provision(
         security_group_ids=plan.security_group_ids,
         temporal_address=temporal_address,
         namespace=namespace,
+        region=plan.region,
+        in_backup_account=plan.worker_role_arn is None,
+        ssm=aws.client("ssm", plan.region, plan.worker_role_arn),
     )
     heartbeat(f"instance {instance_id} launched")
     volumes: list[WorkerVolume] = []
@@ -306,16 +314,38 @@ def launch(
     security_group_ids: list[str],
     temporal_address: str,
     namespace: str,
+    region: str,
+    in_backup_account: bool,
+    ssm: Any = None,
 ) -> str:
     """Run (idempotently, by ClientToken) one worker instance whose user-data starts the agent
-    on its own task queue; returns its instance id. Used by backups, restores and archives."""
+    on its own task queue; returns its instance id. Used by backups, restores and archives.
+
+    From the installation configuration (`worker`, `workers.<region>`): the image (an AMI,
+    or the one an SSM parameter names: Amazon Linux 2023's by default, of the instance
+    type's architecture), the instance profile (required: the agent's only credentials), the
+    maximum lifetime; in the backup account also the subnets and security groups, unless
+    the policy names its own. Always IMDSv2 only, and shutdown = terminate (the lifetime
+    limit powers off; EC2 then terminates)."""
+    settings = config.load().worker_for(region)
+    if in_backup_account:
+        security_group_ids = security_group_ids or settings.security_group_ids
+        if not subnet_id and settings.subnet_ids:
+            subnet_id = choose_subnet(ec2, settings.subnet_ids, availability_zone, region)
     params: dict[str, Any] = {
-        "ImageId": os.environ.get("EC2BACKUP_WORKER_AMI", DEFAULT_WORKER_AMI),
+        "ImageId": worker_image(ec2, ssm, settings, instance_type, region),
         "InstanceType": instance_type,
         "MinCount": 1,
         "MaxCount": 1,
         "ClientToken": client_token(session_id, attempt),
-        "UserData": render_agent_user_data(temporal_address, namespace),
+        "UserData": render_agent_user_data(
+            temporal_address,
+            namespace,
+            max_lifetime_minutes=settings.max_lifetime_minutes,
+            wheelhouse_url=settings.wheelhouse_url,
+            credentials_secret=config.load().temporal.agent_credentials_secret,
+            credentials_region=installation.home_region(),
+        ),
         "Placement": {"AvailabilityZone": availability_zone},
         "TagSpecifications": [
             {
@@ -324,17 +354,69 @@ def launch(
             }
         ],
         "InstanceInitiatedShutdownBehavior": "terminate",
+        # IMDSv2 only: a request forged through the agent (SSRF) cannot read the instance
+        # role's keys; one hop keeps them off containers on the host.
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 1,
+        },
+        "IamInstanceProfile": {"Name": settings.instance_profile},
     }
     if subnet_id:
         params["SubnetId"] = subnet_id
     if security_group_ids:
-        # Exactly the policy's groups (of the worker's account); without any, EC2 puts the
+        # Exactly these groups (of the worker's account); without any, EC2 puts the
         # instance in its VPC's default group.
         params["SecurityGroupIds"] = list(security_group_ids)
-    profile = os.environ.get("EC2BACKUP_WORKER_INSTANCE_PROFILE")
-    if profile:
-        params["IamInstanceProfile"] = {"Name": profile}
     return str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+
+
+def instance_architecture(ec2: Any, instance_type: str) -> str:
+    """`arm64` for Graviton types, else `x86_64` (the AMI must match: RunInstances refuses)."""
+    try:
+        found = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    except ClientError as exc:
+        raise WorkerError(f"instance type {instance_type}: {short_error(exc)}") from exc
+    archs = found[0]["ProcessorInfo"]["SupportedArchitectures"] if found else ["x86_64"]
+    return "x86_64" if "x86_64" in archs else "arm64"
+
+
+def worker_image(
+    ec2: Any, ssm: Any, settings: config.ResolvedWorker, instance_type: str, region: str
+) -> str:
+    """The worker AMI: the configured one, else the one the SSM parameter names (`{arch}` in
+    its name is the instance type's architecture; default: Amazon Linux 2023's)."""
+    if settings.ami:
+        return settings.ami
+    name = (settings.ami_ssm_parameter or config.AL2023_PARAMETER).replace(
+        "{arch}", instance_architecture(ec2, instance_type)
+    )
+    if ssm is None:
+        raise WorkerError("worker image: no SSM client to read " + name)
+    try:
+        return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
+    except ClientError as exc:
+        raise WorkerError(
+            f"workers.{region}.ami_ssm_parameter: cannot read {name} in {region}: "
+            f"{short_error(exc)}"
+        ) from exc
+
+
+def choose_subnet(ec2: Any, subnet_ids: list[str], availability_zone: str, region: str) -> str:
+    """The configured subnet in the zone the worker must run in (its volumes come from
+    snapshots restored into that zone)."""
+    try:
+        subnets = ec2.describe_subnets(SubnetIds=subnet_ids)["Subnets"]
+    except ClientError as exc:
+        raise WorkerError(f"workers.{region}.subnet_ids: {short_error(exc)}") from exc
+    for subnet in subnets:
+        if subnet["AvailabilityZone"] == availability_zone:
+            return str(subnet["SubnetId"])
+    raise WorkerError(
+        f"workers.{region}.subnet_ids: none of {', '.join(subnet_ids)} is in "
+        f"{availability_zone}, where this worker must run: add a subnet of that zone"
+    )
 
 
 def existing_volumes(ec2: Any, session_id: str) -> dict[tuple[str | None, str | None], Any]:

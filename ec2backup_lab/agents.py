@@ -20,6 +20,7 @@ from typing import Any
 
 from ec2backup.userdata import parse_agent_command
 from ec2backup_lab import sts as lab_sts
+from ec2backup_lab.baseline import WORKER_ROLE_NAME
 from ec2backup_lab.runtime import get_runtime
 
 log = logging.getLogger("ec2backup_lab.agents")
@@ -27,8 +28,6 @@ log = logging.getLogger("ec2backup_lab.agents")
 # Seconds a terminated instance's agent gets to stop cleanly before it is killed (EC2 gives
 # an ACPI shutdown; the agent drains its heartbeats).
 AGENT_STOP_GRACE_SECONDS = 5.0
-# The role name the lab's worker instances act as (instance profile).
-WORKER_ROLE_NAME = "ec2backup-worker"
 
 _procs: dict[str, subprocess.Popen[bytes]] = {}
 _lock = threading.Lock()

@@ -424,6 +424,9 @@ def reset(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, An
 
     reset_lab_files()
     moto_api_backend.reset()
+    from ec2backup_lab import baseline
+
+    baseline.provision_all()
     return 200, {"reset": True}
 
 

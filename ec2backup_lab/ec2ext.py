@@ -19,6 +19,7 @@ import moto.ec2.urls
 from moto.core.responses import ActionResult, EmptyResult
 from moto.ec2.exceptions import EC2ClientError, InvalidVolumeIdError
 from moto.ec2.models import EC2Backend
+from moto.ec2.models.amis import Ami
 from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.models.elastic_block_store import Volume, VolumeAttachment
 from moto.ec2.responses.amis import AmisResponse
@@ -45,6 +46,8 @@ LAB_IMAGES = {
     "ami-0ec2backup0lab002": ("x86_64", "uefi"),
     "ami-0ec2backup0arm001": ("arm64", "uefi"),
 }
+# Owner of Amazon's public images (Amazon Linux), as DescribeImages reports it.
+AMAZON_OWNER_ID = "137112412989"
 # The instance types `lab seed` gives each architecture (moto knows their processors).
 LAB_INSTANCE_TYPES = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
 
@@ -206,6 +209,46 @@ class LabEC2Backend(EC2Backend):
     @property
     def _url_module(self) -> Any:  # moto guesses `<module>.urls`; ours lives elsewhere
         return moto.ec2.urls
+
+    def _load_amis(self) -> None:
+        """moto's images, plus Amazon Linux 2023's public images: moto's SSM answers
+        `/aws/service/ami-amazon-linux-latest/al2023-*` with ids its EC2 does not know, and on
+        AWS every id those parameters name is a public, Amazon-owned image (the workers' default
+        AMI: RunInstances and DescribeImages must find it)."""
+        super()._load_amis()
+        from moto.utilities.utils import load_resource
+
+        try:
+            params = load_resource(f"ssm/resources/ami-amazon-linux-latest/{self.region_name}.json")
+        except FileNotFoundError:
+            return
+        self._ami_internal = True
+        try:
+            for param in params:
+                name = str(param["Name"]).rsplit("/", 1)[-1]
+                if not name.startswith("al2023-ami-") or param["Value"] in self.amis:
+                    continue
+                ami = Ami(
+                    self,
+                    ami_id=param["Value"],
+                    name=name,
+                    description="Amazon Linux 2023 AMI",
+                    owner_id=AMAZON_OWNER_ID,
+                    owner_alias="amazon",
+                    public=True,
+                    virtualization_type="hvm",
+                    architecture="arm64" if name.endswith("arm64") else "x86_64",
+                    root_device_type="ebs",
+                    root_device_name="/dev/xvda",
+                    region_name=self.region_name,
+                    boot_mode="uefi-preferred",
+                )
+                ami.ena_support = True  # type: ignore[attr-defined]
+                # Amazon's snapshot behind its image is not one of the account's snapshots
+                self.snapshots.pop(ami.ebs_snapshot.id, None)
+                self.amis[ami.id] = ami
+        finally:
+            self._ami_internal = False
 
     # -- volumes -------------------------------------------------------------------------
     def create_volume(  # type: ignore[override]
@@ -607,7 +650,8 @@ class LabEC2Backend(EC2Backend):
                 "instance type and an AMI that have matching architectures, and try again.",
             )
         modes = info.get("SupportedBootModes", [])
-        if boot_mode and modes and boot_mode not in modes:
+        # uefi-preferred (Amazon Linux 2023) boots in either mode, as the type supports
+        if boot_mode and boot_mode != "uefi-preferred" and modes and boot_mode not in modes:
             raise LabClientError(
                 "Unsupported",
                 f"The instance type {instance_type} does not support boot mode {boot_mode}.",

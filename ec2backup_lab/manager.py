@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ec2backup.errors import UserError
+from ec2backup.temporal import SEARCH_ATTRIBUTES
 
 DEFAULT_LAB_DIR = ".lab"
 DEFAULT_AWS_PORT, DEFAULT_TEMPORAL_PORT, DEFAULT_UI_PORT = 4566, 7233, 8233
@@ -28,11 +29,6 @@ LAB_REGION = "us-east-1"
 # The lab accepts any credentials; these map to moto's default account 123456789012.
 LAB_ACCESS_KEY, LAB_SECRET_KEY = "testing", "testing"
 # Registered on the dev server so sessions can be found by instance, policy and phase.
-SEARCH_ATTRIBUTES = {
-    "PolicyName": "Keyword",
-    "InstanceId": "Keyword",
-    "SessionKind": "Keyword",
-}
 # First start of the dev server creates its SQLite schema: allow it some time on a slow disk.
 STARTUP_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
@@ -68,7 +64,55 @@ class LabState:
             "TEMPORAL_ADDRESS": self.temporal_address,
             "EC2BACKUP_LAB_URL": self.aws_url,
             "EC2BACKUP_LAB_DIR": self.dir,
+            "EC2BACKUP_CONFIG": str(config_file(Path(self.dir))),
         }
+
+
+# The installation configuration the lab writes for itself (`ec2backup --config`).
+LAB_CONFIG_NAME = "ec2backup.toml"
+
+
+def config_file(lab_dir: Path) -> Path:
+    return lab_dir / LAB_CONFIG_NAME
+
+
+def write_config(state: LabState) -> Path:
+    """The lab's installation configuration: its Region, its Temporal, the IAM kit's worker
+    instance profile (provisioned in every lab account: ec2backup_lab.baseline); the worker
+    image is the default (Amazon Linux 2023 from its public SSM parameter)."""
+    from ec2backup.config import render_toml
+    from ec2backup_lab.baseline import WORKER_INSTANCE_PROFILE
+
+    path = config_file(Path(state.dir))
+    text = render_toml(
+        {
+            "home_region": LAB_REGION,
+            "regions": [LAB_REGION],
+            "temporal": {"address": state.temporal_address, "namespace": "default"},
+            "worker": {"instance_profile": WORKER_INSTANCE_PROFILE},
+        }
+    )
+    path.write_text("# written by `ec2backup lab up` for this lab\n" + text)
+    return path
+
+
+def run_setup(state: LabState) -> str:
+    """`ec2backup setup` against the lab, as an operator runs it once (the installation key,
+    the search attributes, the Janitor schedule). Its output, for `lab up` to show."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TEMPORAL_"))},
+        **state.env(),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "ec2backup.cli", "setup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise UserError(f"ec2backup setup failed in the lab: {' '.join(done.stderr.split())}")
+    return done.stdout
 
 
 def resolve_dir(lab_dir: Path | None) -> Path:
@@ -316,6 +360,12 @@ def up(
         _stop_pid(temporal.pid)
         raise
     _state_file(resolved).write_text(json.dumps(asdict(state), indent=2))
+    write_config(state)
+    try:
+        run_setup(state)
+    except BaseException:
+        down(resolved)
+        raise
     return state, True
 
 

@@ -79,9 +79,12 @@ class LabMiddleware:
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
         if path == "/moto-api/reset" and environ.get("REQUEST_METHOD") == "POST":
-            from ec2backup_lab import control
+            from ec2backup_lab import baseline, control
 
             control.reset_lab_files()
+            result = self.app(environ, start_response)
+            baseline.provision_all()  # the kit's instance profiles, as after `lab up`
+            return result
         req = classify(environ, body)
         if req is None or "x-ec2backup-lab-internal" in req.headers:
             return self.app(environ, start_response)
@@ -186,6 +189,9 @@ def build_app(root: Path) -> LabMiddleware:
     s3ext.set_restore_reads(runtime.s3_restore_reads)  # the default or the saved setting
     ebsdirect.install(SERVICE_HANDLERS)
     control.install(CONTROL_ROUTES)
+    from ec2backup_lab import baseline
+
+    baseline.provision_all()
     return LabMiddleware(DomainDispatcherApplication(create_backend_app), runtime)
 
 

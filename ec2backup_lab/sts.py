@@ -9,13 +9,21 @@ the response, and refuses requests signed with the keys afterwards.
 
 Worker instances' own credentials (their instance role, handed to the agent process once) are
 exempt: on EC2 the instance metadata service renews them.
+
+ExternalId: moto ignores the role's trust policy. AWS refuses `AssumeRole` (AccessDenied) when
+the trust policy's `sts:ExternalId` condition is not met. The lab checks it for roles that
+exist in the lab's IAM and name such a condition (a role ARN that exists nowhere, as many tests
+use, is still assumed: that part stays kind).
 """
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.parse
 from typing import Any
 
+from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 
 from ec2backup_lab.runtime import get_runtime
@@ -49,6 +57,49 @@ def reset() -> None:
     _expiry.clear()
 
 
+class AccessDenied(STSClientError):
+    code = "AccessDenied"
+
+
+def _external_ids(role_arn: str) -> list[set[str]] | None:
+    """The ExternalId sets the role's trust statements ask for (None: the role is unknown to
+    the lab or names no ExternalId; an empty set in the list: a statement without one)."""
+    from moto.iam.models import iam_backends
+
+    parts = role_arn.split(":")
+    if len(parts) < 6:
+        return None
+    try:
+        role = iam_backends[parts[4]]["aws"].get_role_by_arn(role_arn)
+    except Exception:
+        return None
+    raw = role.assume_role_policy_document or "{}"
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = json.loads(urllib.parse.unquote(raw))
+    statements = doc.get("Statement", [])
+    wanted: list[set[str]] = []
+    for st in statements if isinstance(statements, list) else [statements]:
+        if st.get("Effect") != "Allow":
+            continue
+        cond = st.get("Condition", {}).get("StringEquals", {})
+        value = cond.get("sts:ExternalId")
+        wanted.append(set([value] if isinstance(value, str) else value or []))
+    if not any(wanted):
+        return None
+    return wanted
+
+
+def check_external_id(role_arn: str, external_id: str | None) -> None:
+    wanted = _external_ids(role_arn)
+    if wanted is None:
+        return
+    if any(not ids or (external_id or "") in ids for ids in wanted):
+        return
+    raise AccessDenied(f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+
+
 def install() -> None:
     original = STSBackend.assume_role
 
@@ -61,6 +112,7 @@ def install() -> None:
         duration: int,
         external_id: str,
     ) -> Any:
+        check_external_id(role_arn, external_id)
         seconds = min(int(duration), int(get_runtime().role_session_seconds))
         role = original(
             self, region_name, role_session_name, role_arn, policy, seconds, external_id

@@ -191,6 +191,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
         "EC2BACKUP_LAB_URL": f"http://127.0.0.1:{aws_port}",
+        # the installation configuration `lab up` wrote for itself
+        "EC2BACKUP_CONFIG": str(lab_dir / "ec2backup.toml"),
     }
     try:
         yield Lab(

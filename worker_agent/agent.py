@@ -9,6 +9,7 @@ import signal
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import Any
 
 from temporalio.worker import Worker
 
@@ -45,10 +46,15 @@ def instance_id() -> str:
         return str(r.read().decode())
 
 
-async def run_agent(task_queue: str, address: str | None, namespace: str | None) -> None:
+async def run_agent(
+    task_queue: str,
+    address: str | None,
+    namespace: str | None,
+    overrides: dict[str, Any] | None = None,
+) -> None:
     if "{instance_id}" in task_queue:
         task_queue = task_queue.replace("{instance_id}", instance_id())
-    client = await connect(address, namespace)
+    client = await connect(address, namespace, overrides)
     activities.AGENT_CLIENT = client
     activities.AGENT_LOOP = asyncio.get_running_loop()
     stop = asyncio.Event()

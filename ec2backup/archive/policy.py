@@ -85,7 +85,7 @@ def bucket_region(url: str) -> str:
 def plan(archive_id: str, req: ArchiveInput, password: str) -> ArchivePlan:
     """Resolve the restore point, open (or create) the archive, and plan the worker; an
     already archived restore point needs no worker."""
-    from ec2backup import aws, catalog, installation, workers
+    from ec2backup import aws, catalog, config, installation, workers
     from ec2backup.models.session import ImagePlan
 
     region = bucket_region(req.archive_repository)
@@ -121,7 +121,9 @@ def plan(archive_id: str, req: ArchiveInput, password: str) -> ArchivePlan:
         snapshot_role_arn=None,
         region=region,
         availability_zone=zones[0]["ZoneName"] if zones else f"{region}a",
-        instance_type=workers.plan_instance_type(0),
+        instance_type=workers.plan_instance_type(
+            0, config.load().worker_for(region).instance_types.get("archive")
+        ),
         range_blocks=0,
         volumes=[],
         secret_name=workers.session_secret_name(archive_id),

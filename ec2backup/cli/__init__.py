@@ -7,9 +7,11 @@ temporalio (start-up time is most of a small incremental).
 
 from __future__ import annotations
 
+import enum
 import importlib
 import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -32,6 +34,9 @@ FAMILIES = {
     "policy": "policy",
     "archive": "archive",
     "agent": "agent",
+    "iam": "iam",
+    "setup": "deploy",
+    "doctor": "deploy",
 }
 
 
@@ -39,8 +44,53 @@ def _mount(app: typer.Typer, family: str) -> None:
     importlib.import_module(f"ec2backup.cli.{family}").register(app)
 
 
-def _root() -> None:
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"ec2backup {version('ec2backup')}")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            print("ec2backup (not installed)")
+        raise typer.Exit(0)
+
+
+def _root(
+    config_file: Path = typer.Option(
+        None,
+        "--config",
+        help="Installation configuration file (default $EC2BACKUP_CONFIG, then "
+        "~/.config/ec2backup/config.toml)",
+        dir_okay=False,
+    ),
+    profile: str = typer.Option(None, "--profile", help="AWS profile (as $AWS_PROFILE)"),
+    region: str = typer.Option(
+        None, "--region", help="AWS Region for every command (as $AWS_REGION)"
+    ),
+    output: Output = typer.Option(None, "--output", help="How commands print: table or json"),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the version"
+    ),
+) -> None:
     """Image-level backup, replication, archive and restore for Amazon EC2."""
+    # Global options become the environment every part reads (boto3 reads AWS_PROFILE;
+    # ec2backup.config, aws.default_region and cli.output read the others), so a command's
+    # own options, when given, still win.
+    if config_file is not None:
+        os.environ["EC2BACKUP_CONFIG"] = str(config_file)
+    if profile:
+        os.environ["AWS_PROFILE"] = profile
+    if region:
+        os.environ["AWS_REGION"] = region
+    if output is not None:
+        from ec2backup.cli.output import OUTPUT_ENV
+
+        os.environ[OUTPUT_ENV] = output.value
 
 
 def build_app(first_word: str | None = None) -> typer.Typer:
@@ -50,7 +100,8 @@ def build_app(first_word: str | None = None) -> typer.Typer:
         help=APP_HELP,
         no_args_is_help=True,
         pretty_exceptions_enable=False,
-        add_completion=False,
+        # `ec2backup --install-completion` / `--show-completion` (bash, zsh, fish, PowerShell)
+        add_completion=True,
     )
     # A callback keeps the app a command group even when only one command is mounted
     # (otherwise typer runs a lone command as the program itself: `ec2backup agent` breaks).
@@ -61,13 +112,29 @@ def build_app(first_word: str | None = None) -> typer.Typer:
     return app
 
 
+# Global options that take a value: their value is not the command's first word.
+GLOBAL_VALUE_OPTIONS = ("--config", "--profile", "--region", "--output")
+
+
+def _first_word(args: list[str]) -> str | None:
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
 def _run(argv: list[str] | None) -> int:
     """Run one command; user errors become one line on stderr. Returns the exit code."""
     from typer import exceptions as typer_exc
     from typer._click import exceptions as click_exc
 
     args = sys.argv[1:] if argv is None else argv
-    first = next((a for a in args if not a.startswith("-")), None)
+    first = _first_word(args)
     try:
         rc = build_app(first)(args=args, standalone_mode=False)
         return rc if isinstance(rc, int) else 0

@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ec2backup.cli.output import json_output
+
 if TYPE_CHECKING:
     from ec2backup.policy import Policy
 
@@ -120,7 +122,7 @@ def policy_list(as_json: bool = typer.Option(False, "--json")) -> None:
         return await schedules.list_policies(await _client())
 
     rows = _run(go())
-    if as_json:
+    if json_output(as_json):
         print(json.dumps(rows, indent=2))
         return
     table = Table("policy", "paused", "next run", "last run", "running")
@@ -262,7 +264,7 @@ def policy_retention(
         return result
 
     out = _run(go())
-    if as_json:
+    if json_output(as_json):
         print(out.model_dump_json(indent=2))
         return
     verb = "would delete" if out.dry_run else "deleted"

@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from ec2backup.cli.output import json_output
 from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
 from ec2backup.repository.marks import DEFAULT_GRACE
@@ -130,7 +131,7 @@ def repo_ls(
     """List restore points with their volumes."""
     r = _open(repo, password_file)
     rps = r.list_restore_points()
-    if as_json:
+    if json_output(as_json):
         out = [
             {
                 "id": oid,
@@ -194,7 +195,7 @@ def repo_stats(
         "stored_bytes": s.stored_bytes,
         "dedup_ratio": round(s.dedup_ratio, 3),
     }
-    if as_json:
+    if json_output(as_json):
         print(json.dumps(data, indent=2))
         return
     print(f"restore points:       {s.restore_points} ({s.volumes} volumes)")
@@ -375,7 +376,7 @@ def key_list(
         }
         for kid, kf in sorted(files.items(), key=lambda kv: kv[1].created)
     ]
-    if as_json:
+    if json_output(as_json):
         print(json.dumps(rows, indent=2))
         return
     for row in rows:

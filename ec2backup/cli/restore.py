@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from typing import Annotated, Any, cast
 
@@ -12,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ec2backup.cli.output import json_output
 from ec2backup.errors import UserError
 from ec2backup.models.restore import RestoreInput, RestoreKind, RestoreOutput, RestoreSource
 from ec2backup.temporal import TASK_QUEUE
@@ -24,10 +24,9 @@ console = Console(stderr=True, soft_wrap=True)
 
 
 def _region(region: str | None) -> str:
-    value = region or os.environ.get("AWS_DEFAULT_REGION")
-    if not value:
-        raise UserError("--region: no Region given and AWS_DEFAULT_REGION is not set")
-    return value
+    from ec2backup.cli.common import region as resolve_region
+
+    return resolve_region(region)
 
 
 def _source(source: str | None) -> RestoreSource | None:
@@ -231,7 +230,7 @@ def restore_points_list(
     """Every restore point of this installation, per instance and newest first: snapshot sets,
     replicas, backups and archived copies, with where each lives. From snapshot tags and the
     repositories the installation knows; nothing from Temporal history."""
-    from ec2backup import catalog, installation
+    from ec2backup import aws, catalog, installation
     from ec2backup.cli.format import table_console
     from ec2backup.repository.repo import Repository, read_password
 
@@ -239,9 +238,9 @@ def restore_points_list(
     if repo:  # named explicitly: it must open (one line naming it otherwise)
         Repository.open(repo, password)
     # Any of --region, --account-role-arn, --repo narrows the listing to what they name (the
-    # Region defaulting to $AWS_DEFAULT_REGION); without them: every place and repository.
+    # Region defaulting as the AWS CLI's); without them: every place and repository.
     scoped = region is not None or account_role_arn is not None or repo is not None
-    here = region or os.environ.get("AWS_DEFAULT_REGION") or installation.home_region()
+    here = aws.default_region(region) or installation.home_region()
     found = catalog.build(
         installation.installation_key(create=False),
         password,
@@ -254,7 +253,7 @@ def restore_points_list(
     for p in found.problems:
         console.print(f"skipped {p.source}: {p.problem}")
     rows = [{**e.model_dump(mode="json"), "snapshot_set": e.snapshot_set_id} for e in found.entries]
-    if as_json:
+    if json_output(as_json):
         print(
             json.dumps(
                 {"restore_points": rows, "problems": [p.model_dump() for p in found.problems]},

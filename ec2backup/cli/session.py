@@ -20,6 +20,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from ec2backup.cli.common import client as temporal_client
+from ec2backup.cli.common import region as resolve_region
 from ec2backup.cli.common import run
 from ec2backup.cli.format import (
     bytes_text,
@@ -28,6 +29,7 @@ from ec2backup.cli.format import (
     table_console,
     when_text,
 )
+from ec2backup.cli.output import json_output
 from ec2backup.errors import NotFoundError, UserError
 from ec2backup.models.common import PauseInput, ResumeInput
 from ec2backup.models.policy import BackupPolicyOutput
@@ -93,7 +95,9 @@ def register(app: typer.Typer) -> None:
     @app.command("backup")
     def backup(
         instance_id: str = typer.Argument(..., help="The instance to back up"),
-        region: str = typer.Option(None, "--region", help="Default $AWS_DEFAULT_REGION"),
+        region: str = typer.Option(
+            None, "--region", help="Default: as the AWS CLI's (AWS_REGION, profile)"
+        ),
         account_role_arn: str = typer.Option(
             None, "--account-role-arn", help="Role in the instance's account"
         ),
@@ -110,15 +114,11 @@ def register(app: typer.Typer) -> None:
         wait: bool = typer.Option(False, "--wait", help="Show progress until it ends"),
     ) -> None:
         """Start a backup session of one instance; prints the session (workflow) id."""
-        import os
-
         if worker_placement not in ("backup", "production", "auto"):
             raise UserError("--worker-placement: must be backup, production or auto")
         if (replicate_account or replicate_kms_key) and not replicate_to:
-            replicate_to = region or os.environ.get("AWS_DEFAULT_REGION")
-        region = region or os.environ.get("AWS_DEFAULT_REGION") or ""
-        if not region:
-            raise UserError("--region: no Region given and AWS_DEFAULT_REGION is not set")
+            replicate_to = resolve_region(region)
+        region = resolve_region(region)
         req = BackupSessionInput(
             instance_id=instance_id,
             region=region,
@@ -180,7 +180,7 @@ def register(app: typer.Typer) -> None:
             ]
 
         rows = run(fetch())
-        if as_json:
+        if json_output(as_json):
             print(json.dumps(rows, indent=2))
             return
         table = Table(
@@ -207,7 +207,7 @@ def register(app: typer.Typer) -> None:
         """Every instance of one policy run: status, session, restore point, bytes, duration,
         error; then a summary (and what retention deleted)."""
         report, kind, status = run(_policy_report(run_id))
-        if as_json:
+        if json_output(as_json):
             print(json.dumps(report.model_dump(mode="json"), indent=2))
             return
         out = table_console()
@@ -264,7 +264,7 @@ def register(app: typer.Typer) -> None:
             return data
 
         data = run(fetch())
-        if as_json:
+        if json_output(as_json):
             print(json.dumps(data, indent=2, default=str))
         else:
             Console().print_json(json.dumps(data, default=str))

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ec2backup.cli.output import json_output
+
 snapshots_app = typer.Typer(
     help="Cloud-native restore points (from snapshot tags).", no_args_is_help=True
 )
@@ -25,11 +27,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Restore points rebuilt from the encrypted snapshot tags alone."""
-        import os
 
         from ec2backup import installation, snapshots
+        from ec2backup.cli.common import region as resolve_region
 
-        region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        region = resolve_region(region)
         entries, problems = snapshots.catalog(
             region,
             account_role_arn,
@@ -38,7 +40,7 @@ def register(app: typer.Typer) -> None:
         )
         for p in problems:
             console.print(f"[yellow]skipped {p.snapshot_id}: {p.problem}[/yellow]")
-        if as_json:
+        if json_output(as_json):
             print(
                 json.dumps(
                     {

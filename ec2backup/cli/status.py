@@ -11,6 +11,7 @@ from rich.table import Table
 from ec2backup.cli.common import client as temporal_client
 from ec2backup.cli.common import run
 from ec2backup.cli.format import status_text, table_console, when_text
+from ec2backup.cli.output import json_output
 from ec2backup.views import policies_status
 
 
@@ -23,7 +24,7 @@ def register(app: typer.Typer) -> None:
     def status(as_json: bool = typer.Option(False, "--json")) -> None:
         """The last run of every applied policy (succeeded, failed, running) and the next."""
         rows = run(_rows())
-        if as_json:
+        if json_output(as_json):
             print(json.dumps(rows, indent=2))
             return
         table = Table("policy", "paused", "last run", "status", "instances", "next run", "archive")

@@ -12,7 +12,11 @@ def register(app: typer.Typer) -> None:
     def worker(
         temporal_address: str = typer.Option(None, "--temporal-address"),
         namespace: str = typer.Option(None, "--namespace"),
-        region: list[str] = typer.Option([], "--region", help="Regions the janitor sweeps"),
+        region: list[str] = typer.Option(
+            [],
+            "--region",
+            help="Regions the janitor sweeps (default: the configuration's regions and home)",
+        ),
         no_schedules: bool = typer.Option(
             False, "--no-schedules", help="Do not install the janitor schedule"
         ),
@@ -20,15 +24,17 @@ def register(app: typer.Typer) -> None:
         """Run the orchestrator (workflows + control-plane activities on queue `ec2backup`)."""
         import logging
 
+        from ec2backup import config
         from ec2backup.installation import home_region
         from ec2backup.orchestrator import run_worker
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        settings = config.load()
         run(
             run_worker(
                 temporal_address,
                 namespace,
-                region or [home_region()],
-                install_schedules=not no_schedules,
+                region or sorted({home_region(), *settings.regions}),
+                install_schedules=not no_schedules and settings.janitor.enabled,
             )
         )

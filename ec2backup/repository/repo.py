@@ -31,7 +31,7 @@ import zstandard
 from pydantic import BaseModel, Field, ValidationError
 
 from ec2backup import crypto, keys
-from ec2backup.errors import NotFoundError, UserError
+from ec2backup.errors import NotFoundError, UserError, short_error
 from ec2backup.repository.backend import Backend, ObjectMissing, S3Backend, open_backend
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE, PAGE_BLOCKS, PAGE_BYTES
 from ec2backup.repository.index import (
@@ -151,6 +151,30 @@ def read_password(password_file: str | None) -> bytes | None:
     return env.encode() if env is not None else None
 
 
+def repository_password(url: str) -> bytes | None:
+    """A configured repository's password: from its Secrets Manager secret (backup account,
+    home Region; the secret string is the password), None for a KMS repository (its key file
+    is opened with the caller's role), else `EC2BACKUP_REPO_PASSWORD`."""
+    from ec2backup import aws, config, installation
+
+    settings = config.load().repository(url)
+    if settings is not None and settings.password_secret:
+        region = installation.home_region()
+        try:
+            value = aws.client("secretsmanager", region).get_secret_value(
+                SecretId=settings.password_secret
+            )
+        except Exception as exc:
+            raise UserError(
+                f"repository {url}: cannot read its password secret "
+                f"{settings.password_secret} in {region}: {short_error(exc)}"
+            ) from exc
+        return str(value["SecretString"]).encode()
+    if settings is not None and settings.kms:
+        return None
+    return read_password(None)
+
+
 class Repository:
     """An open repository: backend + config + derived keys."""
 
@@ -207,7 +231,7 @@ class Repository:
         try:
             exists = backend.exists(CONFIG_NAME) or any(True for _ in backend.list("keys/"))
         except Exception as exc:
-            raise UserError(f"cannot access {backend.location()}: {keys.short_error(exc)}") from exc
+            raise UserError(f"cannot access {backend.location()}: {short_error(exc)}") from exc
         if exists:
             raise RepositoryExists(f"a repository already exists at {backend.location()}")
         config = RepoConfig(
@@ -249,7 +273,7 @@ class Repository:
                 f"no repository at {backend.location()} (create one with `ec2backup repo init`)"
             ) from exc
         except Exception as exc:
-            raise UserError(f"cannot access {backend.location()}: {keys.short_error(exc)}") from exc
+            raise UserError(f"cannot access {backend.location()}: {short_error(exc)}") from exc
         try:
             config = RepoConfig.model_validate_json(raw)
         except ValidationError as exc:

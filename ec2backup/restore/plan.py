@@ -367,13 +367,17 @@ def _worker_fields(
     a backup worker for the data (decompression and decryption want vCPUs). The heartbeat
     timeout (the workers' setting) also bounds how long a crashed orchestrator's delivery
     waits to be retried."""
-    from ec2backup import workers
+    from ec2backup import config, workers
 
     if source == "snapshot":
         return {"heartbeat_timeout_seconds": workers.heartbeat_timeout()}
     return {
         "secret_name": workers.session_secret_name(restore_id),
-        "worker_instance_type": workers.plan_instance_type(total_gib, req.worker_instance_type),
+        "worker_instance_type": workers.plan_instance_type(
+            total_gib,
+            req.worker_instance_type
+            or config.load().worker_for(req.to_region or req.region).instance_types.get("restore"),
+        ),
         "worker_subnet_id": req.worker_subnet_id or req.subnet_id,
         "heartbeat_timeout_seconds": workers.heartbeat_timeout(),
         "boot_timeout_seconds": workers.boot_timeout(),

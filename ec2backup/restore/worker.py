@@ -66,6 +66,9 @@ def provision(
         security_group_ids=[],
         temporal_address=temporal_address,
         namespace=namespace,
+        region=plan.region,
+        in_backup_account=plan.role_arn is None,
+        ssm=aws.client("ssm", plan.region, plan.role_arn),
     )
     heartbeat(f"restore worker {instance_id} launched")
     existing = workers.existing_volumes(ec2, plan.restore_id)
