@@ -10,7 +10,7 @@ from typing import Any
 
 from temporalio import activity
 
-from ec2backup.activity_support import adapter, repository_password
+from ec2backup.activity_support import adapter, environment_password
 from ec2backup.archive import copy as archive_copy
 from ec2backup.archive import policy as archive_policy
 from ec2backup.models.archive import (
@@ -29,13 +29,13 @@ from ec2backup.repository.repo import Repository
 @activity.defn(name="plan_archive")
 @adapter
 def plan_archive(req: PlanArchiveInput) -> ArchivePlan:
-    return archive_policy.plan(req.archive_id, req.request, repository_password())
+    return archive_policy.plan(req.archive_id, req.request, environment_password())
 
 
 @activity.defn(name="verify_archive")
 @adapter
 def verify_archive(req: VerifyArchiveInput) -> VerifyArchiveOutput:
-    repo = Repository.open(req.archive_repository, repository_password().encode())
+    repo = Repository.open(req.archive_repository, environment_password().encode())
     out = archive_copy.verify(repo, req.archive_restore_point_id)
     return VerifyArchiveOutput(
         packs=out.packs,
@@ -55,7 +55,7 @@ ALL: list[Callable[..., Any]] = [plan_archive, verify_archive]
 @adapter
 def select_for_archive(req: SelectArchiveInput) -> SelectArchiveOutput:
     policy = req.policy
-    candidates, notes = archive_policy.select(policy, repository_password())
+    candidates, notes = archive_policy.select(policy, environment_password())
     return SelectArchiveOutput(candidates=candidates, notes=notes)
 
 
@@ -66,7 +66,7 @@ def apply_archive_retention(req: ArchiveRetentionInput) -> ArchiveRetentionOutpu
     return archive_policy.apply_retention(
         policy,
         req.now or dt.datetime.now(dt.UTC),
-        repository_password(),
+        environment_password(),
         dry_run=req.dry_run,
         progress=activity.heartbeat,
     )

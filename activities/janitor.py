@@ -145,13 +145,13 @@ async def _sweep_checkpoints(out: JanitorOutput) -> None:
     (prune keeps what checkpoints reference) forever."""
     try:
         urls = await asyncio.to_thread(installation.known_repositories)
-        password = repository_password() if urls else ""
     except Exception as exc:
         out.failures.append(_failure("repositories not read", exc))
         return
     for url in urls:
         activity.heartbeat(url)
         try:
+            password = await asyncio.to_thread(repository_password, url)
             owners = await asyncio.to_thread(imagebackup.checkpoint_owners, url, password)
             # one status per workflow (a session has a checkpoint per volume)
             running = {

@@ -42,7 +42,11 @@ async def discover_instances(req: DiscoverInput) -> DiscoverOutput:
 @adapter
 def apply_retention(req: RetentionInput) -> RetentionOutput:
     policy = req.policy
-    password = repository_password() if policy.image_backup is not None else None
+    password = (
+        repository_password(policy.image_backup.repository)
+        if policy.image_backup is not None
+        else None
+    )
     return retention.apply(
         policy,
         req.now or dt.datetime.now(dt.UTC),

@@ -9,7 +9,12 @@ from typing import Any
 from temporalio import activity
 
 from ec2backup import installation
-from ec2backup.activity_support import adapter, heartbeat, repository_password
+from ec2backup.activity_support import (
+    adapter,
+    heartbeat,
+    password_bytes,
+    repository_password,
+)
 from ec2backup.models.restore import (
     CleanupRestoreInput,
     CleanupRestoreOutput,
@@ -51,7 +56,12 @@ def provision_restore_worker(req: ProvisionRestoreWorkerInput) -> RestoreWorker:
     address = os.environ.get("EC2BACKUP_AGENT_TEMPORAL_ADDRESS") or temporal_address()
     namespace = activity.info().workflow_namespace or "default"
     return restore_worker.provision(
-        req.plan, req.attempt, address, namespace, repository_password(), heartbeat=heartbeat
+        req.plan,
+        req.attempt,
+        address,
+        namespace,
+        repository_password(req.plan.repository) if req.plan.repository else None,
+        heartbeat=heartbeat,
     )
 
 
@@ -96,7 +106,7 @@ def archive_retrieval(req: RetrievalInput) -> RetrievalOutput:
     from ec2backup.archive import copy as archive_copy
     from ec2backup.repository.repo import Repository
 
-    repo = Repository.open(req.repository, repository_password().encode())
+    repo = Repository.open(req.repository, password_bytes(repository_password(req.repository)))
     state = archive_copy.retrieval(repo, req.restore_point_id, request=req.request, tier=req.tier)
     return RetrievalOutput(
         packs=state.packs,

@@ -77,7 +77,9 @@ def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
 def prepare_image_backup(req: PrepareImageInput) -> ImagePlan:
     # Before any data moves: a repository the catalog does not know would hide its backups.
     installation.remember_repository(req.spec.repository)
-    return imagebackup.prepare(req.session_id, req.snapshot_set, req.spec, repository_password())
+    return imagebackup.prepare(
+        req.session_id, req.snapshot_set, req.spec, repository_password(req.spec.repository)
+    )
 
 
 @activity.defn(name="provision_worker")
@@ -106,7 +108,10 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
         # behind only pins data until a later sweep, a worker left behind costs money.
         try:
             out.checkpoints_deleted = imagebackup.drop_checkpoints(
-                req.repository, req.session_id, req.checkpoint_volumes, repository_password()
+                req.repository,
+                req.session_id,
+                req.checkpoint_volumes,
+                repository_password(req.repository),
             )
         except Exception as exc:
             activity.logger.warning(
@@ -119,7 +124,11 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
 @adapter
 def commit_restore_point(req: CommitRestorePointInput) -> CommitRestorePointOutput:
     rp_id = imagebackup.commit(
-        req.session_id, req.snapshot_set, req.plan, req.policy_name, repository_password()
+        req.session_id,
+        req.snapshot_set,
+        req.plan,
+        req.policy_name,
+        repository_password(req.plan.repository),
     )
     # The set's encrypted tags now name its backup: found from the set alone, no history.
     snapshots.record_backup(

@@ -76,17 +76,42 @@ def _liveness() -> Any:
         _last_detail.pop(token, None)
 
 
-def repository_password() -> str:
-    """The orchestrator's repository password (never in payloads): EC2BACKUP_REPO_PASSWORD."""
+def environment_password(url: str | None = None) -> str:
+    """The orchestrator's EC2BACKUP_REPO_PASSWORD (never in payloads): what operations over
+    several repositories use (an archive copy opens the hot and the archive repository)."""
     password = os.environ.get("EC2BACKUP_REPO_PASSWORD")
     if not password:
         raise ApplicationError(
-            "the orchestrator has no repository password (set EC2BACKUP_REPO_PASSWORD for "
-            "`ec2backup worker`)",
+            "the orchestrator has no repository password"
+            + (f" for {url}" if url else "")
+            + " (name its secret or `kms = true` under [[repositories]] in the configuration, "
+            "or set EC2BACKUP_REPO_PASSWORD for `ec2backup worker`)",
             type="RepositoryPasswordMissing",
             non_retryable=True,
         )
     return password
+
+
+def repository_password(url: str) -> str | None:
+    """The orchestrator's key to one repository (never in payloads): the password from its
+    configured secret (`[[repositories]] password_secret`), None for a KMS repository
+    (`kms = true`: opened with the orchestrator's role), else EC2BACKUP_REPO_PASSWORD."""
+    from ec2backup import config
+    from ec2backup.repository.repo import repository_password as configured
+
+    settings = config.load().repository(url)
+    if settings is not None and settings.kms and not settings.password_secret:
+        return None
+    if settings is not None and settings.password_secret:
+        password = configured(url)
+        assert password is not None  # a configured secret yields its string or fails
+        return password.decode()
+    return environment_password(url)
+
+
+def password_bytes(password: str | None) -> bytes | None:
+    """A key as `Repository.open` takes it (None: the KMS key files)."""
+    return password.encode() if password is not None else None
 
 
 def classify(exc: BaseException) -> ApplicationError:

@@ -210,7 +210,11 @@ class InstallationConfig(BaseSettings):
 
     def worker_for(self, region: str) -> ResolvedWorker:
         base = self.worker.model_dump(exclude_none=True)
-        base.update(self.workers.get(region, WorkerSettings()).model_dump(exclude_none=True))
+        here = self.workers.get(region, WorkerSettings()).model_dump(exclude_none=True)
+        if "subnet_id" in here or "subnet_ids" in here:  # one setting: the Region's replaces
+            base.pop("subnet_id", None)
+            base.pop("subnet_ids", None)
+        base.update(here)
         return ResolvedWorker(
             ami=base.get("ami"),
             ami_ssm_parameter=base.get("ami_ssm_parameter"),

@@ -46,12 +46,12 @@ def checkpoint_owner(key: str) -> str | None:
     return None
 
 
-def checkpoint_owners(url: str, password: str) -> dict[str, str]:
+def checkpoint_owners(url: str, password: str | None) -> dict[str, str]:
     """Checkpoint object name -> the workflow id that wrote it, for every checkpoint in the
     repository (one that does not decrypt is left for `repo check` to report)."""
     from ec2backup.repository.writer import Checkpoint
 
-    repo = Repository.open(url, password.encode())
+    repo = Repository.open(url, None if password is None else password.encode())
     out: dict[str, str] = {}
     for name, _size in repo.backend.list("checkpoints/"):
         try:
@@ -64,9 +64,9 @@ def checkpoint_owners(url: str, password: str) -> dict[str, str]:
     return out
 
 
-def delete_checkpoints(url: str, password: str, names: list[str]) -> int:
+def delete_checkpoints(url: str, password: str | None, names: list[str]) -> int:
     """Delete these checkpoints (of closed workflows) under a shared lock; how many were there."""
-    repo = Repository.open(url, password.encode())
+    repo = Repository.open(url, None if password is None else password.encode())
     with repo.lock(exclusive=False, purpose="janitor: checkpoints of closed workflows", wait=60):
         return _delete_present(repo, names)
 
@@ -81,10 +81,10 @@ def _delete_present(repo: Repository, names: list[str]) -> int:
     return deleted
 
 
-def drop_checkpoints(url: str, session_id: str, volume_ids: list[str], password: str) -> int:
+def drop_checkpoints(url: str, session_id: str, volume_ids: list[str], password: str | None) -> int:
     """Delete a closed session's checkpoints (a committed session has none left: the commit
     removes them); returns how many there were. Idempotent."""
-    repo = Repository.open(url, password.encode())
+    repo = Repository.open(url, None if password is None else password.encode())
     names = [checkpoint_name(checkpoint_key(session_id, v)) for v in volume_ids]
     return _delete_present(repo, names)
 
@@ -142,11 +142,11 @@ def _snapshot_usable(ec2: Any, snapshot_id: str) -> bool:
 
 
 def prepare(
-    session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str
+    session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str | None
 ) -> ImagePlan:
     backup_account = aws.caller_account(snapshot_set.region)
     plan = workers.build_plan(session_id, snapshot_set, spec, backup_account)
-    repo = Repository.open(spec.repository, password.encode())
+    repo = Repository.open(spec.repository, None if password is None else password.encode())
     parent_id, records = _latest_records(repo, snapshot_set.instance_id)
     ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
     for vp in plan.volumes:
@@ -174,12 +174,16 @@ def prepare(
 
 
 def commit(
-    session_id: str, snapshot_set: SnapshotSet, plan: ImagePlan, policy_name: str, password: str
+    session_id: str,
+    snapshot_set: SnapshotSet,
+    plan: ImagePlan,
+    policy_name: str,
+    password: str | None,
 ) -> str:
     """Write the session's restore point; idempotent: a session commits one restore point, and a
     retry (after a lost reply) returns the one already written. Refuses (nothing written) unless
     every volume reached its end and every page and blob the restore point names is stored."""
-    repo = Repository.open(plan.repository, password.encode())
+    repo = Repository.open(plan.repository, None if password is None else password.encode())
     keys = [checkpoint_key(session_id, vp.source_volume_id) for vp in plan.volumes]
     with repo.lock(exclusive=False, purpose=f"commit {session_id}", wait=300):
         done = committed(repo, session_id)

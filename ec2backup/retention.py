@@ -193,11 +193,11 @@ def apply(
     if policy.image_backup is not None:
         from ec2backup.repository.repo import Repository
 
-        if password is None:
-            raise ValueError("no repository password (EC2BACKUP_REPO_PASSWORD)")
         # Opened first: if the repository is unreadable, nothing is deleted (the CBT bases are
-        # only known from it).
-        repo = Repository.open(policy.image_backup.repository, password.encode())
+        # only known from it). No password: a KMS repository, opened by its KMS key file.
+        repo = Repository.open(
+            policy.image_backup.repository, None if password is None else password.encode()
+        )
         protected = cbt_bases(repo)
 
     sources = [(r, a) for r in policy.selection.regions for a in policy.selection.accounts]

@@ -173,7 +173,7 @@ def build_plan(
 
 
 # ---- secrets for the agent ---------------------------------------------------------------------
-def put_session_secret(session_id: str, plan: ImagePlan, password: str) -> None:
+def put_session_secret(session_id: str, plan: ImagePlan, password: str | None) -> None:
     put_secret(
         session_id, plan.region, plan.worker_role_arn, plan.secret_name, plan.repository, password
     )
@@ -185,10 +185,11 @@ def put_secret(
     role_arn: str | None,
     secret_name: str,
     repository: str,
-    password: str,
+    password: str | None,
 ) -> None:
     """Hand the repository password to the worker through Secrets Manager in the worker's
-    account (read by the agent with its instance role), never through user-data or payloads."""
+    account (read by the agent with its instance role), never through user-data or payloads.
+    None: a KMS repository, which the worker opens with its instance role's kms:Decrypt."""
     sm = aws.client("secretsmanager", region, role_arn)
     value = json.dumps({"repository": repository, "password": password})
     try:
@@ -197,9 +198,15 @@ def put_secret(
         sm.put_secret_value(SecretId=secret_name, SecretString=value)
 
 
-def read_session_secret(secret_name: str, region: str) -> dict[str, str]:
+def read_session_secret(secret_name: str, region: str) -> dict[str, str | None]:
     sm = aws.client("secretsmanager", region)
     return dict(json.loads(sm.get_secret_value(SecretId=secret_name)["SecretString"]))
+
+
+def secret_password(secret: dict[str, str | None]) -> bytes | None:
+    """The repository key a session secret hands over (None: open with the KMS key file)."""
+    password = secret.get("password")
+    return password.encode() if password is not None else None
 
 
 def share_snapshots(plan: ImagePlan, snapshot_set: SnapshotSet, backup_account: str) -> None:

@@ -93,6 +93,10 @@ class LabMiddleware:
         if sts.expired(req.access_key):
             code = sts.expired_code(req.service, "x-amz-target" in req.headers)
             return _respond(start_response, render_error(req, code, sts.EXPIRED_MESSAGE, 400))
+        if req.service == "sts" and req.action == "AssumeRole":
+            denied = sts.external_id_denial(body)
+            if denied is not None:  # AWS: 403 AccessDenied, as for any trust policy refusal
+                return _respond(start_response, render_error(req, "AccessDenied", denied, 403))
         fault = self.runtime.take_fault(req.action)
         if fault is not None:
             status = fault.status or default_status(fault.code)

@@ -23,7 +23,6 @@ import time
 import urllib.parse
 from typing import Any
 
-from moto.sts.exceptions import STSClientError
 from moto.sts.models import STSBackend
 
 from ec2backup_lab.runtime import get_runtime
@@ -57,10 +56,6 @@ def reset() -> None:
     _expiry.clear()
 
 
-class AccessDenied(STSClientError):
-    code = "AccessDenied"
-
-
 def _external_ids(role_arn: str) -> list[set[str]] | None:
     """The ExternalId sets the role's trust statements ask for (None: the role is unknown to
     the lab or names no ExternalId; an empty set in the list: a statement without one)."""
@@ -91,13 +86,16 @@ def _external_ids(role_arn: str) -> list[set[str]] | None:
     return wanted
 
 
-def check_external_id(role_arn: str, external_id: str | None) -> None:
+def external_id_denial(body: bytes) -> str | None:
+    """AWS's refusal message when an AssumeRole request (query protocol) does not meet the
+    role's ExternalId condition; None when it may proceed."""
+    params = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
+    role_arn = (params.get("RoleArn") or [""])[0]
+    external_id = (params.get("ExternalId") or [""])[0]
     wanted = _external_ids(role_arn)
-    if wanted is None:
-        return
-    if any(not ids or (external_id or "") in ids for ids in wanted):
-        return
-    raise AccessDenied(f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}")
+    if wanted is None or any(not ids or external_id in ids for ids in wanted):
+        return None
+    return f"User is not authorized to perform: sts:AssumeRole on resource: {role_arn}"
 
 
 def install() -> None:
@@ -112,7 +110,6 @@ def install() -> None:
         duration: int,
         external_id: str,
     ) -> Any:
-        check_external_id(role_arn, external_id)
         seconds = min(int(duration), int(get_runtime().role_session_seconds))
         role = original(
             self, region_name, role_session_name, role_arn, policy, seconds, external_id

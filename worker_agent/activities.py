@@ -136,7 +136,7 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
     from ec2backup.activity_support import classify
     from ec2backup.archive import copy as archive_copy
     from ec2backup.repository.repo import Repository
-    from ec2backup.workers import read_session_secret
+    from ec2backup.workers import read_session_secret, secret_password
 
     copied = [0]
 
@@ -148,7 +148,7 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
 
     try:
         secret = read_session_secret(req.secret_name, req.secret_region)
-        password = secret["password"].encode()
+        password = secret_password(secret)
         hot = Repository.open(req.source_repository, password)
         arc = Repository.open(req.archive_repository, password)
         with role_session():

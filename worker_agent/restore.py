@@ -15,7 +15,7 @@ from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.reader import restore_volume
 from ec2backup.repository.repo import Repository
-from ec2backup.workers import read_session_secret
+from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceMismatch, find_volume
 
 GIB = 1024**3
@@ -41,7 +41,7 @@ def write_volume(req: WriteVolumeInput, progress: Callable[[int, int], None]) ->
     """Write the volume record; `progress(blocks, bytes)` after each run of blocks (it may
     raise to stop the write, e.g. on cancellation)."""
     secret = read_session_secret(req.secret_name, req.secret_region)
-    repo = Repository.open(req.repository, secret["password"].encode())
+    repo = Repository.open(req.repository, secret_password(secret))
     _, rp = repo.load_restore_point(req.backup_id)
     record = rp.volumes[req.record_index]
     if record.size > req.size_gib * GIB:

@@ -24,7 +24,7 @@ from ec2backup.repository.repair import recover_unindexed_packs
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import VolumeMetadata
 from ec2backup.repository.writer import BackupWriter, Checkpoint, checkpoint_name
-from ec2backup.workers import read_session_secret
+from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceReader
 
 # Make progress durable (checkpoint + heartbeat) at least this often: bounds what a lost host
@@ -137,7 +137,7 @@ def transfer_range(
     req: TransferRangeInput, heartbeat: Callable[[Progress], None], should_stop: Callable[[], bool]
 ) -> TransferRangeOutput:
     secret = read_session_secret(req.secret_name, req.secret_region)
-    repo = Repository.open(req.repository, secret["password"].encode())
+    repo = Repository.open(req.repository, secret_password(secret))
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
     with repo.lock(exclusive=False, purpose=f"backup {req.session_id}", wait=300):
         writer = open_writer(repo, req)

@@ -40,7 +40,7 @@ def provision(
     attempt: int,
     temporal_address: str,
     namespace: str,
-    password: str,
+    password: str | None,
     heartbeat: Callable[[str], None] = lambda _: None,
 ) -> RestoreWorker:
     """The restore's secret, one worker in the target zone, and one empty volume per restored

@@ -75,3 +75,43 @@ def test_a_bad_configuration_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("TEMPORAL_CONFIG_FILE", str(toml))
     with pytest.raises(UserError, match="Temporal configuration"):
         connect_config()
+
+
+def test_installation_configuration_names_the_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`[temporal]` of the installation configuration chooses the profile and file; the
+    TEMPORAL_* variables still win over it."""
+    toml = tmp_path / "temporal.toml"
+    toml.write_text('[profile.prod]\naddress = "temporal.prod:7233"\nnamespace = "prod"\n')
+    installation = tmp_path / "ec2backup.toml"
+    installation.write_text(
+        f'[temporal]\nprofile = "prod"\nconfig_file = "{toml}"\naddress = "fallback:7233"\n'
+    )
+    monkeypatch.setenv("EC2BACKUP_CONFIG", str(installation))
+    config = connect_config()
+    assert (config["target_host"], config["namespace"]) == ("temporal.prod:7233", "prod")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "override")
+    assert connect_config()["namespace"] == "override"
+
+
+def test_agent_credentials_secret_reaches_the_connect_options() -> None:
+    from ec2backup.temporal import credentials_overrides
+
+    cloud = credentials_overrides({"api_key": "k"})
+    assert cloud["api_key"] == "k" and cloud["tls"].client_cert is None  # an API key: TLS
+    plain = credentials_overrides({"api_key": "k", "tls": False})
+    assert plain["tls"] is False
+    mtls = credentials_overrides(
+        {"tls_client_cert": "CERT", "tls_client_key": "KEY", "tls_server_ca_cert": "CA"}
+    )
+    tls = mtls["tls"]
+    assert (tls.client_cert, tls.client_private_key, tls.server_root_ca_cert) == (
+        b"CERT",
+        b"KEY",
+        b"CA",
+    )
+    with pytest.raises(UserError, match="go together"):
+        credentials_overrides({"tls_client_cert": "CERT"})
+    with pytest.raises(UserError, match="unknown keys password"):
+        credentials_overrides({"password": "x"})

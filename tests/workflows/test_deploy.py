@@ -34,6 +34,23 @@ from ec2backup.config import AL2023_PARAMETER
 
 OTHER_NAMESPACE = "ec2backup-other"
 PROFILE = "other"
+# The module's orchestrator launches workers with a configured security group (the
+# configuration's `[worker] security_group_ids`, here through its environment override).
+ORCHESTRATOR_ENV: dict[str, str | None] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def worker_security_group(lab: Any) -> str:
+    """Made before the module's orchestrator starts (autouse fixtures come first)."""
+    ec2 = lab.client("ec2")
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]
+    group = ec2.create_security_group(
+        GroupName=f"ec2backup-worker-{uuid.uuid4().hex[:6]}",
+        Description="ec2backup workers: egress only",
+        VpcId=vpc["VpcId"],
+    )["GroupId"]
+    ORCHESTRATOR_ENV["EC2BACKUP_WORKER__SECURITY_GROUP_IDS"] = json.dumps([group])
+    return str(group)
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -171,11 +188,13 @@ def test_commands_work_in_a_namespace_chosen_by_a_profile(lab: Any, other_bench:
     assert in_other and not in_default
 
 
-def test_worker_is_launched_as_configured(lab: Any, wb: Workbench) -> None:
+def test_worker_is_launched_as_configured(
+    lab: Any, wb: Workbench, worker_security_group: str
+) -> None:
     """The worker of an image-level session: the image its SSM parameter names (Amazon Linux
-    2023 of the instance type's architecture), IMDSv2 required, the configured instance
-    profile, shutdown behaviour terminate, and user-data that starts the agent under systemd
-    with a maximum lifetime."""
+    2023 of the instance type's architecture), IMDSv2 required, the configured security
+    groups and instance profile, shutdown behaviour terminate, and user-data that starts the
+    agent under systemd with a maximum lifetime."""
     inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.02")
     repo = wb.new_repo()
     session_id = wb.start_backup(inst["instance_id"], "--repo", repo)
@@ -198,6 +217,7 @@ def test_worker_is_launched_as_configured(lab: Any, wb: Workbench) -> None:
     expected = wb.client("ssm").get_parameter(Name=AL2023_PARAMETER.format(arch=arch))
     assert worker["ImageId"] == expected["Parameter"]["Value"]
     assert worker["MetadataOptions"]["HttpTokens"] == "required"
+    assert [g["GroupId"] for g in worker["SecurityGroups"]] == [worker_security_group]
     assert worker["IamInstanceProfile"]["Arn"].endswith(":instance-profile/ec2backup-worker")
     behaviour = ec2.describe_instance_attribute(
         InstanceId=worker["InstanceId"], Attribute="instanceInitiatedShutdownBehavior"

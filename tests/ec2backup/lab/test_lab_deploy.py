@@ -1,0 +1,101 @@
+"""Where the lab now bites like AWS for a deployment (issue 15): the ExternalId of a role's
+trust policy, Amazon Linux 2023's public images behind their SSM parameters, the IAM kit's
+worker instance profile in the lab's accounts, and the configuration `lab up` writes."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from lab_helpers import ACCOUNT_A, ACCOUNT_B, REGION, account_b_creds, client, error_of
+
+from ec2backup import config
+from ec2backup_lab.baseline import LAB_ACCOUNTS, WORKER_INSTANCE_PROFILE
+
+
+def _trust(external_id: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_A}:root"},
+                    "Action": "sts:AssumeRole",
+                    "Condition": {"StringEquals": {"sts:ExternalId": external_id}},
+                }
+            ],
+        }
+    )
+
+
+def test_assume_role_checks_the_trust_policys_external_id(lab: Any) -> None:
+    """AWS refuses AssumeRole (AccessDenied) when the role's trust policy asks for an
+    ExternalId the caller does not give; moto assumed any role with any ExternalId."""
+    name = f"ext-{uuid.uuid4().hex[:8]}"
+    iam_b = client(lab, "iam", creds=account_b_creds(lab))
+    arn = iam_b.create_role(RoleName=name, AssumeRolePolicyDocument=_trust("right"))["Role"]["Arn"]
+    sts = client(lab, "sts")
+    for given in ("wrong", None):
+        kwargs = {"ExternalId": given} if given else {}
+        with pytest.raises(ClientError) as err:
+            sts.assume_role(RoleArn=arn, RoleSessionName="ext-test", **kwargs)
+        assert error_of(err.value) == ("AccessDenied", 403)
+    ok = sts.assume_role(RoleArn=arn, RoleSessionName="ext-test", ExternalId="right")
+    assert ok["AssumedRoleUser"]["Arn"].startswith(f"arn:aws:sts::{ACCOUNT_B}:assumed-role/")
+
+
+def test_amazon_linux_2023_images_exist_behind_their_parameters(lab: Any) -> None:
+    """The worker's default image: what the public SSM parameter names is a public,
+    Amazon-owned image of that architecture (moto's EC2 did not know those ids)."""
+    ssm, ec2 = client(lab, "ssm"), client(lab, "ec2")
+    for arch in ("x86_64", "arm64"):
+        ami = ssm.get_parameter(Name=config.AL2023_PARAMETER.format(arch=arch))["Parameter"][
+            "Value"
+        ]
+        (image,) = ec2.describe_images(ImageIds=[ami])["Images"]
+        assert image["Architecture"] == arch and image["Public"]
+        assert image["OwnerId"] == "137112412989" and image["BootMode"] == "uefi-preferred"
+    # Amazon's snapshots behind them are not the account's
+    own = ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]
+    assert all(s["OwnerId"] == ACCOUNT_A for s in own)
+    # and a Graviton type boots the arm64 one, an x86 type refuses it
+    arm = ssm.get_parameter(Name=config.AL2023_PARAMETER.format(arch="arm64"))["Parameter"]
+    with pytest.raises(ClientError) as err:
+        ec2.run_instances(ImageId=arm["Value"], InstanceType="c5.large", MinCount=1, MaxCount=1)
+    assert error_of(err.value)[0] == "InvalidParameterValue"
+
+
+def test_the_kits_worker_instance_profile_exists_in_every_lab_account(lab: Any) -> None:
+    """RunInstances refuses an instance profile that does not exist in the account (moto's
+    IAM starts empty); the lab's accounts have the IAM kit's worker profile deployed."""
+    assert ACCOUNT_A in LAB_ACCOUNTS and ACCOUNT_B in LAB_ACCOUNTS
+    for creds in (None, account_b_creds(lab)):
+        profile = client(lab, "iam", creds=creds).get_instance_profile(
+            InstanceProfileName=WORKER_INSTANCE_PROFILE
+        )["InstanceProfile"]
+        assert [r["RoleName"] for r in profile["Roles"]] == ["ec2backup-worker"]
+    with pytest.raises(ClientError):
+        client(lab, "ec2").run_instances(
+            ImageId="ami-0ec2backup0lab001",
+            InstanceType="t3.micro",
+            MinCount=1,
+            MaxCount=1,
+            IamInstanceProfile={"Name": "no-such-profile"},
+        )
+
+
+def test_lab_up_writes_its_configuration_and_runs_setup(lab: Any) -> None:
+    path = Path(lab.dir) / "ec2backup.toml"
+    parsed = config.parse(tomllib.loads(path.read_text()), str(path))
+    assert parsed.home_region == REGION
+    assert parsed.temporal.address == lab.temporal_address
+    assert parsed.worker_for(REGION).instance_profile == WORKER_INSTANCE_PROFILE
+    # setup ran: the installation key exists in the home Region
+    secret = client(lab, "secretsmanager").describe_secret(SecretId="ec2backup/installation")
+    assert secret["Name"] == "ec2backup/installation"
