@@ -56,10 +56,11 @@ def _restore_ids(region: str, role_arn: str | None) -> set[str]:
     return {t["Value"] for key, tags in tagged for t in tags if t["Key"] == key}
 
 
-def _session_secrets(region: str, role_arn: str | None) -> dict[str, str]:
+def _session_secrets(region: str) -> dict[str, str]:
     """Session id -> secret name of every per-session secret of this installation still
-    present (another installation's, in the same account, are not ours to remove)."""
-    sm = aws.client("secretsmanager", region, role_arn)
+    present in the backup account, where they live (another installation's, in the same
+    account, are not ours to remove)."""
+    sm = aws.client("secretsmanager", region)
     found: dict[str, str] = {}
     kwargs: dict[str, object] = {}
     while True:
@@ -100,7 +101,8 @@ def _failure(what: str, exc: BaseException) -> str:
 async def _sweep_place(region: str, role_arn: str | None, out: JanitorOutput) -> None:
     """One place; a resource that cannot be removed is reported and the sweep goes on."""
     resources = await asyncio.to_thread(workers.sessions_with_resources, region, role_arn)
-    secrets = await asyncio.to_thread(_session_secrets, region, role_arn)
+    # session secrets live in the backup account only (workers.put_secret)
+    secrets = await asyncio.to_thread(_session_secrets, region) if role_arn is None else {}
     for session_id in sorted(set(resources) | set(secrets)):
         out.sessions_checked += 1
         activity.heartbeat(session_id)

@@ -19,8 +19,9 @@ lab). No secret ever appears here: user-data is readable by anyone who can descr
 instance. The agent's Temporal credentials, when the cluster needs any, come from a Secrets
 Manager secret it reads with its instance role (`--credentials-secret` names it).
 
-The lab does not run this script: it recognises the marker and starts the `ExecStart`
-command as a local process (`parse_agent_command`).
+Every path is under `$ROOT`, empty on EC2: the lab runs the script for real in a sandbox
+root (`EC2BACKUP_ROOT`) when it installs from a wheelhouse; otherwise it recognises the marker
+and starts the `ExecStart` command as a local process (`parse_agent_command`).
 """
 
 from __future__ import annotations
@@ -75,7 +76,12 @@ def render_agent_user_data(
         temporal_address, namespace, task_queue, credentials_secret, credentials_region
     )
     exec_start = shlex.join([f"{AGENT_PREFIX}/bin/ec2backup", *argv])
-    lines = ["#!/bin/bash", AGENT_MARKER, "set -euo pipefail"]
+    lines = [
+        "#!/bin/bash",
+        AGENT_MARKER,
+        "set -euo pipefail",
+        'ROOT="${EC2BACKUP_ROOT:-}"  # empty on EC2; the lab runs this in a sandbox root',
+    ]
     if max_lifetime_minutes:
         lines += [
             "# the worker's maximum lifetime: power off (shutdown behaviour: terminate)",
@@ -85,21 +91,24 @@ def render_agent_user_data(
         lines += [
             "# the agent, from the installation's wheelhouse (no package index)",
             "dnf install -y -q python3.11",
-            f"mkdir -p {WHEELHOUSE_DIR}",
+            f'mkdir -p "$ROOT{WHEELHOUSE_DIR}"',
             f"aws s3 cp --recursive --only-show-errors {shlex.quote(wheelhouse_url)} "
-            f"{WHEELHOUSE_DIR}",
-            f"python3.11 -m venv {AGENT_PREFIX}",
-            f"{AGENT_PREFIX}/bin/pip install -q --no-index --find-links {WHEELHOUSE_DIR} ec2backup",
+            f'"$ROOT{WHEELHOUSE_DIR}"',
+            f'python3.11 -m venv "$ROOT{AGENT_PREFIX}"',
+            f'"$ROOT{AGENT_PREFIX}/bin/pip" install -q --no-index --find-links '
+            f'"$ROOT{WHEELHOUSE_DIR}" ec2backup',
         ]
     lines += [
-        f"cat > /etc/systemd/system/{AGENT_UNIT} <<'UNIT'",
+        'mkdir -p "$ROOT/etc/systemd/system"',
+        # unquoted: $ROOT expands (the unit holds no other `$`)
+        f'cat > "$ROOT/etc/systemd/system/{AGENT_UNIT}" <<UNIT',
         "[Unit]",
         "Description=ec2backup worker agent",
         "Wants=network-online.target",
         "After=network-online.target",
         "[Service]",
         # systemd unit files treat % as a specifier: the `{instance_id}` placeholder has none
-        f"ExecStart={exec_start}",
+        f"ExecStart=${{ROOT}}{exec_start}",
         "Restart=always",
         "RestartSec=5",
         "[Install]",

@@ -144,6 +144,21 @@ def session_secret_name(session_id: str) -> str:
     return SESSION_SECRET_PREFIX + hashlib.sha256(session_id.encode()).hexdigest()[:32]
 
 
+def session_secret_id(
+    session_id: str, region: str, worker_account: str, backup_account: str
+) -> str:
+    """How the worker names its session secret: the name when it runs in the backup account,
+    else the secret's (partial) ARN in the backup account, where the secret always lives."""
+    name = session_secret_name(session_id)
+    if worker_account == backup_account:
+        return name
+    return f"arn:aws:secretsmanager:{region}:{backup_account}:secret:{name}"
+
+
+def secret_name_of(secret_id: str) -> str:
+    return secret_id.split(":secret:", 1)[-1]
+
+
 def build_plan(
     session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, backup_account: str
 ) -> ImagePlan:
@@ -166,7 +181,12 @@ def build_plan(
         ),
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
-        secret_name=session_secret_name(session_id),
+        secret_name=session_secret_id(
+            session_id,
+            snapshot_set.region,
+            snapshot_set.account if placement == "production" else backup_account,
+            backup_account,
+        ),
         heartbeat_timeout_seconds=heartbeat_timeout(),
         boot_timeout_seconds=boot_timeout(),
     )
@@ -187,15 +207,101 @@ def put_secret(
     repository: str,
     password: str | None,
 ) -> None:
-    """Hand the repository password to the worker through Secrets Manager in the worker's
-    account (read by the agent with its instance role), never through user-data or payloads.
-    None: a KMS repository, which the worker opens with its instance role's kms:Decrypt."""
-    sm = aws.client("secretsmanager", region, role_arn)
+    """Hand the repository password to the worker through Secrets Manager (read by the agent
+    with its instance role), never through user-data or payloads. None: a KMS repository,
+    which the worker opens with its instance role's kms:Decrypt.
+
+    The secret always stays in the backup account: whoever controls a production account must
+    not get the shared repository's key. A worker in another account (`role_arn`: production
+    placement, a restore into another account) reads it across accounts, which AWS allows only
+    for a secret encrypted with a customer-managed key: the installation's session-secret key
+    (`session_secret_key`); the secret's resource policy then admits that one worker instance
+    (`authorize_worker`, once it exists), nothing else of its account."""
+    sm = aws.client("secretsmanager", region)
+    name = secret_name_of(secret_name)
     value = json.dumps({"repository": repository, "password": password})
+    params: dict[str, Any] = {}
+    if role_arn is not None:
+        params["KmsKeyId"] = session_secret_key(region, aws.account_of_role(role_arn))
     try:
-        sm.create_secret(Name=secret_name, SecretString=value, Tags=_session_tags(session_id))
+        sm.create_secret(Name=name, SecretString=value, Tags=_session_tags(session_id), **params)
     except sm.exceptions.ResourceExistsException:
-        sm.put_secret_value(SecretId=secret_name, SecretString=value)
+        sm.put_secret_value(SecretId=name, SecretString=value)
+
+
+# The backup account's key for session secrets read from other accounts (one per Region).
+SESSION_SECRET_KEY_ALIAS = "alias/ec2backup-session-secrets"
+
+
+def session_secret_key(region: str, worker_account: str) -> str:
+    """The session-secret key of this Region (created on first use), its policy letting
+    `worker_account` decrypt through Secrets Manager only; returns its ARN."""
+    kms = aws.client("kms", region)
+    try:
+        key_id = kms.describe_key(KeyId=SESSION_SECRET_KEY_ALIAS)["KeyMetadata"]["Arn"]
+    except kms.exceptions.NotFoundException:
+        key_id = kms.create_key(
+            Description="ec2backup: session secrets read by workers of other accounts",
+            Tags=[
+                {
+                    "TagKey": installation.INSTALLATION_TAG,
+                    "TagValue": installation.installation_id(),
+                }
+            ],
+        )["KeyMetadata"]["Arn"]
+        try:
+            kms.create_alias(AliasName=SESSION_SECRET_KEY_ALIAS, TargetKeyId=key_id)
+        except kms.exceptions.AlreadyExistsException:  # a concurrent session made one first
+            kms.schedule_key_deletion(KeyId=key_id, PendingWindowInDays=7)
+            key_id = kms.describe_key(KeyId=SESSION_SECRET_KEY_ALIAS)["KeyMetadata"]["Arn"]
+    policy = json.loads(kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
+    statements = policy.setdefault("Statement", [])
+    sid = f"WorkersOf{worker_account}"
+    if not any(st.get("Sid") == sid for st in statements):
+        statements.append(
+            {
+                "Sid": sid,
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{worker_account}:root"},
+                "Action": "kms:Decrypt",
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {"kms:ViaService": f"secretsmanager.{region}.amazonaws.com"}
+                },
+            }
+        )
+        kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=json.dumps(policy))
+    return str(key_id)
+
+
+def authorize_worker(region: str, role_arn: str, secret_name: str, instance_id: str) -> None:
+    """Let exactly this worker instance (of the account of `role_arn`) read the session
+    secret: `ec2:SourceInstanceARN` is on every request signed with an instance's role keys."""
+    account = aws.account_of_role(role_arn)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ThisSessionsWorker",
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": {
+                        "ec2:SourceInstanceARN": (
+                            f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"
+                        )
+                    }
+                },
+            }
+        ],
+    }
+    aws.client("secretsmanager", region).put_resource_policy(
+        SecretId=secret_name_of(secret_name),
+        ResourcePolicy=json.dumps(policy),
+        BlockPublicPolicy=True,
+    )
 
 
 def read_session_secret(secret_name: str, region: str) -> dict[str, str | None]:
@@ -276,6 +382,8 @@ def provision(
         ssm=aws.client("ssm", plan.region, plan.worker_role_arn),
     )
     heartbeat(f"instance {instance_id} launched")
+    if plan.worker_role_arn is not None:
+        authorize_worker(plan.region, plan.worker_role_arn, plan.secret_name, instance_id)
     volumes: list[WorkerVolume] = []
     existing = existing_volumes(ec2, session_id)
     for vp in plan.volumes:
@@ -561,14 +669,15 @@ def release(
                 raise
         out.volumes_deleted.append(volume_id)
     if secret_name and only_instance_id is None:
-        delete_secret(region, role_arn, secret_name)
+        delete_secret(region, secret_name)
     return out
 
 
-def delete_secret(region: str, role_arn: str | None, secret_name: str) -> bool:
-    sm = aws.client("secretsmanager", region, role_arn)
+def delete_secret(region: str, secret_name: str) -> bool:
+    """Delete a session secret, in the backup account, where `put_secret` writes it."""
+    sm = aws.client("secretsmanager", region)
     try:
-        sm.delete_secret(SecretId=secret_name, ForceDeleteWithoutRecovery=True)
+        sm.delete_secret(SecretId=secret_name_of(secret_name), ForceDeleteWithoutRecovery=True)
     except sm.exceptions.ResourceNotFoundException:
         return False
     return True

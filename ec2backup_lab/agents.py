@@ -12,13 +12,17 @@ import base64
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from ec2backup.userdata import parse_agent_command
+from ec2backup_lab import bootstrap
+from ec2backup_lab import secrets as lab_secrets
 from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.baseline import WORKER_ROLE_NAME
 from ec2backup_lab.runtime import get_runtime
@@ -30,6 +34,7 @@ log = logging.getLogger("ec2backup_lab.agents")
 AGENT_STOP_GRACE_SECONDS = 5.0
 
 _procs: dict[str, subprocess.Popen[bytes]] = {}
+_booting: set[str] = set()  # instances running their user-data (the real boot)
 _lock = threading.Lock()
 
 
@@ -48,7 +53,7 @@ def _user_data_text(instance: Any) -> str:
         return text
 
 
-def _role_credentials(account_id: str, region: str) -> dict[str, str]:
+def _role_credentials(account_id: str, region: str, instance_id: str) -> dict[str, str]:
     from moto.sts.models import sts_backends
 
     sts = sts_backends[account_id]["aws"]
@@ -63,6 +68,10 @@ def _role_credentials(account_id: str, region: str) -> dict[str, str]:
     # EC2's instance metadata service renews instance-role credentials; the lab hands them to
     # the agent once, so they must not expire like a role session.
     lab_sts.exempt(role.access_key_id)
+    # requests signed with them carry ec2:SourceInstanceARN (resource policies use it)
+    lab_secrets.record_instance_keys(
+        role.access_key_id, f"arn:aws:ec2:{region}:{account_id}:instance/{instance_id}"
+    )
     return {
         "AWS_ACCESS_KEY_ID": role.access_key_id,
         "AWS_SECRET_ACCESS_KEY": role.secret_access_key,
@@ -71,7 +80,8 @@ def _role_credentials(account_id: str, region: str) -> dict[str, str]:
 
 
 def maybe_start(backend: Any, instance: Any) -> None:
-    argv = parse_agent_command(_user_data_text(instance))
+    user_data = _user_data_text(instance)
+    argv = parse_agent_command(user_data)
     if argv is None:
         return
     runtime = get_runtime()
@@ -80,7 +90,7 @@ def maybe_start(backend: Any, instance: Any) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2BACKUP_", "TEMPORAL_"))
     }
-    env.update(_role_credentials(backend.account_id, backend.region_name))
+    env.update(_role_credentials(backend.account_id, backend.region_name, instance.id))
     env.update(
         {
             "AWS_ENDPOINT_URL": runtime.endpoint_url,
@@ -91,9 +101,35 @@ def maybe_start(backend: Any, instance: Any) -> None:
             "EC2BACKUP_LAB_URL": runtime.endpoint_url,
         }
     )
+    if bootstrap.installs_from_wheelhouse(user_data):
+        # The real boot: the user-data runs in a sandbox root and installs the agent; its
+        # unit's command is then started, as systemd would (the fast path below skips that).
+        with _lock:
+            _booting.add(instance.id)
+        threading.Thread(
+            target=bootstrap.boot,
+            args=(instance.id, user_data, inst_dir, env, _spawn_booted),
+            daemon=True,
+            name=f"boot-{instance.id}",
+        ).start()
+        return
+    _spawn(instance.id, inst_dir, [sys.executable, "-m", "ec2backup.cli", *argv], env)
+
+
+def _spawn_booted(
+    instance_id: str, inst_dir: Path, command: list[str], env: dict[str, str]
+) -> None:
+    with _lock:
+        if instance_id not in _booting:  # terminated while it booted
+            return
+        _booting.discard(instance_id)
+    _spawn(instance_id, inst_dir, command, env)
+
+
+def _spawn(instance_id: str, inst_dir: Path, command: list[str], env: dict[str, str]) -> None:
     log_file = open(inst_dir / "agent.log", "ab")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ec2backup.cli", *argv],
+        command,
         env=env,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -103,9 +139,10 @@ def maybe_start(backend: Any, instance: Any) -> None:
     )
     log_file.close()
     with _lock:
-        _procs[instance.id] = proc
+        _procs[instance_id] = proc
     (inst_dir / "agent.pid").write_text(str(proc.pid))
-    log.info("instance %s booted its agent (pid %s)", instance.id, proc.pid)
+    (inst_dir / "agent.cmd").write_text(shlex.join(command))
+    log.info("instance %s booted its agent (pid %s)", instance_id, proc.pid)
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -116,6 +153,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
 def stop(instance_id: str, kill: bool = False) -> bool:
     """Stop an instance's agent; `kill` = SIGKILL at once (a lost host). True if one ran."""
     with _lock:
+        _booting.discard(instance_id)
         proc = _procs.pop(instance_id, None)
     if proc is None:
         return False

@@ -93,6 +93,18 @@ class LabMiddleware:
         if sts.expired(req.access_key):
             code = sts.expired_code(req.service, "x-amz-target" in req.headers)
             return _respond(start_response, render_error(req, code, sts.EXPIRED_MESSAGE, 400))
+        if req.service == "secretsmanager" and req.action == "GetSecretValue":
+            from ec2backup_lab import secrets
+
+            answer = secrets.cross_account_get(req.access_key, body)
+            if answer is not None:
+                granted, payload = answer
+                if not granted:
+                    error = render_error(req, "AccessDeniedException", payload, 400)
+                    return _respond(start_response, error)
+                body_out = json.dumps(payload, default=str).encode()
+                content = [("Content-Type", "application/x-amz-json-1.1")]
+                return _respond(start_response, (200, content, body_out))
         if req.service == "sts" and req.action == "AssumeRole":
             denied = sts.external_id_denial(body)
             if denied is not None:  # AWS: 403 AccessDenied, as for any trust policy refusal

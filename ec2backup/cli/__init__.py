@@ -37,6 +37,7 @@ FAMILIES = {
     "iam": "iam",
     "setup": "deploy",
     "doctor": "deploy",
+    "worker-image": "workerimage",
 }
 
 

@@ -356,12 +356,19 @@ def plan_restore(
         volumes=volumes,
         checks=checks,
         source_reason=source_reason,
-        **_worker_fields(restore_id, source, req, sum(v.size_gib for v in volumes)),
+        **_worker_fields(
+            restore_id, source, req, sum(v.size_gib for v in volumes), region, role_arn
+        ),
     )
 
 
 def _worker_fields(
-    restore_id: str, source: str, req: RestoreInput, total_gib: int
+    restore_id: str,
+    source: str,
+    req: RestoreInput,
+    total_gib: int,
+    region: str,
+    role_arn: str | None,
 ) -> dict[str, Any]:
     """Backup and archive sources are written by a restore worker in the target, sized like
     a backup worker for the data (decompression and decryption want vCPUs). The heartbeat
@@ -372,7 +379,13 @@ def _worker_fields(
     if source == "snapshot":
         return {"heartbeat_timeout_seconds": workers.heartbeat_timeout()}
     return {
-        "secret_name": workers.session_secret_name(restore_id),
+        # the restore worker runs in the target account; its secret stays in the backup account
+        "secret_name": workers.session_secret_id(
+            restore_id,
+            region,
+            aws.caller_account(region, role_arn),
+            aws.caller_account(region),
+        ),
         "worker_instance_type": workers.plan_instance_type(
             total_gib,
             req.worker_instance_type

@@ -71,6 +71,8 @@ def provision(
         ssm=aws.client("ssm", plan.region, plan.role_arn),
     )
     heartbeat(f"restore worker {instance_id} launched")
+    if plan.role_arn is not None:
+        workers.authorize_worker(plan.region, plan.role_arn, plan.secret_name, instance_id)
     existing = workers.existing_volumes(ec2, plan.restore_id)
     volumes: list[RestoreWorkerVolume] = []
     for volume, worker_device in zip(

@@ -385,9 +385,11 @@ def test_destructive_calls_only_on_what_the_product_made(role: Role) -> None:
         "ec2:ModifySnapshotAttribute",
         "ec2:TerminateInstances",
         "ec2:DeleteTags",
-        "secretsmanager:DeleteSecret",
-        "secretsmanager:PutSecretValue",
     ]
+    if role == ORCH:  # session secrets live in the backup account only
+        destructive += ["secretsmanager:DeleteSecret", "secretsmanager:PutSecretValue"]
+    else:
+        assert not list(grants(doc, "secretsmanager:DeleteSecret"))
     for action in destructive:
         found = list(grants(doc, action))
         assert found, action
@@ -539,6 +541,8 @@ IMPLIED = {
     "ec2:CreateSnapshot": {"ec2:CreateTags"},
     "ec2:RegisterImage": {"ec2:CreateTags"},
     "secretsmanager:CreateSecret": {"secretsmanager:TagResource"},
+    # CreateKey with Tags needs kms:TagResource as well
+    "kms:CreateKey": {"kms:TagResource"},
 }
 
 # Who makes a call, by where it is (path, or path::function), most specific first:
@@ -842,6 +846,7 @@ def test_the_scanner_sees_the_calls_it_must(required: dict[Role, dict[str, list[
             "ec2:CreateSnapshots", "ec2:RunInstances", "ec2:DeleteSnapshot", "ec2:CopySnapshot",
             "s3:PutObject", "s3:ListBucket", "s3:RestoreObject", "kms:Encrypt",
             "secretsmanager:CreateSecret", "secretsmanager:GetSecretValue", "sts:AssumeRole",
+            "secretsmanager:DeleteSecret", "secretsmanager:PutResourcePolicy", "kms:CreateKey",
         },
         WORKER: {
             "ebs:ListChangedBlocks", "ebs:ListSnapshotBlocks", "s3:PutObject", "s3:GetObject",
@@ -849,13 +854,15 @@ def test_the_scanner_sees_the_calls_it_must(required: dict[Role, dict[str, list[
         },
         PROD: {
             "ec2:CreateSnapshots", "ec2:ModifySnapshotAttribute", "ec2:TerminateInstances",
-            "ebs:ListChangedBlocks", "secretsmanager:DeleteSecret", "kms:DescribeKey",
+            "ebs:ListChangedBlocks", "kms:DescribeKey",
         },
     }  # fmt: skip
     for role, actions in expected.items():
         assert actions <= set(required[role]), (role, sorted(actions - set(required[role])))
     assert not any(a.startswith("ec2:") for a in required[WORKER]), "the worker calls no EC2"
     assert not any(a.startswith("s3:") for a in required[PROD]), "S3 is the backup account's"
+    # the repository key never lands in a production account (workers.put_secret)
+    assert not any(a.startswith("secretsmanager:") for a in required[PROD]), required[PROD]
 
 
 @pytest.mark.parametrize("role", list(iamkit.POLICY_ROLES))

@@ -333,3 +333,56 @@ def test_region_comes_from_the_aws_profile(lab: Any, wb: Workbench, tmp_path: Pa
     other = _cli(env, "--region", REGION, "snapshots", "list", "--instance", inst["instance_id"],
                  "--json")  # fmt: skip
     assert other.returncode == 0 and json.loads(other.stdout)["restore_points"] == []
+
+
+def test_production_worker_reads_its_key_from_the_backup_account(wb: Workbench) -> None:
+    """A production-placement worker: the session secret (the repository key) never lands in
+    the production account; it stays in the backup account under the installation's
+    session-secret KMS key, readable by that one worker instance only, and the session
+    completes (the worker read it across accounts)."""
+    from ec2backup.workers import SESSION_SECRET_KEY_ALIAS, session_secret_name
+
+    inst = wb.seed("--account", ACCOUNT_B, "--volumes", "1", "--size-gib", "1", "--fill", "0.02")
+    repo = wb.new_repo()
+    session_id = wb.start_backup(
+        inst["instance_id"],
+        "--account-role-arn",
+        ROLE_B,
+        "--repo",
+        repo,
+        "--worker-placement",
+        "production",
+    )
+    ec2_b = wb.client("ec2", role_arn=ROLE_B)
+
+    def running_worker() -> dict[str, Any] | None:
+        found = ec2_b.describe_instances(
+            Filters=[
+                {"Name": "tag:ec2backup:session", "Values": [session_id]},
+                {"Name": "instance-state-name", "Values": ["running"]},
+            ]
+        )
+        workers = [i for r in found["Reservations"] for i in r["Instances"]]
+        return workers[0] if workers else None
+
+    worker = wait_for(running_worker, 120, "the production worker to run", interval=0.1)
+    name = session_secret_name(session_id)
+    sm_a = wb.client("secretsmanager")
+    sm_b = wb.client("secretsmanager", role_arn=ROLE_B)
+
+    def secret_with_policy() -> dict[str, Any] | None:
+        policy = sm_a.get_resource_policy(SecretId=name).get("ResourcePolicy")
+        return json.loads(policy) if policy else None
+
+    policy = wait_for(secret_with_policy, 60, "the secret's resource policy", interval=0.1)
+    (statement,) = policy["Statement"]
+    assert statement["Principal"] == {"AWS": f"arn:aws:iam::{ACCOUNT_B}:root"}
+    assert statement["Condition"]["StringEquals"]["ec2:SourceInstanceARN"] == (
+        f"arn:aws:ec2:{REGION}:{ACCOUNT_B}:instance/{worker['InstanceId']}"
+    )
+    key = wb.client("kms").describe_key(KeyId=SESSION_SECRET_KEY_ALIAS)["KeyMetadata"]["Arn"]
+    assert sm_a.describe_secret(SecretId=name)["KmsKeyId"] == key
+    assert [s for s in sm_b.list_secrets()["SecretList"] if s["Name"] == name] == []
+    assert wb.wait_status(session_id, 300) == "COMPLETED"
+    with pytest.raises(sm_a.exceptions.ResourceNotFoundException):  # released with the worker
+        sm_a.describe_secret(SecretId=name)

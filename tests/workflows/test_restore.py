@@ -188,9 +188,10 @@ def made_by(
         for tags in (by_tag, as_session)
         for v in ec2.describe_volumes(Filters=tags)["Volumes"]
     )
-    secrets = [
+    secrets = [  # the worker's secret lives in the backup account (none in the target's)
         s["Name"]
-        for s in wb.client("secretsmanager", region, role).list_secrets()["SecretList"]
+        for account_role in dict.fromkeys([role, None])
+        for s in wb.client("secretsmanager", region, account_role).list_secrets()["SecretList"]
         if {"Key": SESSION_TAG, "Value": restore_id} in s.get("Tags", [])
     ]
     snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=by_tag)["Snapshots"]

@@ -99,3 +99,63 @@ def test_lab_up_writes_its_configuration_and_runs_setup(lab: Any) -> None:
     # setup ran: the installation key exists in the home Region
     secret = client(lab, "secretsmanager").describe_secret(SecretId="ec2backup/installation")
     assert secret["Name"] == "ec2backup/installation"
+
+
+def test_secrets_are_read_across_accounts_as_aws_allows(lab: Any) -> None:
+    """Another account reads a secret by ARN only when its resource policy allows that account
+    and it is encrypted with a customer-managed key whose policy lets the account decrypt
+    (moto looked the ARN up in the caller's own account: ResourceNotFoundException)."""
+    sm_a, kms_a = client(lab, "secretsmanager"), client(lab, "kms")
+    sm_b = client(lab, "secretsmanager", creds=account_b_creds(lab))
+    allow_b = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_B}:root"},
+                    "Action": "secretsmanager:GetSecretValue",
+                    "Resource": "*",
+                }
+            ],
+        }
+    )
+
+    def denied(arn: str) -> None:
+        with pytest.raises(ClientError) as err:
+            sm_b.get_secret_value(SecretId=arn)
+        assert error_of(err.value)[0] == "AccessDeniedException"
+
+    # the default aws/secretsmanager key: never readable from another account
+    plain = sm_a.create_secret(Name=f"x-{uuid.uuid4().hex[:6]}", SecretString="s1")["ARN"]
+    denied(plain)
+    sm_a.put_resource_policy(SecretId=plain, ResourcePolicy=allow_b)
+    denied(plain)
+    # a customer-managed key: readable once both policies allow account B
+    key = kms_a.create_key(Description="cross-account secrets")["KeyMetadata"]["Arn"]
+    keyed = sm_a.create_secret(Name=f"y-{uuid.uuid4().hex[:6]}", SecretString="s2", KmsKeyId=key)[
+        "ARN"
+    ]
+    denied(keyed)  # no resource policy
+    sm_a.put_resource_policy(SecretId=keyed, ResourcePolicy=allow_b)
+    denied(keyed)  # the key's policy does not let B decrypt yet
+    policy = json.loads(kms_a.get_key_policy(KeyId=key, PolicyName="default")["Policy"])
+    policy["Statement"].append(
+        {
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT_B}:root"},
+            "Action": "kms:Decrypt",
+            "Resource": "*",
+        }
+    )
+    kms_a.put_key_policy(KeyId=key, PolicyName="default", Policy=json.dumps(policy))
+    assert sm_b.get_secret_value(SecretId=keyed)["SecretString"] == "s2"
+    # a condition on the worker instance: keys that are not that instance's are refused
+    only_instance = json.loads(allow_b)
+    only_instance["Statement"][0]["Condition"] = {
+        "StringEquals": {
+            "ec2:SourceInstanceARN": f"arn:aws:ec2:{REGION}:{ACCOUNT_B}:instance/i-0123456789"
+        }
+    }
+    sm_a.put_resource_policy(SecretId=keyed, ResourcePolicy=json.dumps(only_instance))
+    denied(keyed)
