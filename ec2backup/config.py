@@ -171,25 +171,12 @@ class InstallationConfig(BaseSettings):
     workers: dict[str, WorkerSettings] = Field(default_factory=dict)
     janitor: JanitorSettings = Field(default_factory=JanitorSettings)
 
-    @field_validator("home_region")
+    @field_validator("home_region", "regions", "workers")
     @classmethod
-    def _home_region(cls, value: str | None) -> str | None:
-        if value is not None and not _REGION.match(value):
-            raise ValueError(f"{value!r} is not a Region name")
-        return value
-
-    @field_validator("regions")
-    @classmethod
-    def _regions(cls, value: list[str]) -> list[str]:
-        for region in value:
-            if not _REGION.match(region):
-                raise ValueError(f"{region!r} is not a Region name")
-        return value
-
-    @field_validator("workers")
-    @classmethod
-    def _workers(cls, value: dict[str, WorkerSettings]) -> dict[str, WorkerSettings]:
-        for region in value:
+    def _region_names(cls, value: Any) -> Any:
+        """Region names (a Region, a list of them, or the keys of `workers`)."""
+        names = [] if value is None else [value] if isinstance(value, str) else list(value)
+        for region in names:
             if not _REGION.match(region):
                 raise ValueError(f"{region!r} is not a Region name")
         return value
