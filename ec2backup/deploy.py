@@ -139,7 +139,27 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-async def _doctor_temporal(report: Report) -> None:
+async def _doctor_janitor(client: Client, cfg: config.InstallationConfig, report: Report) -> None:
+    if not cfg.janitor.enabled:
+        return
+    try:
+        state = await janitor_schedule_state(client)
+    except Exception as exc:
+        report.problems.append(f"janitor schedule: cannot describe it: {_one_line(exc)}")
+        return
+    if state is None:
+        report.problems.append("janitor schedule: missing (run `ec2backup setup`)")
+        return
+    missing = sorted(set(regions_of(cfg)) - set(state[0]))
+    if missing:
+        report.problems.append(
+            f"janitor schedule: does not sweep {', '.join(missing)} (run `ec2backup setup`)"
+        )
+    else:
+        report.passed.append(f"janitor schedule: ok ({', '.join(state[0])})")
+
+
+async def _doctor_temporal(report: Report, cfg: config.InstallationConfig) -> None:
     target = connect_config()["target_host"]
     try:
         client = await asyncio.wait_for(connect(), TEMPORAL_CONNECT_TIMEOUT.total_seconds())
@@ -157,6 +177,7 @@ async def _doctor_temporal(report: Report) -> None:
             f"temporal: search attribute {name} is not registered in namespace "
             f"{client.namespace} (run `ec2backup setup`)"
         )
+    await _doctor_janitor(client, cfg, report)
 
 
 def _check_key(region: str) -> str:
@@ -236,7 +257,7 @@ def _check_repository(repo: config.RepositorySettings) -> str:
 async def doctor(cfg: config.InstallationConfig) -> Report:
     report = Report()
     report.passed.append(f"configuration: ok ({config.config_path() or 'environment only'})")
-    await _doctor_temporal(report)
+    await _doctor_temporal(report, cfg)
     home = installation.home_region()
     regions = regions_of(cfg)
 

@@ -111,7 +111,23 @@ def test_setup_twice_changes_nothing_the_second_time(lab: Any, profile_env: dict
         "EC2BACKUP_HOME_REGION": home,
         "EC2BACKUP_REGIONS": json.dumps([home, replica]),
     }
-    wait_for(lambda: _cli(env, "doctor").returncode in (0, 1), 30, "doctor to run")
+    # before: doctor names what setup will do, one line each
+    before = wait_for(  # the namespace is usable a moment after it is created
+        lambda: (
+            (r := _cli(env, "doctor")).returncode == 1
+            and "search attribute PolicyName is not registered" in r.stdout
+            and r
+        ),
+        60,
+        "doctor in the new namespace",
+    )
+    problems = [line for line in before.stdout.splitlines() if line.startswith("PROBLEM")]
+    text = "\n".join(problems)
+    for name in ("PolicyName", "InstanceId", "SessionKind"):
+        assert f"search attribute {name} is not registered" in text, text
+    assert "janitor schedule: missing" in text, text
+    missing_key = f"installation key ec2backup/installation not found in the home Region {home}"
+    assert f"installation key: {missing_key}" in text, text
     first = wait_for(
         lambda: (r := _cli(env, "--output", "json", "setup")).returncode == 0 and r, 60, "setup"
     )
