@@ -20,7 +20,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 
-from ec2backup import aws, config, installation, workers
+from ec2backup import aws, config, iamkit, installation, workers
 from ec2backup.errors import UserError, short_error
 from ec2backup.orchestrator import ensure_janitor_schedule, janitor_schedule_state
 from ec2backup.temporal import SEARCH_ATTRIBUTES, connect, connect_config
@@ -203,6 +203,37 @@ def _check_account(account: config.AccountSettings) -> str:
     return f"assumed {account.role_arn}"
 
 
+def _simulate(
+    report: Report, name: str, role: iamkit.Role, principal_arn: str, via_role: str | None
+) -> None:
+    """IAM policy simulation of every action of the kit's `role` policy for the principal
+    (a role of the account `via_role` reaches, or of the backup account): one problem line
+    per action it may not do. Where simulation itself is refused, the dry runs stand."""
+    iam = aws.client("iam", installation.home_region(), via_role)
+    try:
+        results = iam.simulate_principal_policy(
+            PolicySourceArn=principal_arn, ActionNames=iamkit.actions(role)
+        )["EvaluationResults"]
+    except (ClientError, BotoCoreError) as exc:
+        report.passed.append(f"{name}: permissions not simulated ({_one_line(exc)})")
+        return
+    denied = sorted(r["EvalActionName"] for r in results if r["EvalDecision"] != "allowed")
+    for action in denied:
+        report.problems.append(
+            f"{name}: {action} is not allowed to {principal_arn} (IAM policy simulation)"
+        )
+    if not denied:
+        report.passed.append(f"{name}: ok (the {role.value} policy's {len(results)} actions)")
+
+
+def _role_of(caller_arn: str) -> str | None:
+    """The role ARN of an assumed-role session ARN (None: a user or the root)."""
+    parts = caller_arn.split(":")
+    if len(parts) < 6 or not parts[5].startswith("assumed-role/"):
+        return None
+    return f"arn:aws:iam::{parts[4]}:role/{parts[5].split('/')[1]}"
+
+
 def _check_dry_run(region: str, role_arn: str | None) -> str:
     """What the orchestrator does first in a place (describe, snapshot): a dry run tells
     allowed (DryRunOperation) from denied (UnauthorizedOperation) without changing anything."""
@@ -277,5 +308,25 @@ async def doctor(cfg: config.InstallationConfig) -> Report:
         for i, repo in enumerate(cfg.repositories):
             report.check(f"repositories.{i} ({repo.url})", _check_repository, repo)
 
+    def permission_checks() -> None:
+        home_sts = aws.client("sts", home)
+        me = _role_of(str(home_sts.get_caller_identity()["Arn"]))
+        if me is not None:
+            _simulate(report, "orchestrator permissions", iamkit.Role.orchestrator, me, None)
+        profile = cfg.worker_for(home).instance_profile
+        try:
+            roles = aws.client("iam", home).get_instance_profile(InstanceProfileName=profile)[
+                "InstanceProfile"
+            ]["Roles"]
+        except (ClientError, BotoCoreError):
+            roles = []  # reported by the workers check
+        for role in roles[:1]:
+            _simulate(report, "worker permissions", iamkit.Role.worker, role["Arn"], None)
+        for i, account in enumerate(cfg.accounts):
+            name = f"accounts.{i} ({account.name or account.id}) permissions"
+            # a role that cannot be assumed is reported by the account check (aws_checks)
+            _simulate(report, name, iamkit.Role.production, account.role_arn, account.role_arn)
+
     await asyncio.to_thread(aws_checks)
+    await asyncio.to_thread(permission_checks)
     return report

@@ -1,4 +1,4 @@
-"""The lab's organization: accounts with the IAM kit's worker instance profile deployed.
+"""The lab's organization: accounts with the IAM kit's worker role and profile deployed.
 
 On AWS an operator deploys the IAM kit (docs/iam.md) in the backup account and, as a StackSet,
 in every production account; RunInstances refuses an instance profile that does not exist in
@@ -17,6 +17,7 @@ from typing import Any
 LAB_ACCOUNTS = ("123456789012", "222222222222", "333333333333", "444444444444")
 WORKER_ROLE_NAME = "ec2backup-worker"
 WORKER_INSTANCE_PROFILE = "ec2backup-worker"
+KIT_POLICY_NAME = "ec2backup-worker"
 EC2_TRUST = {
     "Version": "2012-10-17",
     "Statement": [
@@ -36,6 +37,8 @@ def _iam(account: str) -> Any:
 
 
 def provision(account: str) -> None:
+    from ec2backup import iamkit
+
     iam = _iam(account)
     try:
         iam.get_role(WORKER_ROLE_NAME)
@@ -49,6 +52,10 @@ def provision(account: str) -> None:
             tags=[],
             max_session_duration="43200",
         )
+    # the kit's worker policy, inline as its template attaches it (what `lab up
+    # --enforce-iam` holds the workers to)
+    role = iam.get_role(WORKER_ROLE_NAME)
+    role.policies.setdefault(KIT_POLICY_NAME, json.dumps(iamkit.policy(iamkit.Role.worker)))
     if not iam.instance_profiles.get(WORKER_INSTANCE_PROFILE):
         iam.create_instance_profile(WORKER_INSTANCE_PROFILE, "/", [WORKER_ROLE_NAME])
 

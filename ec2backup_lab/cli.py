@@ -66,6 +66,11 @@ def up(
         "--start-snapshot-unknown-seconds",
         help="How long a new EBS-direct snapshot is unknown to PutSnapshotBlock (default 2)",
     ),
+    enforce_iam: bool = typer.Option(
+        False,
+        "--enforce-iam",
+        help="Assumed roles may do only what their IAM policies allow (by action)",
+    ),
 ) -> None:
     """Start the lab: a Temporal dev server and the lab AWS endpoint."""
     state, started = manager.up(
@@ -76,6 +81,7 @@ def up(
         snapshot_pending_seconds,
         role_session_seconds=role_session_seconds,
         start_snapshot_unknown_seconds=start_snapshot_unknown_seconds,
+        enforce_iam=enforce_iam,
     )
     if not started:
         typer.echo(

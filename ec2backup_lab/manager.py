@@ -264,6 +264,7 @@ def up(
     ui_port: int,
     snapshot_pending_seconds: float | None = None,
     role_session_seconds: float | None = None,
+    enforce_iam: bool = False,
     start_snapshot_unknown_seconds: float | None = None,
 ) -> tuple[LabState, bool]:
     """Start the lab (or find it running). Returns (state, started_now)."""
@@ -326,6 +327,8 @@ def up(
         aws_cmd += ["--snapshot-pending-seconds", str(snapshot_pending_seconds)]
     if role_session_seconds is not None:
         aws_cmd += ["--role-session-seconds", str(role_session_seconds)]
+    if enforce_iam:
+        aws_cmd += ["--enforce-iam"]
     if start_snapshot_unknown_seconds is not None:
         aws_cmd += ["--start-snapshot-unknown-seconds", str(start_snapshot_unknown_seconds)]
     with open(aws_log, "ab") as out:

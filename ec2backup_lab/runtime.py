@@ -64,6 +64,8 @@ class LabRuntime:
         self.role_session_seconds = DEFAULT_ROLE_SESSION_SECONDS
         self.start_snapshot_unknown_seconds = DEFAULT_START_SNAPSHOT_UNKNOWN_SECONDS
         self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
+        # `lab up --enforce-iam`: assumed roles get only what their policies allow (iam.py)
+        self.enforce_iam = False
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
         self.throttles: list[Throttle] = []
@@ -105,6 +107,10 @@ class LabRuntime:
                 set_restore_reads(reads)
             if "temporal_address" in data:
                 self.temporal_address = str(data["temporal_address"])
+            if "enforce_iam" in data:
+                if not isinstance(data["enforce_iam"], bool):
+                    raise ValueError("enforce_iam must be true or false")
+                self.enforce_iam = data["enforce_iam"]
             if persist:
                 self.config_path.write_text(json.dumps(self.config(), indent=2))
             return self.config()
@@ -116,6 +122,7 @@ class LabRuntime:
             "start_snapshot_unknown_seconds": self.start_snapshot_unknown_seconds,
             "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
+            "enforce_iam": self.enforce_iam,
         }
 
     # -- faults --------------------------------------------------------------------------

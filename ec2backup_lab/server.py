@@ -29,6 +29,7 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 # Cross-account snapshot copies are part of the product; moto's S3 must not refuse them either.
 os.environ.setdefault("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "true")
 
+from ec2backup_lab import iam as lab_iam
 from ec2backup_lab import sts
 from ec2backup_lab.awserrors import (
     DEFAULT_THROTTLE,
@@ -93,6 +94,14 @@ class LabMiddleware:
         if sts.expired(req.access_key):
             code = sts.expired_code(req.service, "x-amz-target" in req.headers)
             return _respond(start_response, render_error(req, code, sts.EXPIRED_MESSAGE, 400))
+        if req.service == "iam" and req.action == "SimulatePrincipalPolicy":
+            status, xml = lab_iam.simulate(body)
+            return _respond(start_response, (status, [("Content-Type", "text/xml")], xml))
+        if self.runtime.enforce_iam:
+            refused = lab_iam.denial(req)
+            if refused is not None:
+                code, message, status = refused
+                return _respond(start_response, render_error(req, code, message, status))
         if req.service == "secretsmanager" and req.action == "GetSecretValue":
             from ec2backup_lab import secrets
 
@@ -256,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot-pending-seconds", type=float, default=None)
     parser.add_argument("--role-session-seconds", type=float, default=None)
     parser.add_argument("--start-snapshot-unknown-seconds", type=float, default=None)
+    parser.add_argument("--enforce-iam", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -270,6 +280,8 @@ def main(argv: list[str] | None = None) -> None:
         settings["role_session_seconds"] = args.role_session_seconds
     if args.start_snapshot_unknown_seconds is not None:
         settings["start_snapshot_unknown_seconds"] = args.start_snapshot_unknown_seconds
+    if args.enforce_iam:
+        settings["enforce_iam"] = True
     if settings:
         runtime.apply_config(settings)
 

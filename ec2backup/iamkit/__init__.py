@@ -196,3 +196,14 @@ def _fill(node: Any, values: Mapping[str, str]) -> Any:
             _fill(v, values) for v in node if not (drop and isinstance(v, str) and _ARCHIVE in v)
         ]
     return node
+
+
+def actions(role: Role | str) -> list[str]:
+    """Every action the role's policy allows (what `doctor` asks IAM to simulate)."""
+    found: set[str] = set()
+    for st in policy(role)["Statement"]:
+        if st.get("Effect") != "Allow":
+            continue
+        value = st.get("Action", [])
+        found.update([value] if isinstance(value, str) else value)
+    return sorted(found)

@@ -30,6 +30,7 @@ from session_helpers import (
     wait_for,
 )
 
+from ec2backup import iamkit
 from ec2backup.config import AL2023_PARAMETER
 
 OTHER_NAMESPACE = "ec2backup-other"
@@ -293,9 +294,16 @@ def test_doctor_names_each_problem_in_one_line(lab: Any, tmp_path: Path) -> None
             }
         ],
     }
-    role_arn = _assume(lab, "iam").create_role(
-        RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust)
-    )["Role"]["Arn"]
+    iam_b = _assume(lab, "iam")
+    role_arn = iam_b.create_role(RoleName=role_name, AssumeRolePolicyDocument=json.dumps(trust))[
+        "Role"
+    ]["Arn"]
+    # the IAM kit's production policy (what doctor simulates once it can assume the role)
+    kit = iamkit.policy(
+        iamkit.Role.production,
+        {"BackupAccountId": "123456789012", "AWS::AccountId": ACCOUNT_B},
+    )
+    iam_b.put_role_policy(RoleName=role_name, PolicyName="kit", PolicyDocument=json.dumps(kit))
     s3 = lab.client("s3")
     bucket = f"ec2backup-doctor-{suffix}"
     s3.create_bucket(Bucket=bucket)

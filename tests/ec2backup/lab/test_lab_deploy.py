@@ -159,3 +159,62 @@ def test_secrets_are_read_across_accounts_as_aws_allows(lab: Any) -> None:
     }
     sm_a.put_resource_policy(SecretId=keyed, ResourcePolicy=json.dumps(only_instance))
     denied(keyed)
+
+
+def test_simulate_principal_policy_evaluates_a_roles_actions(lab: Any) -> None:
+    """moto has no SimulatePrincipalPolicy; the lab's evaluates the role's identity policies
+    by action (an explicit Deny wins; Resource and Condition are not evaluated)."""
+    iam = client(lab, "iam")
+    name = f"sim-{uuid.uuid4().hex[:6]}"
+    arn = iam.create_role(RoleName=name, AssumeRolePolicyDocument=_trust("x"))["Role"]["Arn"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["ec2:Describe*", "s3:GetObject"], "Resource": "*"},
+            {"Effect": "Deny", "Action": "ec2:DescribeImages", "Resource": "*"},
+        ],
+    }
+    iam.put_role_policy(RoleName=name, PolicyName="p", PolicyDocument=json.dumps(policy))
+    results = iam.simulate_principal_policy(
+        PolicySourceArn=arn,
+        ActionNames=["ec2:DescribeVolumes", "ec2:DescribeImages", "s3:GetObject", "s3:PutObject"],
+    )["EvaluationResults"]
+    assert {r["EvalActionName"]: r["EvalDecision"] for r in results} == {
+        "ec2:DescribeVolumes": "allowed",
+        "ec2:DescribeImages": "implicitDeny",
+        "s3:GetObject": "allowed",
+        "s3:PutObject": "implicitDeny",
+    }
+
+
+def test_enforce_iam_option_reaches_the_lab(tmp_path: Path) -> None:
+    """`lab up --enforce-iam` starts the endpoint with `--enforce-iam`: its config says so."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ec2backup_lab.server", "--dir", str(tmp_path), "--port",
+         str(port), "--enforce-iam"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_lab/config") as r:
+                    assert json.load(r)["enforce_iam"] is True
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
