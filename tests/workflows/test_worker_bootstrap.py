@@ -6,6 +6,7 @@ lab's fast path (the agent command started directly)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -18,8 +19,12 @@ from session_helpers import BUCKET, REPO_ROOT, ROLE_TAG, Workbench
 
 PREFIX = f"wheelhouse-{uuid.uuid4().hex[:6]}"
 WHEELHOUSE = f"s3://{BUCKET}/{PREFIX}/{version('ec2backup')}/x86_64/"
+# The agents' Temporal credentials: a secret in the backup account's home Region, named in the
+# configuration, read by the agent with its instance role (the lab's dev server takes any key).
+CREDENTIALS_SECRET = f"ec2backup-tests/agent-credentials-{uuid.uuid4().hex[:6]}"
 ORCHESTRATOR_ENV: dict[str, str | None] = {
     "EC2BACKUP_WORKER__WHEELHOUSE_URL": WHEELHOUSE,
+    "EC2BACKUP_TEMPORAL__AGENT_CREDENTIALS_SECRET": CREDENTIALS_SECRET,
     # a boot that installs some 40 wheels takes longer than the fast path's
     "EC2BACKUP_AGENT_BOOT_TIMEOUT_SECONDS": "300",
 }
@@ -28,6 +33,9 @@ ORCHESTRATOR_ENV: dict[str, str | None] = {
 @pytest.fixture(scope="module", autouse=True)
 def published(lab: Any) -> str:
     """Before the module's orchestrator starts (autouse fixtures come first)."""
+    lab.client("secretsmanager").create_secret(
+        Name=CREDENTIALS_SECRET, SecretString=json.dumps({"api_key": "lab-key", "tls": False})
+    )
     s3 = lab.client("s3")
     try:
         s3.create_bucket(Bucket=BUCKET)
@@ -74,7 +82,9 @@ def test_worker_boots_from_the_published_wheelhouse(wb: Workbench) -> None:
     assert "enable --now ec2backup-agent.service" in (inst_dir / "systemctl.log").read_text()
     assert (inst_dir / "shutdown.log").read_text().startswith("-h +720")
     # and the agent that did the backup is the one it installed
-    assert (
-        (inst_dir / "agent.cmd").read_text().startswith(f"{root}/opt/ec2backup/bin/ec2backup agent")
-    )
+    command = (inst_dir / "agent.cmd").read_text()
+    assert command.startswith(f"{root}/opt/ec2backup/bin/ec2backup agent")
+    # with its Temporal credentials named, not given: the secret's name, never its value
+    assert f"--credentials-secret {CREDENTIALS_SECRET}" in command
+    assert "lab-key" not in command and "lab-key" not in unit
     assert session.result is not None and session.result["restore_point_id"]
