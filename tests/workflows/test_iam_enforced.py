@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,15 +49,8 @@ VALUES_B = {**VALUES, "AWS::AccountId": ACCOUNT_B}
 REMOVED = "ec2:CreateSnapshots"
 
 
-def _lab_config(lab: Any, **settings: Any) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"{lab.aws_url}/_lab/config",
-        data=json.dumps(settings).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return dict(json.load(response))
+def _enforce(wb: Workbench, on: bool) -> dict[str, Any]:
+    return dict(wb.lab_call("POST", "config", {"enforce_iam": on}))
 
 
 def _role(iam: Any, arn: str, trust: dict[str, Any], policy: dict[str, Any]) -> None:
@@ -112,7 +104,7 @@ def kit(lab: Any) -> Iterator[dict[str, Any]]:
         lab=lab, env=env_for(lab, {"EC2BACKUP_CONFIG": str(config)}), name="iam",
         orchestrator=orchestrator,
     )  # fmt: skip
-    assert _lab_config(lab, enforce_iam=True)["enforce_iam"] is True
+    assert _enforce(wb0, True)["enforce_iam"] is True
     orchestrator.start()
     try:
         yield {"bench": bench, "env": as_orchestrator, "config": config}
@@ -121,7 +113,7 @@ def kit(lab: Any) -> Iterator[dict[str, Any]]:
             bench.terminate_open_sessions()
         finally:
             orchestrator.stop()
-            _lab_config(lab, enforce_iam=False)
+            _enforce(wb0, False)
             config.unlink(missing_ok=True)
 
 
@@ -198,9 +190,9 @@ def test_doctor_passes_and_names_a_removed_action(lab: Any, kit: dict[str, Any])
     name = PROD_ROLE.rsplit("/", 1)[1]
     # edited as an administrator of account B would (the lab's stand-in role for B holds no
     # IAM policy: not while enforcement is on)
-    _lab_config(lab, enforce_iam=False)
+    _enforce(wb, False)
     iam_b.put_role_policy(RoleName=name, PolicyName=name, PolicyDocument=json.dumps(policy))
-    _lab_config(lab, enforce_iam=True)
+    _enforce(wb, True)
     try:
         done = _doctor(env)
         assert done.returncode == 1, done.stdout + done.stderr
@@ -210,10 +202,10 @@ def test_doctor_passes_and_names_a_removed_action(lab: Any, kit: dict[str, Any])
             "(IAM policy simulation)"
         ], done.stdout
     finally:
-        _lab_config(lab, enforce_iam=False)
+        _enforce(wb, False)
         iam_b.put_role_policy(
             RoleName=name,
             PolicyName=name,
             PolicyDocument=json.dumps(iamkit.policy(iamkit.Role.production, VALUES_B)),
         )
-        _lab_config(lab, enforce_iam=True)
+        _enforce(wb, True)
