@@ -22,6 +22,7 @@ from typing import Any
 
 from ec2backup.userdata import parse_agent_command
 from ec2backup_lab import bootstrap
+from ec2backup_lab import imds as lab_imds
 from ec2backup_lab import secrets as lab_secrets
 from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.baseline import WORKER_ROLE_NAME
@@ -80,6 +81,17 @@ def _role_credentials(account_id: str, region: str, instance_id: str) -> dict[st
 
 
 def maybe_start(backend: Any, instance: Any) -> None:
+    # every instance has its metadata (IMDSv2), whatever it runs
+    credentials = _role_credentials(backend.account_id, backend.region_name, instance.id)
+    lab_imds.register(
+        lab_imds.Metadata(
+            instance_id=instance.id,
+            region=backend.region_name,
+            zone=instance._placement.zone or f"{backend.region_name}a",
+            role_name=WORKER_ROLE_NAME,
+            credentials=credentials,
+        )
+    )
     user_data = _user_data_text(instance)
     argv = parse_agent_command(user_data)
     if argv is None:
@@ -90,7 +102,7 @@ def maybe_start(backend: Any, instance: Any) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "EC2BACKUP_", "TEMPORAL_"))
     }
-    env.update(_role_credentials(backend.account_id, backend.region_name, instance.id))
+    env.update(credentials)
     env.update(
         {
             "AWS_ENDPOINT_URL": runtime.endpoint_url,
@@ -104,11 +116,21 @@ def maybe_start(backend: Any, instance: Any) -> None:
     if bootstrap.installs_from_wheelhouse(user_data):
         # The real boot: the user-data runs in a sandbox root and installs the agent; its
         # unit's command is then started, as systemd would (the fast path below skips that).
+        # Like on EC2, it knows nothing but its instance metadata (IMDSv2 only): no keys, id
+        # or Region in its environment.
+        booted_env = {
+            k: v
+            for k, v in env.items()
+            if k not in (*credentials, "AWS_DEFAULT_REGION", "EC2BACKUP_INSTANCE_ID")
+        }
+        booted_env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = (
+            f"{runtime.endpoint_url}/_lab/imds/{instance.id}/"
+        )
         with _lock:
             _booting.add(instance.id)
         threading.Thread(
             target=bootstrap.boot,
-            args=(instance.id, user_data, inst_dir, env, _spawn_booted),
+            args=(instance.id, user_data, inst_dir, booted_env, _spawn_booted),
             daemon=True,
             name=f"boot-{instance.id}",
         ).start()
@@ -142,6 +164,8 @@ def _spawn(instance_id: str, inst_dir: Path, command: list[str], env: dict[str, 
         _procs[instance_id] = proc
     (inst_dir / "agent.pid").write_text(str(proc.pid))
     (inst_dir / "agent.cmd").write_text(shlex.join(command))
+    # what the agent was given (names only: no secret lands in a file)
+    (inst_dir / "agent.env").write_text("\n".join(sorted(env)) + "\n")
     log.info("instance %s booted its agent (pid %s)", instance_id, proc.pid)
 
 

@@ -56,7 +56,14 @@ SERVICE_HANDLERS: dict[str, Callable[[AwsRequest], Response]] = {}
 
 def _respond(start_response: StartResponse, response: Response) -> list[bytes]:
     status, headers, body = response
-    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(status, "X")
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
+        404: "Not Found",
+        405: "Method Not Allowed",
+    }.get(status, "X")
     headers = [*headers, ("Content-Length", str(len(body)))]
     start_response(f"{status} {reason}", headers)
     return [body]
@@ -74,6 +81,11 @@ class LabMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if path.startswith("/_lab/imds/"):  # instance metadata: headers matter (IMDSv2)
+            from ec2backup_lab import imds
+
+            status, out, ctype = imds.handle(environ)
+            return _respond(start_response, (status, [("Content-Type", ctype)], out))
         if path.startswith("/_lab/") or path == "/_lab":
             return self._control(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)

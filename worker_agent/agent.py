@@ -21,7 +21,9 @@ from worker_agent.devices import flush_io
 log = logging.getLogger("ec2backup.agent")
 
 # Instance metadata (IMDSv2) on EC2, for the `{instance_id}` in the task queue name.
-IMDS_URL = "http://169.254.169.254/latest"
+# EC2's instance metadata service; AWS_EC2_METADATA_SERVICE_ENDPOINT (botocore's variable)
+# points elsewhere, as the lab does for instances it boots for real.
+IMDS_URL = "http://169.254.169.254/"
 # Concurrent activities per host: one transfer range per attached volume copy plus control.
 MAX_CONCURRENT_ACTIVITIES = 8
 # On SIGTERM (instance shutdown) running activities get this long to heartbeat and stop.
@@ -32,15 +34,16 @@ def instance_id() -> str:
     from_env = os.environ.get("EC2BACKUP_INSTANCE_ID")
     if from_env:
         return from_env
+    base = (os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_URL).rstrip("/")
     token_req = urllib.request.Request(
-        f"{IMDS_URL}/api/token",
+        f"{base}/latest/api/token",
         method="PUT",
         headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
     )
     with urllib.request.urlopen(token_req, timeout=2) as r:
         token = r.read().decode()
     id_req = urllib.request.Request(
-        f"{IMDS_URL}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
+        f"{base}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
     )
     with urllib.request.urlopen(id_req, timeout=2) as r:
         return str(r.read().decode())

@@ -87,4 +87,8 @@ def test_worker_boots_from_the_published_wheelhouse(wb: Workbench) -> None:
     # with its Temporal credentials named, not given: the secret's name, never its value
     assert f"--credentials-secret {CREDENTIALS_SECRET}" in command
     assert "lab-key" not in command and "lab-key" not in unit
+    # and, as on EC2, it had no keys, instance id or Region of its own: only its metadata
+    given = set((inst_dir / "agent.env").read_text().split())
+    assert "AWS_EC2_METADATA_SERVICE_ENDPOINT" in given
+    assert not given & {"AWS_ACCESS_KEY_ID", "AWS_DEFAULT_REGION", "EC2BACKUP_INSTANCE_ID"}
     assert session.result is not None and session.result["restore_point_id"]

@@ -218,3 +218,47 @@ def test_enforce_iam_option_reaches_the_lab(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_instance_metadata_is_imdsv2_only(lab: Any) -> None:
+    """Each instance's metadata at /_lab/imds/<id>/ (what AWS_EC2_METADATA_SERVICE_ENDPOINT
+    points an agent booted for real at): a token first (PUT), then the instance id, zone and
+    role keys; without a token, 401 (HttpTokens=required). moto served no metadata."""
+    import urllib.error
+    import urllib.request
+
+    ec2 = client(lab, "ec2")
+    (inst,) = ec2.run_instances(
+        ImageId="ami-0ec2backup0lab001", InstanceType="t3.micro", MinCount=1, MaxCount=1
+    )["Instances"]
+    base = f"{lab.aws_url}/_lab/imds/{inst['InstanceId']}/latest"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{base}/meta-data/instance-id", timeout=10)
+    assert err.value.code == 401
+    put = urllib.request.Request(
+        f"{base}/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+    )
+    with urllib.request.urlopen(put, timeout=10) as r:
+        token = r.read().decode()
+
+    def get(path: str) -> str:
+        req = urllib.request.Request(f"{base}/{path}", headers={"X-aws-ec2-metadata-token": token})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return str(r.read().decode())
+
+    assert get("meta-data/instance-id") == inst["InstanceId"]
+    assert get("meta-data/placement/availability-zone") == inst["Placement"]["AvailabilityZone"]
+    role = get("meta-data/iam/security-credentials/")
+    keys = json.loads(get(f"meta-data/iam/security-credentials/{role}"))
+    # the role's keys work, as the instance's role
+    sts = client(
+        lab,
+        "sts",
+        creds={
+            "aws_access_key_id": keys["AccessKeyId"],
+            "aws_secret_access_key": keys["SecretAccessKey"],
+            "aws_session_token": keys["Token"],
+        },
+    )
+    assert f":assumed-role/{role}/" in sts.get_caller_identity()["Arn"]
+    ec2.terminate_instances(InstanceIds=[inst["InstanceId"]])
