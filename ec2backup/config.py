@@ -67,6 +67,27 @@ class TemporalSettings(_Section):
     # "tls_server_ca_cert": PEM, "tls": true}. Agents read it with their instance role; it is
     # never in user-data.
     agent_credentials_secret: str | None = None
+    # A KMS key (id, alias or ARN in the home Region) that wraps payload keys made by
+    # `ec2backup setup --rotate-payload-key` (ec2backup.payloads); without one they are kept
+    # in the installation secret as Secrets Manager encrypts it.
+    payload_kms_key: str | None = None
+
+
+class CodecServerSettings(_Section):
+    """`ec2backup codec-server`: decodes payloads for the Temporal Web UI and CLI."""
+
+    port: int = Field(default=8081, ge=1, le=65535)
+    # Interface to listen on: loopback by default (whoever reaches it reads every payload).
+    host: str = "127.0.0.1"
+    # Browser origins allowed to call it (the Web UI's); the dev server's UI by default.
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://localhost:8233", "http://127.0.0.1:8233"]
+    )
+    # A bearer token the callers must send (`temporal --codec-auth 'Bearer T'`, the Web UI's
+    # codec "pass access token"): given here or, better, as a Secrets Manager secret (home
+    # Region) whose value is the token.
+    token: str | None = None
+    token_secret: str | None = None
 
 
 class AccountSettings(_Section):
@@ -170,6 +191,7 @@ class InstallationConfig(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     workers: dict[str, WorkerSettings] = Field(default_factory=dict)
     janitor: JanitorSettings = Field(default_factory=JanitorSettings)
+    codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings)
 
     @field_validator("home_region", "regions", "workers")
     @classmethod

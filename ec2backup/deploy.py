@@ -20,12 +20,12 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 
-from ec2backup import aws, config, iamkit, installation, workers
+from ec2backup import aws, config, iamkit, installation, payloads, workers
 from ec2backup.errors import UserError, short_error
 from ec2backup.orchestrator import ensure_janitor_schedule, janitor_schedule_state
 from ec2backup.temporal import SEARCH_ATTRIBUTES, connect, connect_config
 
-Action = Literal["created", "updated", "unchanged", "skipped"]
+Action = Literal["created", "updated", "unchanged", "skipped", "rotated"]
 # How long doctor waits for Temporal before calling it unreachable.
 TEMPORAL_CONNECT_TIMEOUT = timedelta(seconds=10)
 _INDEXED_TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
@@ -103,7 +103,13 @@ async def _setup_janitor(client: Client, cfg: config.InstallationConfig) -> Step
     return Step("janitor schedule", "updated" if changed else "unchanged", detail)
 
 
-async def setup(cfg: config.InstallationConfig) -> list[Step]:
+def _rotate_payload_key(cfg: config.InstallationConfig) -> Step:
+    kid = payloads.rotate(cfg.temporal.payload_kms_key)
+    wrapped = f", wrapped by {cfg.temporal.payload_kms_key}" if cfg.temporal.payload_kms_key else ""
+    return Step("payload key", "rotated", f"current {kid}{wrapped}; older keys still decode")
+
+
+async def setup(cfg: config.InstallationConfig, rotate_payload_key: bool = False) -> list[Step]:
     try:
         client = await connect()
     except Exception as exc:
@@ -112,11 +118,18 @@ async def setup(cfg: config.InstallationConfig) -> list[Step]:
         ) from None
     steps = [await _setup_search_attributes(client)]
     steps += await asyncio.to_thread(_setup_installation_key, regions_of(cfg))
+    if rotate_payload_key:
+        steps.append(await asyncio.to_thread(_rotate_payload_key, cfg))
     steps.append(await _setup_janitor(client, cfg))
     return steps
 
 
 # ---- doctor ------------------------------------------------------------------------------------
+def _check_payload_keys() -> str:
+    ring = payloads.keyring(refresh=True)
+    return f"current {ring.current}, {len(ring.keys)} key(s)"
+
+
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
@@ -301,6 +314,7 @@ async def doctor(cfg: config.InstallationConfig) -> Report:
 
     def aws_checks() -> None:
         if report.check("installation key", _check_key, home) is not None:
+            report.check("payload keys", _check_payload_keys)
             for region in regions:
                 if region != home:
                     report.check(f"installation key replica {region}", _check_replica, region)

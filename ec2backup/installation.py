@@ -68,6 +68,21 @@ def installation_key(create: bool = False) -> bytes:
         return key
 
 
+def installation_secret() -> dict[str, Any]:
+    """The whole installation secret (the key, and the payload keys: ec2backup.payloads)."""
+    installation_key()  # fails in one line when there is none
+    sm = aws.client("secretsmanager", home_region())
+    return dict(json.loads(sm.get_secret_value(SecretId=INSTALLATION_SECRET)["SecretString"]))
+
+
+def write_installation_secret(doc: dict[str, Any]) -> None:
+    """Replace the installation secret's value (rotation); the key itself never changes."""
+    if base64.b64decode(doc["key"]) != installation_key():
+        raise UserError("installation secret: the installation key must not change")
+    sm = aws.client("secretsmanager", home_region())
+    sm.put_secret_value(SecretId=INSTALLATION_SECRET, SecretString=json.dumps(doc))
+
+
 def replicate_installation_key(regions: list[str]) -> list[str]:
     """Replicate the installation key to these Regions (besides the home Region); returns
     the Regions newly added. Idempotent."""

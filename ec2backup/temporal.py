@@ -18,7 +18,6 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfigProfile
 
 from ec2backup.errors import UserError
@@ -121,9 +120,15 @@ async def connect(
     namespace: str | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> Client:
-    config = {**connect_config(address, namespace), **(overrides or {})}
+    from ec2backup import observability, payloads
+
+    config = {
+        **connect_config(address, namespace),
+        **observability.connect_options(),
+        **(overrides or {}),
+    }
     return await Client.connect(
-        config.pop("target_host"), **config, data_converter=pydantic_data_converter
+        config.pop("target_host"), **config, data_converter=payloads.data_converter()
     )
 
 

@@ -44,6 +44,8 @@ def agent_argv(
     task_queue: str = HOST_TASK_QUEUE_TEMPLATE,
     credentials_secret: str | None = None,
     credentials_region: str | None = None,
+    session_secret: str | None = None,
+    session_secret_region: str | None = None,
 ) -> list[str]:
     """`ec2backup agent ...` as the worker runs it (after the program name)."""
     args = [
@@ -59,6 +61,11 @@ def agent_argv(
         args += ["--credentials-secret", credentials_secret]
         if credentials_region:
             args += ["--credentials-region", credentials_region]
+    if session_secret:
+        # its payload keys (ec2backup.payloads): the secret's name, never its value
+        args += ["--session-secret", session_secret]
+        if session_secret_region:
+            args += ["--session-secret-region", session_secret_region]
     return args
 
 
@@ -71,9 +78,17 @@ def render_agent_user_data(
     wheelhouse_url: str | None = None,
     credentials_secret: str | None = None,
     credentials_region: str | None = None,
+    session_secret: str | None = None,
+    session_secret_region: str | None = None,
 ) -> str:
     argv = agent_argv(
-        temporal_address, namespace, task_queue, credentials_secret, credentials_region
+        temporal_address,
+        namespace,
+        task_queue,
+        credentials_secret,
+        credentials_region,
+        session_secret,
+        session_secret_region,
     )
     exec_start = shlex.join([f"{AGENT_PREFIX}/bin/ec2backup", *argv])
     lines = [

@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ec2backup import aws, config, installation, tagcodec
+from ec2backup import aws, config, installation, payloads, tagcodec
 from ec2backup.errors import UserError, short_error
 from ec2backup.models.session import (
     ImageBackupSpec,
@@ -219,7 +219,15 @@ def put_secret(
     (`authorize_worker`, once it exists), nothing else of its account."""
     sm = aws.client("secretsmanager", region)
     name = secret_name_of(secret_name)
-    value = json.dumps({"repository": repository, "password": password})
+    # The agent decodes its Temporal payloads with the keyring this secret carries: it never
+    # reads the installation secret (ec2backup.payloads).
+    value = json.dumps(
+        {
+            "repository": repository,
+            "password": password,
+            "payload_keys": payloads.keyring().export(),
+        }
+    )
     params: dict[str, Any] = {}
     if role_arn is not None:
         params["KmsKeyId"] = session_secret_key(region, aws.account_of_role(role_arn))
@@ -309,6 +317,36 @@ def read_session_secret(secret_name: str, region: str) -> dict[str, str | None]:
     return dict(json.loads(sm.get_secret_value(SecretId=secret_name)["SecretString"]))
 
 
+# A worker in another account may start before the orchestrator has let it read its session
+# secret (`authorize_worker` runs once the instance exists): the agent waits this long.
+SESSION_SECRET_WAIT_SECONDS = 600.0
+SESSION_SECRET_POLL_SECONDS = 2.0
+
+
+def wait_session_keyring(secret_name: str, region: str) -> payloads.Keyring:
+    """The payload keyring of this worker's session secret, once the worker may read it."""
+    from botocore.exceptions import ClientError
+
+    sm = aws.client("secretsmanager", region)
+    deadline = time.monotonic() + SESSION_SECRET_WAIT_SECONDS
+    while True:
+        try:
+            value = sm.get_secret_value(SecretId=secret_name)["SecretString"]
+            break
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            waiting = code in ("AccessDeniedException", "ResourceNotFoundException")
+            if not waiting or time.monotonic() > deadline:
+                raise UserError(
+                    f"session secret {secret_name} ({region}): {short_error(exc)}"
+                ) from exc
+            time.sleep(SESSION_SECRET_POLL_SECONDS)
+    doc = json.loads(value).get("payload_keys")
+    if not isinstance(doc, dict):
+        raise UserError(f"session secret {secret_name}: it carries no payload keys")
+    return payloads.Keyring.from_export(doc)
+
+
 def secret_password(secret: dict[str, str | None]) -> bytes | None:
     """The repository key a session secret hands over (None: open with the KMS key file)."""
     password = secret.get("password")
@@ -380,6 +418,7 @@ def provision(
         region=plan.region,
         in_backup_account=plan.worker_role_arn is None,
         ssm=aws.client("ssm", plan.region, plan.worker_role_arn),
+        session_secret=plan.secret_name,
     )
     heartbeat(f"instance {instance_id} launched")
     if plan.worker_role_arn is not None:
@@ -432,6 +471,7 @@ def launch(
     region: str,
     in_backup_account: bool,
     ssm: Any = None,
+    session_secret: str | None = None,
 ) -> str:
     """Run (idempotently, by ClientToken) one worker instance whose user-data starts the agent
     on its own task queue; returns its instance id. Used by backups, restores and archives.
@@ -460,6 +500,8 @@ def launch(
             wheelhouse_url=settings.wheelhouse_url,
             credentials_secret=config.load().temporal.agent_credentials_secret,
             credentials_region=installation.home_region(),
+            session_secret=session_secret,
+            session_secret_region=region,
         ),
         "Placement": {"AvailabilityZone": availability_zone},
         "TagSpecifications": [

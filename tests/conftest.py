@@ -142,6 +142,20 @@ class Lab:
     def client(self, service: str, region: str = "us-east-1", **creds: str):  # type: ignore[no-untyped-def]
         return LabAws(url=self.aws_url, dir=self.dir).client(service, region, **creds)
 
+    def use_payload_keys(self, home_region: str = "us-east-1") -> None:
+        """Give this (test) process the lab installation's Temporal payload keys, read as any
+        client reads them, from the installation secret (ec2backup.payloads). Read afresh on
+        every call: a test may rotate them."""
+        import json
+
+        from ec2backup import installation, payloads
+
+        secret = self.client("secretsmanager", home_region).get_secret_value(
+            SecretId=installation.INSTALLATION_SECRET
+        )
+        doc = json.loads(secret["SecretString"])
+        payloads.use_keyring(payloads.keyring_from_secret(doc, self.client("kms", home_region)))
+
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:

@@ -38,6 +38,7 @@ FAMILIES = {
     "setup": "deploy",
     "doctor": "deploy",
     "worker-image": "workerimage",
+    "codec-server": "codec",
 }
 
 

@@ -27,6 +27,15 @@ def register(app: typer.Typer) -> None:
         credentials_region: str = typer.Option(
             None, "--credentials-region", help="Region of --credentials-secret"
         ),
+        session_secret: str = typer.Option(
+            None,
+            "--session-secret",
+            help="The session's Secrets Manager secret: the keys of the Temporal payloads "
+            "(read with the instance role; without it, the installation secret's)",
+        ),
+        session_secret_region: str = typer.Option(
+            None, "--session-secret-region", help="Region of --session-secret"
+        ),
     ) -> None:
         """Run the worker agent (the data mover) on this instance."""
         from ec2backup import aws
@@ -39,4 +48,10 @@ def register(app: typer.Typer) -> None:
             if credentials_secret
             else None
         )
+        if session_secret:
+            from ec2backup import payloads
+            from ec2backup.workers import wait_session_keyring
+
+            region = aws.default_region(session_secret_region) or ""
+            payloads.use_keyring(wait_session_keyring(session_secret, region))
         asyncio.run(run_agent(task_queue, temporal_address, namespace, overrides))

@@ -13,12 +13,19 @@ from ec2backup.cli.output import output_format
 
 def register(app: typer.Typer) -> None:
     @app.command("setup")
-    def setup() -> None:
+    def setup(
+        rotate_payload_key: bool = typer.Option(
+            False,
+            "--rotate-payload-key",
+            help="Add a new Temporal payload key and make it current (older keys still "
+            "decode; wrapped by temporal.payload_kms_key when configured)",
+        ),
+    ) -> None:
         """Make the installation ready (idempotent): search attributes, the installation key
         in the home Region and its replicas, the Janitor schedule."""
         from ec2backup import config, deploy
 
-        steps = run(deploy.setup(config.load()))
+        steps = run(deploy.setup(config.load(), rotate_payload_key))
         if output_format() == "json":
             print(
                 json.dumps(

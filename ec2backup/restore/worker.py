@@ -69,6 +69,7 @@ def provision(
         region=plan.region,
         in_backup_account=plan.role_arn is None,
         ssm=aws.client("ssm", plan.region, plan.role_arn),
+        session_secret=plan.secret_name,
     )
     heartbeat(f"restore worker {instance_id} launched")
     if plan.role_arn is not None:

@@ -406,6 +406,8 @@ class Workbench:
         """Run `await fn(client)` with a fresh client (pydantic converter)."""
         from ec2backup.temporal import connect
 
+        self.lab.use_payload_keys()
+
         async def go() -> Any:
             client = await connect(self.lab.temporal_address)
             return await fn(client)

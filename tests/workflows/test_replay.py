@@ -32,7 +32,7 @@ version: save one as a JSON fixture and replay it in a test, e.g.
 
     # the original workflow id: BackupPolicy/ArchivePolicy derive their children's ids from it
     history = WorkflowHistory.from_json(workflow_id, path.read_text())
-    await Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter).replay_workflow(
+    await Replayer(workflows=WORKFLOWS, data_converter=payloads.data_converter()).replay_workflow(
         history
     )
 
@@ -57,9 +57,9 @@ from typing import Any
 from session_helpers import BUCKET, Workbench, wait_for
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from ec2backup import payloads
 from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.temporal import TASK_QUEUE
 from workflows.agent_probe import AgentProbe
@@ -248,7 +248,7 @@ def _workflow_type(history: WorkflowHistory) -> str:
 
 async def _replay(histories: list[WorkflowHistory]) -> tuple[int, dict[str, str]]:
     """Replay every history; (how many were replayed, workflow id -> failure)."""
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=payloads.data_converter())
     replayed = 0
     failures: dict[str, str] = {}
 

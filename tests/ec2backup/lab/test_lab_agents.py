@@ -106,6 +106,7 @@ class Probes:
 
 @pytest.fixture
 async def probes(lab: Any) -> AsyncIterator[Probes]:
+    lab.use_payload_keys()
     temporal = await connect(lab.temporal_address)
     task_queue = f"lab-tests-{uuid.uuid4().hex}"
     async with Worker(
