@@ -487,6 +487,10 @@ class LabEC2Backend(EC2Backend):
     def delete_snapshot(self, snapshot_id: str) -> Snapshot:
         if snapshot_id not in self.snapshots:
             raise snapshot_not_found(snapshot_id)
+        # AWS: a locked snapshot cannot be deleted until its lock expires (snapshotlocks.py)
+        from ec2backup_lab.snapshotlocks import check_deletable
+
+        check_deletable(self, snapshot_id)
         # AWS: a snapshot an image is registered over cannot be deleted.
         for ami in self.amis.values():
             if snapshot_id in getattr(ami, "lab_snapshot_ids", ()):
@@ -920,4 +924,7 @@ def install() -> None:
     ElasticBlockStore.delete_volume = _delete_volume  # type: ignore[method-assign]
     ElasticBlockStore.get_ebs_default_kms_key_id = _get_ebs_default_kms_key_id  # type: ignore[attr-defined]
     AmisResponse.register_image = _register_image  # type: ignore[method-assign]
+    from ec2backup_lab import snapshotlocks
+
+    snapshotlocks.install()
     _INSTALLED = True

@@ -66,6 +66,9 @@ class LabRuntime:
         self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
         # `lab up --enforce-iam`: assumed roles get only what their policies allow (iam.py)
         self.enforce_iam = False
+        # Added to real time where snapshot locks are evaluated (snapshotlocks.py): lets a
+        # test run a cooling-off period or a lock out without waiting for it.
+        self.lock_clock_offset_seconds = 0.0
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
         self.throttles: list[Throttle] = []
@@ -107,6 +110,8 @@ class LabRuntime:
                 set_restore_reads(reads)
             if "temporal_address" in data:
                 self.temporal_address = str(data["temporal_address"])
+            if "lock_clock_offset_seconds" in data:
+                self.lock_clock_offset_seconds = float(data["lock_clock_offset_seconds"])
             if "enforce_iam" in data:
                 if not isinstance(data["enforce_iam"], bool):
                     raise ValueError("enforce_iam must be true or false")
@@ -123,6 +128,7 @@ class LabRuntime:
             "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
             "enforce_iam": self.enforce_iam,
+            "lock_clock_offset_seconds": self.lock_clock_offset_seconds,
         }
 
     # -- faults --------------------------------------------------------------------------
