@@ -118,7 +118,7 @@ def _parse_time(value: Any) -> datetime:
 def _lock_snapshot(self: ElasticBlockStore) -> ActionResult:
     snapshot_id = self._get_param("SnapshotId")
     mode = self._get_param("LockMode")
-    cool_off = self._get_int_param("CoolOffPeriod")
+    cool_off: int | None = self._get_int_param("CoolOffPeriod")
     duration = self._get_int_param("LockDuration")
     expiration = self._get_param("ExpirationDate")
     self.error_on_dryrun()
