@@ -56,7 +56,10 @@ def wait_snapshots(req: WaitSnapshotsInput) -> WaitSnapshotsOutput:
         activity.heartbeat(f"{done}/{total} snapshots completed")
 
     done = snapshots.wait_completed(req.region, req.account_role_arn, req.snapshot_ids, on_poll)
-    return WaitSnapshotsOutput(completed=done)
+    if req.lock is None:
+        return WaitSnapshotsOutput(completed=done)
+    until = snapshots.lock_snapshots(req.region, req.account_role_arn, done, req.lock)
+    return WaitSnapshotsOutput(completed=done, locked_until=until)
 
 
 @activity.defn(name="replicate_snapshots")

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from temporalio import workflow
 
 from ec2backup.errors import UserError
+from ec2backup.models.snapshots import SnapshotLockSpec
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -213,6 +214,9 @@ class GfsRetention(_Strict):
 
 class SnapshotPolicy(_Strict):
     retention: Retention
+    # EBS snapshot locks on every snapshot of the policy's sets: retention leaves a locked
+    # snapshot set alone (and says until when), and nobody can delete it meanwhile.
+    lock: SnapshotLockSpec | None = None
 
 
 class ReplicationTarget(_Strict):

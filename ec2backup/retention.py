@@ -31,7 +31,7 @@ import zoneinfo
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from ec2backup import aws
+from ec2backup import aws, snapshots
 from ec2backup.models.policy import RetentionOutput
 from ec2backup.policy import GfsRetention, Policy, Retention
 from ec2backup.repository.marks import marks_due
@@ -149,7 +149,27 @@ def _expire_sets(
     replica: bool,
 ) -> None:
     ec2 = aws.client("ec2", region, role_arn)
+    locked = (
+        snapshots.locked_snapshots(ec2, [s.snapshot_id for e in entries for s in e.snapshots])
+        if entries
+        else {}
+    )
     for entry in entries:
+        held = [locked[s.snapshot_id] for s in entry.snapshots if s.snapshot_id in locked]
+        if held:
+            # An EBS snapshot lock outlives the retention rule: keep the whole set (a set is
+            # restorable only whole) and say until when.
+            until = max(h["LockExpiresOn"] for h in held)
+            modes = ", ".join(sorted({h["LockState"] for h in held}))
+            report.locked_snapshot_sets[entry.set_id] = until
+            (report.kept_replica_sets if replica else report.kept_snapshot_sets).append(
+                entry.set_id
+            )
+            report.notes.append(
+                f"snapshot set {entry.set_id} expired but is locked ({modes}) until "
+                f"{until.isoformat()}: kept"
+            )
+            continue
         done = [
             s.snapshot_id
             for s in entry.snapshots

@@ -8,18 +8,24 @@ its creation (TagSpecifications), so a retried call finds the set instead of mak
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from ec2backup import aws, tagcodec
-from ec2backup.errors import NotFoundError, UserError
-from ec2backup.models.snapshots import SnapshotMember, SnapshotSet
+from ec2backup.errors import NotFoundError, UserError, short_error
+from ec2backup.models.snapshots import SnapshotLockSpec, SnapshotMember, SnapshotSet
 
 # Poll interval while snapshots are pending; the call itself heartbeats in between.
 SNAPSHOT_POLL_SECONDS = 1.0
+# DescribeLockedSnapshots takes this many SnapshotIds per call (its MaxResults ceiling).
+LOCK_DESCRIBE_BATCH = 1000
+
+log = logging.getLogger("ec2backup.snapshots")
 
 
 class SnapshotError(UserError):
@@ -223,6 +229,53 @@ def create_snapshot_set(
         instance_tags=instance_tags,
         created=now,
     )
+
+
+def lock_snapshots(
+    region: str, role_arn: str | None, snapshot_ids: list[str], spec: SnapshotLockSpec
+) -> dt.datetime:
+    """Lock every snapshot (EBS snapshot lock) for `spec.days`; returns when the locks end.
+    Idempotent: locking again with the same settings only restarts nothing that is running
+    (a rerun extends a lock by at most the time since the first run)."""
+    ec2 = aws.client("ec2", region, role_arn)
+    ends: list[dt.datetime] = []
+    for snapshot_id in snapshot_ids:
+        params: dict[str, Any] = {
+            "SnapshotId": snapshot_id,
+            "LockMode": spec.mode,
+            "LockDuration": spec.days,
+        }
+        if spec.cool_off_hours is not None:
+            params["CoolOffPeriod"] = spec.cool_off_hours
+        try:
+            out = ec2.lock_snapshot(**params)
+        except ClientError as exc:
+            if aws.error_code(exc) == "OperationNotPermitted":
+                # A retried activity: the lock is already past its cooling-off, as we set it.
+                current = locked_snapshots(ec2, [snapshot_id]).get(snapshot_id)
+                if current is not None:
+                    ends.append(current["LockExpiresOn"])
+                    continue
+            raise SnapshotError(
+                f"cannot lock snapshot {snapshot_id} ({spec.mode}, {spec.days} days): "
+                f"{short_error(exc)}"
+            ) from exc
+        log.info("locked snapshot %s (%s) until %s", snapshot_id, spec.mode, out["LockExpiresOn"])
+        ends.append(out["LockExpiresOn"])
+    return min(ends) if ends else dt.datetime.now(dt.UTC)
+
+
+def locked_snapshots(ec2: Any, snapshot_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The snapshots among these whose lock has not expired: id -> DescribeLockedSnapshots
+    entry (LockState, LockExpiresOn, ...)."""
+    found: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(snapshot_ids), LOCK_DESCRIBE_BATCH):
+        batch = snapshot_ids[start : start + LOCK_DESCRIBE_BATCH]
+        out = ec2.describe_locked_snapshots(SnapshotIds=batch)
+        for entry in out.get("Snapshots", []):
+            if entry.get("LockState") != "expired":
+                found[entry["SnapshotId"]] = entry
+    return found
 
 
 def wait_completed(

@@ -145,6 +145,7 @@ class BackupPolicy(Pausable):
             replications=replications,
             image_backup=image,
             policy_name=name,
+            snapshot_lock=policy.snapshots.lock,
         )
 
 

@@ -213,6 +213,7 @@ class BackupSession(Pausable):
                 region=req.region,
                 account_role_arn=req.account_role_arn,
                 snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
+                lock=req.snapshot_lock,
             ),
             start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
             heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,

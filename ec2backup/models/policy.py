@@ -75,6 +75,9 @@ class RetentionOutput(BaseModel):
     deleted_replicas: list[str] = Field(default_factory=list)
     kept_snapshot_sets: list[str] = Field(default_factory=list)
     kept_replica_sets: list[str] = Field(default_factory=list)
+    # Expired sets kept because an EBS snapshot lock holds one of their snapshots: set id ->
+    # when the last of those locks ends (a later run deletes the set then).
+    locked_snapshot_sets: dict[str, datetime] = Field(default_factory=dict)
     cbt_bases: list[str] = Field(default_factory=list)  # snapshots kept as CBT bases
     forgotten_restore_points: list[str] = Field(default_factory=list)
     kept_restore_points: list[str] = Field(default_factory=list)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ec2backup.models.snapshots import SnapshotSet
+from ec2backup.models.snapshots import SnapshotLockSpec, SnapshotSet
 
 Placement = Literal["backup", "production", "auto"]
 
@@ -84,6 +84,9 @@ class BackupSessionInput(BaseModel):
     # The restore point's nominal time (snapshot tags, restore point, retention age). Default:
     # when the session started. Given explicitly by back-dated runs and simulated-days tests.
     as_of: datetime | None = None
+    # Lock every snapshot of the set (EBS snapshot lock) once it is completed (policy
+    # `snapshots.lock`).
+    snapshot_lock: SnapshotLockSpec | None = None
     carry: SessionCarry | None = None  # internal: set by continue-as-new
 
     def replication_targets(self) -> list[ReplicationSpec]:
@@ -127,10 +130,12 @@ class WaitSnapshotsInput(BaseModel):
     region: str
     account_role_arn: str | None = None
     snapshot_ids: list[str]
+    lock: SnapshotLockSpec | None = None  # lock each one once completed
 
 
 class WaitSnapshotsOutput(BaseModel):
     completed: list[str]
+    locked_until: datetime | None = None  # when the snapshots were locked: the lock's end
 
 
 class ReplicateInput(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 # ---- snapshots ----------------------------------------------------------------------------------
@@ -39,3 +40,26 @@ class SnapshotSet(BaseModel):
     subnet_id: str | None = None
     instance_tags: dict[str, str] = Field(default_factory=dict)
     created: datetime | None = None  # the set's nominal time (its tags say the same)
+
+
+class SnapshotLockSpec(BaseModel):
+    """An EBS snapshot lock put on every snapshot of a set (policy `snapshots.lock`): governance
+    (removable by whoever holds ec2:UnlockSnapshot) or compliance (after `cool_off_hours`,
+    nobody can remove or shorten it, not even the account's root)."""
+
+    model_config = ConfigDict(extra="forbid")  # a policy section: a typo must not pass
+
+    mode: Literal["governance", "compliance"]
+    days: int = Field(ge=1, le=36_500, description="how long each snapshot stays locked")
+    cool_off_hours: int | None = Field(
+        default=None,
+        ge=1,
+        le=72,
+        description="compliance only: the hours during which the lock can still be removed",
+    )
+
+    @model_validator(mode="after")
+    def _cool_off_is_compliance_only(self) -> SnapshotLockSpec:
+        if self.cool_off_hours is not None and self.mode != "compliance":
+            raise ValueError("cool_off_hours applies to compliance mode only")
+        return self

@@ -438,6 +438,7 @@ RESOURCE_TYPES = {
     "ec2:TerminateInstances": {"instance"},
     "ec2:DeleteVolume": {"volume"},
     "ec2:DeleteSnapshot": {"snapshot"},
+    "ec2:LockSnapshot": {"snapshot"},
     "ec2:DeregisterImage": {"image"},
     "ec2:ModifySnapshotAttribute": {"snapshot"},
     "ec2:CreateTags": {"instance", "volume", "snapshot", "image"},
