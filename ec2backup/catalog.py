@@ -51,6 +51,12 @@ class CatalogEntry(BaseModel):
     storage_class: str | None = None  # archives: the Glacier class of their data
     retrieval_needed: bool | None = None  # archives: the data must be retrieved first
     archived_from: str | None = None  # archives: the hot restore point this copies
+    # backups: the ransomware signal's verdict (clean | anomaly | no-baseline; None: a backup
+    # from before the signal existed) and why; `last_clean`: the instance's newest restore
+    # point before its first anomaly (ec2backup.anomaly)
+    anomaly: str | None = None
+    anomaly_reasons: list[str] = Field(default_factory=list)
+    last_clean: bool = False
 
 
 class CatalogProblem(BaseModel):
@@ -139,7 +145,40 @@ def build(
             out.problems.append(CatalogProblem(source=url, problem=_reason(exc)))
     # Per instance, newest first.
     out.entries.sort(key=lambda e: (e.instance_id or "", -e.created.timestamp()))
+    mark_last_clean(out.entries)
     return out
+
+
+def mark_last_clean(entries: list[CatalogEntry]) -> None:
+    """Per instance, flag its newest backup before its first anomaly (`last_clean`): what
+    follows an attack holds the attacker's blocks even where the signal stayed quiet."""
+    by_instance: dict[str, list[CatalogEntry]] = {}
+    for e in entries:
+        if e.kind == "backup" and e.instance_id is not None:
+            by_instance.setdefault(e.instance_id, []).append(e)
+    for group in by_instance.values():
+        clean: CatalogEntry | None = None
+        for e in sorted(group, key=lambda x: x.created):
+            if e.anomaly == "anomaly":
+                break
+            clean = e
+        if clean is not None:
+            clean.last_clean = True
+
+
+def last_clean(catalog: Catalog, instance_id: str) -> CatalogEntry:
+    """The restore point `restore instance --last-clean INSTANCE_ID` restores."""
+    backups = [e for e in catalog.entries if e.instance_id == instance_id and e.kind == "backup"]
+    if not backups:
+        raise NotFoundError(f"instance {instance_id}: no image-level backup found")
+    found = next((e for e in backups if e.last_clean), None)
+    if found is None:
+        first = min(backups, key=lambda e: e.created)
+        raise NotFoundError(
+            f"instance {instance_id}: no clean restore point (its first backup {first.id[:12]} "
+            f"is already an anomaly: {'; '.join(first.anomaly_reasons)})"
+        )
+    return found
 
 
 def _reason(exc: BaseException) -> str:
@@ -226,6 +265,8 @@ def _open_entries(url: str, password: bytes | None, ids: set[str] | None) -> lis
                 storage_class=archive_class,
                 retrieval_needed=bool(archive_class),
                 archived_from=rp.tags.get("archived_from"),
+                anomaly=rp.anomaly.verdict if rp.anomaly else None,
+                anomaly_reasons=list(rp.anomaly.reasons) if rp.anomaly else [],
             )
         )
     return entries

@@ -9,9 +9,10 @@ dedup against the repository.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from ec2backup import aws, workers
+from ec2backup import anomaly, aws, workers
 from ec2backup.errors import UserError
 from ec2backup.models.session import ImageBackupSpec, ImagePlan
 from ec2backup.models.snapshots import SnapshotSet
@@ -20,6 +21,8 @@ from ec2backup.repository.blockmap import ID_SIZE, is_blob
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import RestorePointSource, VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
+
+log = logging.getLogger("ec2backup.imagebackup")
 
 
 def checkpoint_key(session_id: str, source_volume_id: str) -> str:
@@ -230,7 +233,22 @@ def commit(
             instance_tags=snapshot_set.instance_tags,
         )
         verify_records(repo, records, session_id)
-        return commit_restore_point(
+        earlier = [
+            rp
+            for _rid, rp in repo.list_restore_points()
+            if rp.source.kind == "ec2-instance"
+            and rp.source.instance_id == snapshot_set.instance_id
+            and (snapshot_set.created is None or rp.time < snapshot_set.created)
+        ]
+        signal = anomaly.assess(records, earlier)
+        if signal.verdict == "anomaly":
+            log.warning(
+                "session %s: ransomware signal on %s: %s",
+                session_id,
+                snapshot_set.instance_id,
+                "; ".join(signal.reasons),
+            )
+        rp_id = commit_restore_point(
             repo,
             records,
             parent=next(iter(parents), None),
@@ -238,4 +256,7 @@ def commit(
             tags={"policy": policy_name},
             checkpoint_keys=keys,
             when=snapshot_set.created,
+            anomaly=signal,
         )
+        log.info("restore point %s written to %s", rp_id, plan.repository)
+        return rp_id

@@ -231,6 +231,27 @@ def churn(
     )
 
 
+@lab_app.command("encrypt-attack")
+def encrypt_attack(
+    volume_id: str = typer.Argument(..., help="Volume to attack", metavar="VOLUME"),
+    fraction: float = typer.Option(
+        ..., "--fraction", help="Share of the volume's blocks to encrypt (of those holding data)"
+    ),
+    seed_value: int = typer.Option(1, "--seed"),
+    lab_dir: Path = DirOption,
+) -> None:
+    """Overwrite FRACTION of a volume's written blocks with random bytes, as ransomware
+    encrypting files in place does (deterministic for a seed)."""
+    _print_json(
+        call(
+            lab_dir,
+            "POST",
+            "encrypt-attack",
+            {"volume_id": volume_id, "fraction": fraction, "seed": seed_value},
+        )
+    )
+
+
 @lab_app.command()
 def checksum(
     resource_id: str = typer.Argument(..., metavar="ID"), lab_dir: Path = DirOption

@@ -5,6 +5,7 @@ Routes (method path -> what):
   GET|POST config                     settings (snapshot_pending_seconds, s3_restore_reads)
   POST seed                           instances with data volumes (see `SeedRequest`)
   POST churn                          overwrite about F of a volume's blocks
+  POST encrypt-attack                 overwrite F of a volume's written blocks with random bytes
   GET  checksum/<vol-or-snap-id>      SHA-256 of the whole logical content
   GET  metrics                        API calls, blocks served, agent reads, resources
   POST fault                          inject errors / throttling, or clear them
@@ -259,6 +260,36 @@ def churn(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, An
     }
 
 
+class EncryptAttackRequest(BaseModel):
+    volume_id: str
+    fraction: float = Field(..., gt=0.0, le=1.0)
+    seed: int = 1
+
+
+def encrypt_attack(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
+    """What ransomware does to a volume: files encrypted in place, so a share of the blocks
+    that hold data are rewritten with ciphertext (random bytes), none left compressible."""
+    req: EncryptAttackRequest = _parse(EncryptAttackRequest, body)
+    backend, _volume = _find_volume(req.volume_id)
+    data = backend.volume_data[req.volume_id]
+    data.refresh()
+    rng = random.Random(req.seed)
+    gen = ContentGenerator(req.seed)
+    written = sorted(data.current)
+    count = min(len(written), max(1, round(data.blocks_total * req.fraction)))
+    chosen = sorted(rng.sample(written, count))
+    blocks = {
+        index: gen.random_block(f"encrypted:{req.seed}:{req.volume_id}:{index}")
+        for index in chosen
+    }
+    data.write_blocks(blocks)
+    return 200, {
+        "volume_id": req.volume_id,
+        "blocks": chosen,
+        "bytes": len(blocks) * EBS_BLOCK_SIZE,
+    }
+
+
 def checksum(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
     if not parts:
         raise ControlError(400, "usage: /_lab/checksum/<volume-or-snapshot-id>")
@@ -441,6 +472,7 @@ def install(routes: dict[str, Any]) -> None:
             "config": config,
             "seed": seed,
             "churn": churn,
+            "encrypt-attack": encrypt_attack,
             "checksum": checksum,
             "metrics": metrics,
             "fault": fault,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from typing import Annotated, Any, cast
 
@@ -85,6 +86,29 @@ def _start(req: RestoreInput, wait: bool) -> None:
         raise typer.Exit(rc)
 
 
+def _last_clean(instance_id: str) -> str:
+    """The id of the instance's newest clean restore point (ec2backup.anomaly), said on
+    stderr with what it skips."""
+    from ec2backup import catalog, installation
+    from ec2backup.repository.repo import read_password
+
+    found = catalog.build(
+        installation.installation_key(create=False), read_password(None), instance_id=instance_id
+    )
+    entry = catalog.last_clean(found, instance_id)
+    later = [
+        e
+        for e in found.entries
+        if e.instance_id == instance_id and e.kind == "backup" and e.created > entry.created
+    ]
+    console.print(
+        f"last clean restore point of {instance_id}: {entry.id} "
+        f"({entry.created.isoformat(timespec='seconds')}); skipping {len(later)} later "
+        "restore point(s)"
+    )
+    return entry.id
+
+
 def _request(
     kind: RestoreKind,
     restore_point_id: str,
@@ -117,7 +141,16 @@ def _request(
 
 @restore_app.command("instance")
 def restore_instance(
-    restore_point_id: str = typer.Argument(..., help="Snapshot set id (set-...) or backup id"),
+    restore_point_id: str = typer.Argument(
+        None, help="Snapshot set id (set-...) or backup id (or --last-clean INSTANCE_ID)"
+    ),
+    last_clean: str = typer.Option(
+        None,
+        "--last-clean",
+        metavar="INSTANCE_ID",
+        help="Restore this instance's newest clean restore point: the newest backup before "
+        "its first ransomware-signal anomaly",
+    ),
     source: str = typer.Option(
         None, "--source", help="snapshot|backup|archive (default: what the id is)"
     ),
@@ -139,6 +172,10 @@ def restore_instance(
     worker_instance_type: WorkerTypeOpt = None,
 ) -> None:
     """Launch an instance with the original shape from a restore point."""
+    if (restore_point_id is None) == (last_clean is None):
+        raise UserError("give a restore point id or --last-clean INSTANCE_ID (one of them)")
+    if last_clean is not None:
+        restore_point_id = _last_clean(last_clean)
     _start(
         _request(
             "instance",
@@ -261,11 +298,18 @@ def restore_points_list(
             )
         )
         return
-    table = Table("instance", "id", "kind", "created", "volumes", "where", "archive", "restores")
+    table = Table(
+        "instance", "id", "kind", "created", "volumes", "where", "archive", "signal", "restores"
+    )
     for e in found.entries:
         archive = ""
         if e.kind == "archive":
             archive = f"{e.storage_class}, retrieval needed" if e.retrieval_needed else "ready"
+        signal = e.anomaly or ""
+        if e.anomaly == "anomaly":
+            signal = "ANOMALY: " + "; ".join(e.anomaly_reasons)
+        if e.last_clean:
+            signal = f"{signal} (last clean)".strip()
         table.add_row(
             e.instance_id or "",
             e.id[:20],
@@ -274,9 +318,17 @@ def restore_points_list(
             str(len(e.volumes)),
             e.where,
             archive,
+            signal,
             e.restores,
         )
     table_console().print(table)
+    for e in found.entries:
+        if e.anomaly == "anomaly":
+            print(
+                f"warning: {e.id[:12]} of {e.instance_id}: ransomware signal: "
+                f"{'; '.join(e.anomaly_reasons)}",
+                file=sys.stderr,
+            )
 
 
 def register(app: typer.Typer) -> None:

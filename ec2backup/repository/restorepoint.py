@@ -21,6 +21,9 @@ class VolumeStats(BaseModel):
     bytes_read: int = 0
     bytes_new_raw: int = 0  # plaintext bytes of new blobs
     bytes_new_stored: int = 0  # ciphertext bytes of new blobs
+    # new blobs stored uncompressed (compression did not shrink them: random, encrypted or
+    # already compressed data); the ransomware signal's input (ec2backup.anomaly)
+    blocks_incompressible: int = 0
     pages_written: int = 0
     seconds: float = 0.0
 
@@ -96,6 +99,26 @@ class VolumeRecord(BaseModel):
     metadata: VolumeMetadata = Field(default_factory=VolumeMetadata)
 
 
+class VolumeSignal(BaseModel):
+    """What one volume's backup looked like to the ransomware signal (ec2backup.anomaly)."""
+
+    name: str  # source volume id
+    device: str | None = None
+    changed_rate: float  # blocks read / blocks of the volume
+    new_blocks: int  # blobs this backup stored (not deduplicated)
+    incompressible_share: float  # of those, the share stored uncompressed
+
+
+class AnomalySignal(BaseModel):
+    """The ransomware signal of an instance backup (repository-format.md §5.5): each volume's
+    figures, the verdict against the instance's own history, and why."""
+
+    verdict: Literal["clean", "anomaly", "no-baseline"]
+    reasons: list[str] = Field(default_factory=list)
+    volumes: list[VolumeSignal] = Field(default_factory=list)
+    baseline_points: int = 0  # earlier restore points the verdict compared against
+
+
 class RestorePoint(BaseModel):
     version: int = RESTORE_POINT_VERSION
     time: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -104,6 +127,7 @@ class RestorePoint(BaseModel):
     source: RestorePointSource = Field(default_factory=RestorePointSource)
     tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[VolumeRecord]
+    anomaly: AnomalySignal | None = None  # instance backups since the ransomware signal
 
     def volume(self, selector: str | None) -> VolumeRecord:
         """Pick a volume by index or name (volume id); the only one when selector is None."""

@@ -43,10 +43,11 @@ from ec2backup.repository.blockmap import (
     pages_for,
 )
 from ec2backup.repository.index import IndexPack, index_pack
-from ec2backup.repository.pack import BlobCodec, PackBuilder, PackEntry
+from ec2backup.repository.pack import COMPRESSION_NONE, BlobCodec, PackBuilder, PackEntry
 from ec2backup.repository.pack import pack_id as hash_pack
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restorepoint import (
+    AnomalySignal,
     RestorePoint,
     RestorePointSource,
     VolumeMetadata,
@@ -311,6 +312,8 @@ class BackupWriter:
             self.stats.blocks_new += 1
             self.stats.bytes_new_raw += EBS_BLOCK_SIZE
             self.stats.bytes_new_stored += len(ct)
+            if comp == COMPRESSION_NONE:
+                self.stats.blocks_incompressible += 1
         if ct is not None:
             with self.claims_lock:
                 if self.claims.get(bid) == seq:
@@ -458,6 +461,7 @@ def commit_restore_point(
     tags: dict[str, str] | None = None,
     checkpoint_keys: Iterable[str] = (),
     when: dt.datetime | None = None,
+    anomaly: AnomalySignal | None = None,
 ) -> str:
     """Write the restore point (last: it must only name durable objects); drop checkpoints."""
     vols = [v.model_copy(update={"index": i}) for i, v in enumerate(volumes)]
@@ -466,6 +470,7 @@ def commit_restore_point(
         source=RestorePointSource.model_validate(source or {}),
         tags=tags or {},
         volumes=vols,
+        anomaly=anomaly,
     )
     if when is not None:  # the session's nominal time (default: now)
         rp.time = when
@@ -502,6 +507,7 @@ def merge_volume_parts(repo: Repository, parts: list[tuple[range, VolumeRecord]]
             "bytes_read",
             "bytes_new_raw",
             "bytes_new_stored",
+            "blocks_incompressible",
             "pages_written",
         ):
             setattr(stats, field, getattr(stats, field) + getattr(vol.stats, field))
