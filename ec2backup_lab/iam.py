@@ -4,8 +4,9 @@ moto answers every request whatever the caller's policies say (its own IAM enfor
 evaluates no Resource or Condition and would refuse most of the IAM kit's conditioned
 statements). With `enforce_iam` on (`lab up --enforce-iam`, or `/_lab/config`), the lab
 refuses a request signed with an assumed role's keys unless the role's identity policies
-(inline and attached) allow its action — at the level of actions: a statement's `Resource`
-and `Condition` are not evaluated (documented in docs/lab.md). The lab's own root keys (what
+(inline and attached) allow its action — at the level of actions, except S3 object operations,
+whose `Resource` (the object's ARN) must match too; `Condition` is not evaluated, nor Resource
+elsewhere (documented in docs/lab.md). The lab's own root keys (what
 the CLI and the tests use) are the account's root: always allowed, as on AWS.
 
 `SimulatePrincipalPolicy` (moto has none) evaluates a role's policies with the same engine,
@@ -15,6 +16,7 @@ enforcement on or off, so `ec2backup doctor` can name a missing action.
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from typing import Any
 from xml.sax.saxutils import escape
@@ -91,14 +93,49 @@ def role_documents(role: Any) -> list[str | dict[str, Any]]:
     return docs
 
 
-def allows(documents: list[str | dict[str, Any]], action: str) -> bool:
-    """Identity-policy decision for one action: an explicit Deny wins, then any Allow."""
+# S3 object operations are also judged by their Resource (the object's ARN): what keeps a
+# worker from deleting packs while it may delete its own locks and checkpoints.
+S3_OBJECT_ACTIONS = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:RestoreObject",
+}
+_PLACEHOLDER = re.compile(r"\$\{[^}]*\}")
+
+
+def s3_object_arn(req: Any) -> str | None:
+    """`arn:aws:s3:::bucket/key` of a path-style object request (None: not one)."""
+    path = urllib.parse.unquote(req.path).lstrip("/")
+    if req.service != "s3" or "/" not in path or req.action == "DeleteObjects":
+        return None
+    return f"arn:aws:s3:::{path}"
+
+
+def _resource_matches(st: dict[str, Any], resource: str | None) -> bool:
+    """Whether a statement's Resource covers `resource` (None: not evaluated). Unfilled kit
+    placeholders (`${RepositoryBucket}`) match anything."""
+    if resource is None:
+        return True
+    patterns = st.get("Resource", "*")
+    patterns = [patterns] if isinstance(patterns, str) else patterns
+    return any(_matches(_PLACEHOLDER.sub("*", p), resource) for p in patterns)
+
+
+def allows(
+    documents: list[str | dict[str, Any]], action: str, resource: str | None = None
+) -> bool:
+    """Identity-policy decision for one action (and, for S3 objects, its resource): an
+    explicit Deny wins, then any Allow."""
     allowed = False
     for document in documents:
         for st in _statements(document):
             actions = st.get("Action", [])
             actions = [actions] if isinstance(actions, str) else actions
             if not any(_matches(a, action) for a in actions):
+                continue
+            if not _resource_matches(st, resource):
                 continue
             if st.get("Effect") == "Deny":
                 return False
@@ -135,9 +172,12 @@ def denial(req: Any) -> tuple[str, str, int] | None:
     if action in ALWAYS_ALLOWED:
         return None
     role = _role(role_arn)
-    if role is not None and allows(role_documents(role), action):
+    resource = s3_object_arn(req) if action in S3_OBJECT_ACTIONS else None
+    if role is not None and allows(role_documents(role), action, resource):
         return None
     message = f"User: {role_arn} is not authorized to perform: {action}"
+    if resource is not None:
+        message += f" on resource: {resource}"
     if req.service == "ec2":
         return (
             "UnauthorizedOperation",

@@ -952,3 +952,19 @@ def test_excluded_helpers_are_unused() -> None:
                 assert "ebs" not in {a.name for a in node.names}, rel
             if isinstance(node, ast.Import):
                 assert "ec2backup.ebs" not in {a.name for a in node.names}, rel
+
+
+def test_workers_delete_only_their_locks_and_checkpoints() -> None:
+    """Issue 17: the worker role writes packs, index files, map pages and restore points but
+    cannot delete them (a compromised worker cannot destroy backups)."""
+    doc = iamkit.policy(Role.worker, VALUES)
+    deleting = [
+        s
+        for s in statements(doc)
+        if s["Effect"] == "Allow"
+        and any(fnmatch.fnmatchcase("s3:DeleteObject", a) for a in as_list(s["Action"]))
+    ]
+    assert deleting
+    for st in deleting:
+        for resource in as_list(st["Resource"]):
+            assert resource.endswith(("/locks/*", "/checkpoints/*")), resource

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from session_helpers import (
     ACCOUNT_A,
     ACCOUNT_B,
@@ -88,6 +89,8 @@ def kit(lab: Any) -> Iterator[dict[str, Any]]:
         f'[temporal]\naddress = "{lab.temporal_address}"\n'
         f'[[accounts]]\nid = "{ACCOUNT_B}"\nrole_arn = "{PROD_ROLE}"\n'
         f'external_id = "{EXTERNAL_ID}"\nname = "prod"\n'
+        # the configuration is the workflows' allow-list: the tests' repositories too
+        f'[[repositories]]\nurl = "s3://{BUCKET}/*"\n'
     )
     as_orchestrator = env_for(
         lab,
@@ -209,3 +212,21 @@ def test_doctor_passes_and_names_a_removed_action(lab: Any, kit: dict[str, Any])
             PolicyDocument=json.dumps(iamkit.policy(iamkit.Role.production, VALUES_B)),
         )
         _enforce(wb, True)
+
+
+def test_workers_write_but_cannot_delete_repository_data(kit: dict[str, Any]) -> None:
+    """The worker's policy lets it write packs, maps and restore points, and delete only its
+    own locks and checkpoints (issue 17: a compromised worker cannot destroy backups)."""
+    bench: Workbench = kit["bench"]
+    worker = bench.client("s3", role_arn=f"arn:aws:iam::{ACCOUNT_A}:role/ec2backup-worker")
+    root = bench.client("s3")
+    prefix = f"worker-rights-{SUFFIX}"
+    for kind in ("data/ab/abcd", "index/ef01", "maps/12/1234", "restorepoints/5678"):
+        worker.put_object(Bucket=BUCKET, Key=f"{prefix}/{kind}", Body=b"x")
+        with pytest.raises(ClientError) as refused:
+            worker.delete_object(Bucket=BUCKET, Key=f"{prefix}/{kind}")
+        assert refused.value.response["Error"]["Code"] == "AccessDenied", kind
+        root.head_object(Bucket=BUCKET, Key=f"{prefix}/{kind}")  # still there
+    for own in ("locks/0123", "checkpoints/4567"):
+        worker.put_object(Bucket=BUCKET, Key=f"{prefix}/{own}", Body=b"x")
+        worker.delete_object(Bucket=BUCKET, Key=f"{prefix}/{own}")
