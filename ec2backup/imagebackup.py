@@ -257,6 +257,7 @@ def commit(
             checkpoint_keys=keys,
             when=snapshot_set.created,
             anomaly=signal,
+            keep_days=plan.keep_days,
         )
         log.info("restore point %s written to %s", rp_id, plan.repository)
         return rp_id

@@ -8,6 +8,7 @@ stdout alone; summaries and progress go to stderr.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from ec2backup.repository.repo import (
     DEFAULT_PACK_SIZE,
     MIN_LOCK_TTL_SECONDS,
     SHORT_ID,
+    ObjectLockSettings,
     Repository,
     read_password,
 )
@@ -65,6 +67,11 @@ def _say(msg: str) -> None:
 # ---- repo ----------------------------------------------------------------------------------
 
 
+class ObjectLockMode(enum.StrEnum):
+    governance = "governance"
+    compliance = "compliance"
+
+
 @repo_app.command("init")
 def repo_init(
     repo: RepoOpt,
@@ -92,6 +99,27 @@ def repo_init(
             "TTL); a killed process blocks prune this long.",
         ),
     ] = DEFAULT_LOCK_TTL_SECONDS,
+    object_lock: Annotated[
+        ObjectLockMode | None,
+        typer.Option(
+            "--object-lock",
+            help="Lock everything a restore point needs (S3 Object Lock; the bucket must have "
+            "it enabled): governance or compliance",
+        ),
+    ] = None,
+    lock_days: Annotated[
+        int,
+        typer.Option(
+            "--lock-days",
+            min=1,
+            help="--object-lock: how long a restore point is kept when its session does not "
+            "say (a policy's sessions say: its retention)",
+        ),
+    ] = 30,
+    lock_margin_days: Annotated[
+        int,
+        typer.Option("--lock-margin-days", min=0, help="--object-lock: days added to each lock"),
+    ] = 7,
 ) -> None:
     """Create a repository: config, and one key file per wrapping (password and/or KMS)."""
     from ec2backup.archive.copy import ARCHIVE_PACK_SIZE, STORAGE_CLASSES
@@ -109,6 +137,15 @@ def repo_init(
         pack_size=pack_size_mib * 1024 * 1024,
         data_storage_class=storage_class,
         lock_ttl_seconds=lock_ttl_seconds,
+        object_lock=(
+            ObjectLockSettings(
+                mode=object_lock.value.upper(),  # type: ignore[arg-type]
+                days=lock_days,
+                margin_days=lock_margin_days,
+            )
+            if object_lock is not None
+            else None
+        ),
     )
     _say(f"created repository {r.config.id[:SHORT_ID]} at {r.backend.location()}")
     if r.created_note:
@@ -258,6 +295,14 @@ def repo_prune(
         f"{rep.packs_written}; recovered {rep.packs_recovered} packs, {rep.pages_recovered} "
         f"map pages ({time.monotonic() - t0:.1f}s)"
     )
+    if rep.locked:
+        last = max(rep.locked.values())
+        _say(
+            f"prune: {len(rep.locked)} deleted objects stay stored under Object Lock until "
+            f"{last} at the latest (the bucket's lifecycle rule reclaims them then):"
+        )
+        for name, until in rep.locked.items():
+            _say(f"  locked until {until}: {name}")
 
 
 @repo_app.command("check")
@@ -303,6 +348,15 @@ def repo_check(
         f"{rep.blobs_referenced} referenced blobs ({rep.blobs_verified} verified) "
         f"in {time.monotonic() - t0:.1f}s"
     )
+    if r.config.object_lock is not None:
+        from ec2backup.repository import objectlock
+
+        cov = objectlock.coverage(r)
+        _say(
+            f"lock coverage: {cov.percent:.0f}% ({cov.covered} of {cov.needed} objects needed "
+            f"by protected restore points locked long enough)"
+        )
+        rep.errors += [f"lock too short: {p}" for p in cov.problems]
     if not rep.ok:
         raise UserError(f"check found {len(rep.errors)} errors; first: {rep.errors[0]}")
     _say("no errors")

@@ -35,6 +35,9 @@ class WorkerSpec(BaseModel):
 class ImageBackupSpec(BaseModel):
     repository: str
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    # How long the policy's retention may keep the restore point (days): on an Object Lock
+    # repository its objects stay locked that long, plus the repository's margin.
+    keep_days: int | None = None
 
 
 class VolumeProgress(BaseModel):
@@ -184,6 +187,7 @@ class ImagePlan(BaseModel):
     range_blocks: int
     volumes: list[VolumePlan]
     secret_name: str
+    keep_days: int | None = None  # ImageBackupSpec.keep_days
     # Dead-host detection for transfer ranges (set by the orchestrator's configuration).
     heartbeat_timeout_seconds: float = 60.0
     boot_timeout_seconds: float = 600.0

@@ -36,6 +36,9 @@ MULTIPART_CONCURRENCY = 4
 # (the shortest S3 allows); no upload of ours takes a day.
 ABORT_MULTIPART_DAYS = 1
 ABORT_RULE_ID = "ec2backup-abort-incomplete-multipart"
+# Object Lock repositories: a version prune deleted (a delete marker hides it) is expired this
+# long after it became noncurrent, or when its lock ends if later (S3 honours the lock).
+NONCURRENT_EXPIRY_DAYS = 1
 # A conditional write that races another on the same key gets a 409; AWS: retry it.
 CONDITIONAL_CONFLICT_RETRIES = 3
 
@@ -270,19 +273,65 @@ class S3Backend:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             raise
 
-    def ensure_abort_multipart_rule(self) -> str:
+    # ---- S3 Object Lock (repository-format.md §10) -----------------------------------------
+    def require_object_lock(self) -> None:
+        """The bucket must have Object Lock enabled (only possible at its creation, or with
+        versioning on and AWS's enable call): one line naming it otherwise."""
+        from botocore.exceptions import ClientError
+
+        try:
+            conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "ObjectLockConfigurationNotFoundError":
+                raise UserError(
+                    f"bucket {self.bucket} has no Object Lock: create it with Object Lock "
+                    "enabled (aws s3api create-bucket --object-lock-enabled-for-bucket)"
+                ) from None
+            raise
+        if conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+            raise UserError(f"bucket {self.bucket}: Object Lock is not enabled")
+
+    def retention(self, name: str) -> tuple[str | None, dt.datetime | None]:
+        """(mode, retain-until) of the object's current version; (None, None) if unlocked."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            self._raise_missing(name, exc)
+            raise
+        until = head.get("ObjectLockRetainUntilDate")
+        if isinstance(until, str):
+            until = dt.datetime.fromisoformat(until.replace("Z", "+00:00"))
+        return head.get("ObjectLockMode"), until
+
+    def set_retention(self, name: str, mode: str, until: dt.datetime) -> None:
+        """Lock the object's current version until `until` (S3 refuses shortening a
+        COMPLIANCE lock; callers only ever extend)."""
+        self.client.put_object_retention(
+            Bucket=self.bucket,
+            Key=self._key(name),
+            Retention={"Mode": mode, "RetainUntilDate": until},
+        )
+
+    def ensure_abort_multipart_rule(self, expire_noncurrent: bool = False) -> str:
         """Make sure a lifecycle rule aborts this prefix's incomplete multipart uploads (an
-        upload whose abort failed, a killed process: its parts are billed until aborted).
+        upload whose abort failed, a killed process: its parts are billed until aborted) and,
+        with `expire_noncurrent` (an Object Lock repository), expires the versions prune
+        deleted once their lock has ended (S3 never expires a locked version early).
         Returns what was done, or how to do it when this principal may not."""
         from botocore.exceptions import ClientError
 
         prefix = f"{self.prefix}/" if self.prefix else ""
-        rule = {
+        rule: dict[str, Any] = {
             "ID": f"{ABORT_RULE_ID}{('-' + self.prefix.replace('/', '-')) if self.prefix else ''}",
             "Filter": {"Prefix": prefix},
             "Status": "Enabled",
             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
         }
+        if expire_noncurrent:
+            rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": NONCURRENT_EXPIRY_DAYS}
         how = (
             f"add a lifecycle rule to bucket {self.bucket} with "
             f'{{"Filter": {{"Prefix": "{prefix}"}}, "Status": "Enabled", '
@@ -302,6 +351,7 @@ class S3Backend:
                     r.get("Status") == "Enabled"
                     and "AbortIncompleteMultipartUpload" in r
                     and prefix.startswith(covers)
+                    and (not expire_noncurrent or "NoncurrentVersionExpiration" in r)
                 ):
                     return f"incomplete multipart uploads are aborted by rule {r.get('ID', '?')}"
             # the call replaces the whole configuration: keep every existing rule

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ec2backup import crypto
 from ec2backup.errors import UserError
+from ec2backup.repository import objectlock
 from ec2backup.repository.check import referenced
 from ec2backup.repository.index import IndexPack, index_pack
 from ec2backup.repository.locks import PROBE_PURPOSE, Lock, list_locks
@@ -53,6 +54,9 @@ class PruneReport:
     pages_recovered: int = 0
     marks_pending: list[str] = field(default_factory=list)  # "mark: why it waits"
     dry_run: bool = False
+    # Object Lock repositories: objects this prune deleted whose locked version stays stored
+    # (and billed) until then, when the lifecycle rule reclaims it: name -> ISO time
+    locked: dict[str, str] = field(default_factory=dict)
 
 
 def exclusive_lock(repo: Repository) -> Lock:
@@ -246,10 +250,29 @@ def prune(
     old_index_ids = list(index.files)
     # one chunk of packs materialized at a time: the kept ones can be most of a large index
     sources = [(pid, index) for pid in keep_ids] + [(pid, marked) for pid in sorted(recovered)]
+    written_index: list[str] = []
     for chunk in iter_chunks(sources, PACKS_PER_INDEX):
-        repo.save_index([src.pack(pid) for pid, src in chunk], supersedes=old_index_ids)
+        written_index.append(
+            repo.save_index([src.pack(pid) for pid, src in chunk], supersedes=old_index_ids)
+        )
     for chunk in iter_chunks(new_packs, PACKS_PER_INDEX):
-        repo.save_index(chunk, supersedes=old_index_ids)
+        written_index.append(repo.save_index(chunk, supersedes=old_index_ids))
+    if objectlock.enabled(repo):
+        now = dt.datetime.now(dt.UTC)
+        # what this prune wrote holds what protected restore points need: lock it first
+        objectlock.relock(
+            repo,
+            [repo.object_name("index", oid) for oid in written_index]
+            + [data_name(p.id) for p in new_packs],
+            now,
+        )
+        doomed_names = [repo.object_name("index", oid) for oid in old_index_ids]
+        doomed_names += [data_name(pid) for pid in doomed_packs]
+        doomed_names += [all_pages[page] for page in doomed_pages if page in all_pages]
+        report.locked = {
+            name: until.isoformat(timespec="seconds")
+            for name, until in sorted(objectlock.locked_now(repo, doomed_names, now).items())
+        }
     for oid in old_index_ids:
         repo.backend.delete(repo.object_name("index", oid))
     report.index_files_replaced = len(old_index_ids)

@@ -25,7 +25,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import zstandard
 from pydantic import BaseModel, Field, ValidationError
@@ -91,6 +91,16 @@ class RepositoryExists(UserError):
     """`init` where a repository is (or, racing, just came to be)."""
 
 
+class ObjectLockSettings(BaseModel):
+    """S3 Object Lock on everything a restore point needs (repository-format.md §10)."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    # How long a restore point is kept when its writer does not say (a session says: its
+    # policy's retention); its objects stay locked that long after its time, plus the margin.
+    days: int = Field(ge=1, le=36_500)
+    margin_days: int = Field(default=7, ge=0, le=3650)
+
+
 class RepoConfig(BaseModel):
     version: int = FORMAT_VERSION
     id: str
@@ -110,6 +120,9 @@ class RepoConfig(BaseModel):
     # Locks older than this (by the storage's clock) are stale; holders refresh five times per
     # TTL (docs §8). A repository parameter: every locker of it must use the same.
     lock_ttl_seconds: int = Field(default=DEFAULT_LOCK_TTL_SECONDS, ge=MIN_LOCK_TTL_SECONDS)
+    # An Object Lock repository (absent: none; left out of the MAC then, as configs written
+    # before the field existed have no such key).
+    object_lock: ObjectLockSettings | None = None
     # Keyed BLAKE3 of the other fields (canonical JSON) under a key derived from the master
     # key: the config is plaintext (read before any key is open), and a changed parameter
     # (data_storage_class sending every pack to Glacier, a pack size, a version) must not be
@@ -117,8 +130,9 @@ class RepoConfig(BaseModel):
     mac: str = ""
 
     def canonical(self) -> bytes:
+        exclude = {"mac"} | ({"object_lock"} if self.object_lock is None else set())
         return json.dumps(
-            self.model_dump(mode="json", exclude={"mac"}), sort_keys=True, separators=(",", ":")
+            self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":")
         ).encode()
 
     def signed(self, master: bytes) -> RepoConfig:
@@ -219,10 +233,15 @@ class Repository:
         compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         data_storage_class: str | None = None,
         lock_ttl_seconds: int = DEFAULT_LOCK_TTL_SECONDS,
+        object_lock: ObjectLockSettings | None = None,
     ) -> Repository:
         backend = open_backend(url)
         if data_storage_class and not isinstance(backend, S3Backend):
             raise UserError(f"--storage-class {data_storage_class} needs an s3:// repository")
+        if object_lock is not None:
+            if not isinstance(backend, S3Backend):
+                raise UserError("--object-lock needs an s3:// repository")
+            backend.require_object_lock()
         if password is None and not kms_key_id:
             raise UserError(
                 "no password and no KMS key: set EC2BACKUP_REPO_PASSWORD, use --password-file "
@@ -240,6 +259,7 @@ class Repository:
             compression_level=compression_level,
             data_storage_class=data_storage_class,
             lock_ttl_seconds=lock_ttl_seconds,
+            object_lock=object_lock,
         )
         master = crypto.random_key()
         config = config.signed(master)
@@ -260,7 +280,9 @@ class Repository:
             )
         repo = cls(backend, config, master, key_ids[0])
         if isinstance(backend, S3Backend):
-            repo.created_note = backend.ensure_abort_multipart_rule()
+            repo.created_note = backend.ensure_abort_multipart_rule(
+                expire_noncurrent=object_lock is not None
+            )
         return repo
 
     @classmethod

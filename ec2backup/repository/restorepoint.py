@@ -128,6 +128,9 @@ class RestorePoint(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     volumes: list[VolumeRecord]
     anomaly: AnomalySignal | None = None  # instance backups since the ransomware signal
+    # Object Lock repositories: everything this restore point needs is locked at least until
+    # then (its time + how long it is kept + the margin; repository-format.md §10)
+    lock_until: dt.datetime | None = None
 
     def volume(self, selector: str | None) -> VolumeRecord:
         """Pick a volume by index or name (volume id); the only one when selector is None."""

@@ -462,8 +462,13 @@ def commit_restore_point(
     checkpoint_keys: Iterable[str] = (),
     when: dt.datetime | None = None,
     anomaly: AnomalySignal | None = None,
+    keep_days: int | None = None,
 ) -> str:
-    """Write the restore point (last: it must only name durable objects); drop checkpoints."""
+    """Write the restore point (last: it must only name durable objects); drop checkpoints.
+    On an Object Lock repository, then lock everything it needs until its horizon (kept
+    `keep_days`, default the repository's, plus the margin)."""
+    from ec2backup.repository import objectlock
+
     vols = [v.model_copy(update={"index": i}) for i, v in enumerate(volumes)]
     rp = RestorePoint(
         parent=parent,
@@ -474,7 +479,11 @@ def commit_restore_point(
     )
     if when is not None:  # the session's nominal time (default: now)
         rp.time = when
+    if objectlock.enabled(repo):
+        rp.lock_until = objectlock.horizon(repo, rp.time, keep_days)
     rp_id = repo.save_restore_point(rp)
+    if rp.lock_until is not None:
+        objectlock.lock_restore_point(repo, rp_id, rp)
     for key in checkpoint_keys:
         repo.backend.delete(checkpoint_name(key))
     return rp_id
