@@ -155,7 +155,11 @@ def use_keyring(keyring: Keyring) -> None:
 
 def keyring(refresh: bool = False) -> Keyring:
     """This process's keyring: the one given to `use_keyring`, else the installation's
-    (loaded on first use, reloaded after RELOAD_SECONDS or when `refresh`)."""
+    (loaded on first use, reloaded after RELOAD_SECONDS or when `refresh`).
+
+    A reload adds keys (to decode what newer processes encode) but keeps the key this process
+    encodes with: the keyring its workers got in their session secrets has that one, and a
+    key rotated in meanwhile would be unknown to them."""
     global _keyring, _loaded_at
     with _lock:
         stale = time.monotonic() - _loaded_at > RELOAD_SECONDS
@@ -164,6 +168,8 @@ def keyring(refresh: bool = False) -> Keyring:
     loaded = _installation_keyring()
     with _lock:
         if not _fixed:
+            if _keyring is not None and _keyring.current in loaded.keys:
+                loaded = Keyring(_keyring.current, {**_keyring.keys, **loaded.keys})
             _keyring, _loaded_at = loaded, time.monotonic()
         return _keyring or loaded
 
