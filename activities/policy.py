@@ -8,12 +8,24 @@ import datetime as dt
 
 from temporalio import activity
 
-from ec2backup import discovery, installation, retention, schedules
+from ec2backup import (
+    authorization,
+    aws,
+    config,
+    discovery,
+    installation,
+    notify,
+    retention,
+    schedules,
+)
 from ec2backup.activity_support import adapter, classify, repository_password
+from ec2backup.models.authorization import AuthorizeInput, AuthorizeOutput
 from ec2backup.models.policy import (
     DiscoveredInstance,
     DiscoverInput,
     DiscoverOutput,
+    NotifyInput,
+    NotifyOutput,
     RetentionInput,
     RetentionOutput,
 )
@@ -55,3 +67,42 @@ def apply_retention(req: RetentionInput) -> RetentionOutput:
         dry_run=req.dry_run,
         progress=activity.heartbeat,
     )
+
+
+@activity.defn(name="authorize_request")
+@adapter
+def authorize_request(req: AuthorizeInput) -> AuthorizeOutput:
+    """What a workflow is asked to touch, against the installation configuration's
+    allow-list (ec2backup.authorization); NotAuthorized (non-retryable) names the value."""
+    home = installation.home_region()
+    decision = authorization.authorize(
+        config.load(),
+        what=req.workflow,
+        home_region=home,
+        backup_account_id=aws.caller_account(home),
+        regions=req.regions,
+        role_arns=req.role_arns,
+        account_ids=req.account_ids,
+        repositories=req.repositories,
+    )
+    if not decision.enforced:
+        activity.logger.warning(
+            "%s: the installation configuration names no Regions, accounts or repositories: "
+            "every value is allowed (docs/deploy.md, authorization)",
+            req.workflow,
+        )
+    return AuthorizeOutput(
+        enforced=decision.enforced, regions=decision.regions, account_ids=decision.account_ids
+    )
+
+
+@activity.defn(name="notify_policy_run")
+@adapter
+def notify_policy_run(req: NotifyInput) -> NotifyOutput:
+    """One SNS message with the run's summary (policy `notify`). At least once: a retry after
+    a publish whose answer was lost sends the summary twice (standard topics do not dedupe)."""
+    message_id = notify.publish(req.topic_arn, req.outcome, req.run_id, req.report)
+    activity.logger.info(
+        "published the %s summary of %s to %s", req.outcome, req.run_id, req.topic_arn
+    )
+    return NotifyOutput(message_id=message_id)

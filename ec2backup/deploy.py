@@ -20,7 +20,7 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 
-from ec2backup import aws, config, iamkit, installation, payloads, workers
+from ec2backup import authorization, aws, config, iamkit, installation, payloads, workers
 from ec2backup.errors import UserError, short_error
 from ec2backup.orchestrator import ensure_janitor_schedule, janitor_schedule_state
 from ec2backup.temporal import SEARCH_ATTRIBUTES, connect, connect_config
@@ -28,7 +28,10 @@ from ec2backup.temporal import SEARCH_ATTRIBUTES, connect, connect_config
 Action = Literal["created", "updated", "unchanged", "skipped", "rotated"]
 # How long doctor waits for Temporal before calling it unreachable.
 TEMPORAL_CONNECT_TIMEOUT = timedelta(seconds=10)
-_INDEXED_TYPES = {"Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD}
+_INDEXED_TYPES = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
+}
 
 
 @dataclass
@@ -327,6 +330,8 @@ async def doctor(cfg: config.InstallationConfig) -> Report:
                 for region in regions:
                     report.check(f"{name} {region}", _check_dry_run, region, account.role_arn)
         for i, repo in enumerate(cfg.repositories):
+            if authorization.is_pattern(repo.url):
+                continue  # an allow-list prefix (ec2backup.authorization), not a repository
             report.check(f"repositories.{i} ({repo.url})", _check_repository, repo)
 
     def permission_checks() -> None:

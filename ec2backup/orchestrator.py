@@ -147,6 +147,8 @@ async def run_worker(
                 janitor_activities.janitor_sweep,
                 policy_activities.discover_instances,
                 policy_activities.apply_retention,
+                policy_activities.authorize_request,
+                policy_activities.notify_policy_run,
             ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,

@@ -211,6 +211,11 @@ class GfsRetention(_Strict):
             raise ValueError("retention keeps nothing: give at least one count > 0")
         return self
 
+    def horizon_days(self) -> int:
+        """The longest this retention can keep a restore point (its oldest bucket's span):
+        how long an Object Lock repository locks what the point needs."""
+        return max(self.daily, 7 * self.weekly, 31 * self.monthly, 366 * self.yearly)
+
 
 class SnapshotPolicy(_Strict):
     retention: Retention
@@ -332,6 +337,47 @@ class ArchivePolicy(_Strict):
         return value
 
 
+# A run's outcomes (search attribute `Outcome`; ec2backup.models.authorization.Outcome).
+NotifyOutcome = Literal["succeeded", "partial", "failed"]
+# By default only what needs a look: a nightly "succeeded" to every subscriber is noise.
+DEFAULT_NOTIFY_ON: tuple[NotifyOutcome, ...] = ("failed", "partial")
+_SNS_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-[a-z]+)+-\d+:\d{12}:[\w-]{1,256}$")
+
+
+class Notify(_Strict):
+    """One SNS message per policy run with its summary, for the outcomes in `on`."""
+
+    sns_topic_arn: str = Field(description="arn:aws:sns:REGION:ACCOUNT:NAME")
+    on: list[NotifyOutcome] = Field(
+        default_factory=lambda: list(DEFAULT_NOTIFY_ON),
+        min_length=1,
+        description="the run outcomes that publish (default failed and partial)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true: take it as `on`."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        if not _SNS_TOPIC_ARN.match(value):
+            raise ValueError(f"'{value}' is not an SNS topic ARN")
+        return value
+
+    @property
+    def topic_region(self) -> str:
+        return self.sns_topic_arn.split(":")[3]
+
+    @property
+    def topic_account(self) -> str:
+        return self.sns_topic_arn.split(":")[4]
+
+
 class Policy(_Strict):
     name: str
     enabled: bool = True
@@ -349,6 +395,7 @@ class Policy(_Strict):
     replication: Replication | None = None
     image_backup: ImageBackup | None = None
     archive: ArchivePolicy | None = None
+    notify: Notify | None = None
 
     @model_validator(mode="after")
     def _archive_needs_backups(self) -> Policy:

@@ -9,6 +9,7 @@ encrypted metadata bound to the copy's own id afterwards).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from ec2backup import aws, tagcodec
 from ec2backup.errors import UserError
 from ec2backup.models.session import ReplicateOutput, ReplicationSpec
 from ec2backup.models.snapshots import SnapshotSet
+
+log = logging.getLogger("ec2backup.replication")
 
 # AWS: at most 20 concurrent snapshot copies per destination Region (ResourceLimitExceeded).
 MAX_CONCURRENT_COPIES = 20
@@ -91,6 +94,7 @@ def replicate_set(
             if target.kms_key_id:
                 params["KmsKeyId"] = target.kms_key_id
             copy_id = dst_ec2.copy_snapshot(**params)["SnapshotId"]
+            log.info("snapshot %s copied to %s (%s)", member.snapshot_id, copy_id, target.region)
             in_flight[copy_id] = member.snapshot_id
         states = {
             s["SnapshotId"]: s

@@ -27,6 +27,7 @@ Time is an input (`now`): the `BackupPolicy` workflow passes its deterministic `
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import zoneinfo
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -36,6 +37,8 @@ from ec2backup.models.policy import RetentionOutput
 from ec2backup.policy import GfsRetention, Policy, Retention
 from ec2backup.repository.marks import marks_due
 from ec2backup.snapshots import CatalogEntry, catalog
+
+log = logging.getLogger("ec2backup.retention")
 
 # Prune waits this long for other sessions' shared locks on the repository to go away.
 PRUNE_LOCK_WAIT_SECONDS = 600.0
@@ -115,6 +118,7 @@ def _delete_snapshot(ec2: Any, snapshot_id: str, notes: list[str]) -> bool:
             notes.append(f"{snapshot_id} is in use (an AMI or a copy): kept")
             return False
         raise
+    log.info("snapshot %s deleted (retention)", snapshot_id)
     return True
 
 

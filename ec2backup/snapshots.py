@@ -150,6 +150,12 @@ def create_snapshot_set(
                 {"ResourceType": "snapshot", "Tags": tagcodec.plain_tags(set_id, session_id)}
             ],
         )["Snapshots"]
+        log.info(
+            "snapshot set %s of %s created: %s",
+            set_id,
+            instance_id,
+            ", ".join(s["SnapshotId"] for s in snaps),
+        )
     default_key = _default_key_arn(kms)
     shape = instance_shape(ec2, instance)
     by_volume = {s["VolumeId"]: s for s in snaps}

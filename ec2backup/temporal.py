@@ -135,10 +135,26 @@ async def connect(
 # Custom search attributes set on every workflow we start (registered by `ec2backup setup`; the
 # lab's dev server starts with them), so `temporal workflow list --query "PolicyName='prod'"`
 # finds a policy's sessions. Name -> type (as `temporal operator search-attribute create`).
-SEARCH_ATTRIBUTES = {"PolicyName": "Keyword", "InstanceId": "Keyword", "SessionKind": "Keyword"}
+# `Outcome` (succeeded, partial, failed) is set when a run ends, also when it fails or is
+# canceled (`Outcome!='succeeded'` is what to alert on). `Region` and `AccountId` are lists
+# (a policy run or a replicating session spans several; `Region='us-east-1'` matches a list
+# holding it), set once the run's input is authorized. Search attributes are not encrypted by
+# the payload codec: they hold names, ids and Regions only, never a role ARN, tag value or
+# repository URL.
+SEARCH_ATTRIBUTES = {
+    "PolicyName": "Keyword",
+    "InstanceId": "Keyword",
+    "SessionKind": "Keyword",
+    "Outcome": "Keyword",
+    "Region": "KeywordList",
+    "AccountId": "KeywordList",
+}
 POLICY_NAME = SearchAttributeKey.for_keyword("PolicyName")
 INSTANCE_ID = SearchAttributeKey.for_keyword("InstanceId")
 SESSION_KIND = SearchAttributeKey.for_keyword("SessionKind")
+OUTCOME = SearchAttributeKey.for_keyword("Outcome")
+REGION = SearchAttributeKey.for_keyword_list("Region")
+ACCOUNT_ID = SearchAttributeKey.for_keyword_list("AccountId")
 
 
 def search_attributes(

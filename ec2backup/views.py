@@ -21,7 +21,7 @@ from ec2backup.models.policy import BackupPolicyOutput, InstanceOutcome, Outcome
 from ec2backup.models.session import (
     BackupSessionOutput,
 )
-from ec2backup.temporal import INSTANCE_ID, POLICY_NAME
+from ec2backup.temporal import INSTANCE_ID, OUTCOME, POLICY_NAME
 
 SESSION_WORKFLOW = "BackupSession"
 
@@ -266,6 +266,7 @@ async def _policy_status(client: Client, schedule_id: str, prefix: str) -> dict[
         "instances": None,
         "completed_instances": None,
         "failed_instances": None,
+        "outcome": None,  # the run's Outcome search attribute: succeeded, partial, failed
         "next_run": nxt[0].isoformat(timespec="seconds") if nxt else None,
     }
     row.update(await _archive_status(client, row["policy"]))
@@ -329,7 +330,10 @@ async def _last_run(client: Client, run_id: str) -> dict[str, Any]:
             return {"last_status": "unknown"}
         raise
     status = desc.status
-    out: dict[str, Any] = {"run_status": status.name if status else None}
+    out: dict[str, Any] = {
+        "run_status": status.name if status else None,
+        "outcome": desc.typed_search_attributes.get(OUTCOME),
+    }
     report: BackupPolicyOutput | None = None
     try:
         if status == WorkflowExecutionStatus.COMPLETED:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from ec2backup.models.session import (
 )
 from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
+
+log = logging.getLogger("ec2backup.workers")
 
 GIB = 1024**3
 EBS_BLOCK_SIZE = 512 * 1024
@@ -181,6 +184,7 @@ def build_plan(
         ),
         range_blocks=range_blocks(),
         volumes=volume_plans(snapshot_set),
+        keep_days=spec.keep_days,
         secret_name=session_secret_id(
             session_id,
             snapshot_set.region,
@@ -233,8 +237,10 @@ def put_secret(
         params["KmsKeyId"] = session_secret_key(region, aws.account_of_role(role_arn))
     try:
         sm.create_secret(Name=name, SecretString=value, Tags=_session_tags(session_id), **params)
+        log.info("session secret %s created in %s", name, region)
     except sm.exceptions.ResourceExistsException:
         sm.put_secret_value(SecretId=name, SecretString=value)
+        log.info("session secret %s updated in %s", name, region)
 
 
 # The backup account's key for session secrets read from other accounts (one per Region).
@@ -526,7 +532,9 @@ def launch(
         # Exactly these groups (of the worker's account); without any, EC2 puts the
         # instance in its VPC's default group.
         params["SecurityGroupIds"] = list(security_group_ids)
-    return str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+    launched = str(ec2.run_instances(**params)["Instances"][0]["InstanceId"])
+    log.info("worker instance %s launched (%s)", launched, params.get("InstanceType"))
+    return launched
 
 
 def instance_architecture(ec2: Any, instance_type: str) -> str:
@@ -613,6 +621,7 @@ def attach_volume(
             TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
             **create,
         )["VolumeId"]
+        log.info("volume %s created from %s for %s", volume_id, source_volume_id, device)
         state, attached_to = "creating", None
     else:
         volume_id = found["VolumeId"]
@@ -632,6 +641,7 @@ def attach_volume(
                 heartbeat=heartbeat,
             )
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
+        log.info("volume %s attached to %s at %s", volume_id, instance_id, device)
     return str(volume_id)
 
 
@@ -687,6 +697,7 @@ def release(
     if instances:
         ids = [i["InstanceId"] for i in instances]
         ec2.terminate_instances(InstanceIds=ids)
+        log.info("worker instances terminated: %s", ", ".join(ids))
         out.instances_terminated = ids
     for volume in _session_volumes(ec2, session_id):
         attached = [a.get("InstanceId") for a in volume.get("Attachments", [])]
@@ -709,6 +720,7 @@ def release(
         except Exception as exc:
             if aws.error_code(exc) != "InvalidVolume.NotFound":
                 raise
+        log.info("volume %s deleted", volume_id)
         out.volumes_deleted.append(volume_id)
     if secret_name and only_instance_id is None:
         delete_secret(region, secret_name)
@@ -722,6 +734,7 @@ def delete_secret(region: str, secret_name: str) -> bool:
         sm.delete_secret(SecretId=secret_name_of(secret_name), ForceDeleteWithoutRecovery=True)
     except sm.exceptions.ResourceNotFoundException:
         return False
+    log.info("session secret %s deleted in %s", secret_name, region)
     return True
 
 

@@ -279,8 +279,7 @@ def encrypt_attack(method: str, parts: list[str], query: Any, body: Any) -> tupl
     count = min(len(written), max(1, round(data.blocks_total * req.fraction)))
     chosen = sorted(rng.sample(written, count))
     blocks = {
-        index: gen.random_block(f"encrypted:{req.seed}:{req.volume_id}:{index}")
-        for index in chosen
+        index: gen.random_block(f"encrypted:{req.seed}:{req.volume_id}:{index}") for index in chosen
     }
     data.write_blocks(blocks)
     return 200, {

@@ -123,9 +123,7 @@ def _resource_matches(st: dict[str, Any], resource: str | None) -> bool:
     return any(_matches(_PLACEHOLDER.sub("*", p), resource) for p in patterns)
 
 
-def allows(
-    documents: list[str | dict[str, Any]], action: str, resource: str | None = None
-) -> bool:
+def allows(documents: list[str | dict[str, Any]], action: str, resource: str | None = None) -> bool:
     """Identity-policy decision for one action (and, for S3 objects, its resource): an
     explicit Deny wins, then any Allow."""
     allowed = False

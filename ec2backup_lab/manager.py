@@ -26,6 +26,12 @@ from ec2backup.temporal import SEARCH_ATTRIBUTES
 DEFAULT_LAB_DIR = ".lab"
 DEFAULT_AWS_PORT, DEFAULT_TEMPORAL_PORT, DEFAULT_UI_PORT = 4566, 7233, 8233
 LAB_REGION = "us-east-1"
+# The Regions the lab's configuration allows: its home, and where tests replicate and restore.
+LAB_REGIONS = (LAB_REGION, "eu-west-1", "us-west-2")
+# The role the orchestrator assumes in each production account of the lab.
+LAB_ACCOUNT_ROLE = "ec2backup"
+# Allow-list patterns (a trailing `*` is a prefix): every repository in S3 or a directory.
+LAB_REPOSITORY_PATTERNS = ("s3://*", "/*")
 # The lab accepts any credentials; these map to moto's default account 123456789012.
 LAB_ACCESS_KEY, LAB_SECRET_KEY = "testing", "testing"
 # Registered on the dev server so sessions can be found by instance, policy and phase.
@@ -81,15 +87,27 @@ def write_config(state: LabState) -> Path:
     instance profile (provisioned in every lab account: ec2backup_lab.baseline); the worker
     image is the default (Amazon Linux 2023 from its public SSM parameter)."""
     from ec2backup.config import render_toml
-    from ec2backup_lab.baseline import WORKER_INSTANCE_PROFILE
+    from ec2backup_lab.baseline import LAB_ACCOUNTS, WORKER_INSTANCE_PROFILE
 
     path = config_file(Path(state.dir))
     text = render_toml(
         {
             "home_region": LAB_REGION,
-            "regions": [LAB_REGION],
+            # The configuration is the workflows' allow-list (ec2backup.authorization): the
+            # lab's Regions and production accounts (their `ec2backup` role), and any
+            # repository (in S3 or a directory): tests make one per prefix.
+            "regions": list(LAB_REGIONS),
             "temporal": {"address": state.temporal_address, "namespace": "default"},
             "worker": {"instance_profile": WORKER_INSTANCE_PROFILE},
+            "accounts": [
+                {
+                    "id": account,
+                    "role_arn": f"arn:aws:iam::{account}:role/{LAB_ACCOUNT_ROLE}",
+                    "name": f"lab-{account}",
+                }
+                for account in LAB_ACCOUNTS[1:]  # the first is the backup account
+            ],
+            "repositories": [{"url": url} for url in LAB_REPOSITORY_PATTERNS],
         }
     )
     path.write_text("# written by `ec2backup lab up` for this lab\n" + text)

@@ -14,6 +14,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import CancelledError
 
+from ec2backup import observability
 from ec2backup.activity_support import role_session
 from ec2backup.models.agent import (
     DescribeHostInput,
@@ -114,11 +115,24 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
         last_poll[0] = time.monotonic()
         return _session_paused(workflow_id)
 
+    started = time.monotonic()
     try:
         with role_session():
             result = transfer.transfer_range(req, heartbeat, should_stop)
     except Exception as exc:
         raise classify(exc) from exc
+    observability.record_transfer(
+        result.blocks_read, result.bytes_read, result.bytes_stored, time.monotonic() - started
+    )
+    activity.logger.info(
+        "range %d-%d of %s: %d blocks read, %d bytes stored in %s",
+        req.start_block,
+        req.end_block,
+        req.volume.source_volume_id,
+        result.blocks_read,
+        result.bytes_stored,
+        req.repository,
+    )
     if activity.is_cancelled():
         raise CancelledError("range cancelled after a durable checkpoint")
     return result

@@ -11,6 +11,8 @@ from datetime import timedelta
 from pydantic import BaseModel
 from temporalio import workflow
 
+from workflows.common import ensure_search_attributes, guarded, outcome_on_failure, set_outcome
+
 with workflow.unsafe.imports_passed_through():
     from ec2backup.models.agent import DescribeHostInput, DescribeHostOutput
     from worker_agent import activities as agent_activities
@@ -31,11 +33,18 @@ class AgentProbeOutput(BaseModel):
 class AgentProbe:
     @workflow.run
     async def run(self, req: AgentProbeInput) -> AgentProbeOutput:
-        host = await workflow.execute_activity(
-            agent_activities.describe_host,
-            DescribeHostInput(),
-            task_queue=req.task_queue,
-            schedule_to_start_timeout=AGENT_BOOT_TIMEOUT,
-            start_to_close_timeout=timedelta(minutes=1),
-        )
+        # No Region/AccountId: a host queue names neither, and the probe touches nothing.
+        if guarded():
+            ensure_search_attributes("probe", "")
+        with outcome_on_failure():
+            host = await workflow.execute_activity(
+                agent_activities.describe_host,
+                DescribeHostInput(),
+                task_queue=req.task_queue,
+                schedule_to_start_timeout=AGENT_BOOT_TIMEOUT,
+                start_to_close_timeout=timedelta(minutes=1),
+            )
+        if guarded():
+            ensure_search_attributes("probe", "", host.instance_id)
+        set_outcome("succeeded")
         return AgentProbeOutput(host=host)

@@ -20,10 +20,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 from workflows.common import (
     CONTROL_RETRY,
     LIVENESS_TIMEOUT,
+    authorize,
     cancel_requested,
     ensure_search_attributes,
+    outcome_on_failure,
     raise_if_cancelled,
     run_to_completion,
+    set_outcome,
+    set_regions,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -39,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyArchiveInput,
         VerifyArchiveOutput,
     )
+    from ec2backup.models.authorization import AuthorizeInput
     from ec2backup.models.session import (
         ProvisionWorkerInput,
         ReleaseWorkerInput,
@@ -64,8 +69,20 @@ class Archive:
 
     @workflow.run
     async def run(self, req: ArchiveInput) -> ArchiveOutput:
-        archive_id = workflow.info().workflow_id
         ensure_search_attributes("archive", req.policy_name)
+        with outcome_on_failure():
+            await authorize(
+                AuthorizeInput(
+                    workflow="Archive",
+                    repositories=[r for r in (req.source_repository, req.archive_repository) if r],
+                )
+            )
+            result = await self._archive(req)
+        set_outcome("succeeded")
+        return result
+
+    async def _archive(self, req: ArchiveInput) -> ArchiveOutput:
+        archive_id = workflow.info().workflow_id
         plan: ArchivePlan = await workflow.execute_activity(
             archive_activities.plan_archive,
             PlanArchiveInput(archive_id=archive_id, request=req),
@@ -73,6 +90,8 @@ class Archive:
             heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
+        if plan.worker is not None:
+            set_regions([plan.worker.region])  # where the copy runs (the input names none)
         base = ArchiveOutput(
             status="already archived",
             restore_point_id=plan.restore_point_id,

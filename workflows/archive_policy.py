@@ -20,10 +20,19 @@ from temporalio.exceptions import (
     ChildWorkflowError,
 )
 
-from workflows.common import CONTROL_RETRY, LIVENESS_TIMEOUT, ensure_search_attributes
+from workflows.common import (
+    CONTROL_RETRY,
+    LIVENESS_TIMEOUT,
+    authorize,
+    ensure_search_attributes,
+    guarded,
+    outcome_on_failure,
+    set_outcome,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities import archive as archive_activities
+    from ec2backup.authorization import policy_request
     from ec2backup.models.archive import (
         ArchiveInput,
         ArchiveOutcome,
@@ -33,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         SelectArchiveInput,
         SelectArchiveOutput,
     )
+    from ec2backup.models.authorization import Outcome
     from ec2backup.policy import Policy
     from ec2backup.temporal import search_attributes
 
@@ -54,6 +64,28 @@ class ArchivePolicy:
         name = policy.name
         self._report.policy = name
         ensure_search_attributes("archive", name)
+        with outcome_on_failure():
+            await authorize(policy_request("ArchivePolicy", policy))
+            await self._archive(policy)
+        archived = self._report.archived
+        ok = sum(a.status in ("completed", "already archived") for a in archived)
+        outcome: Outcome = (
+            "succeeded" if ok == len(archived) else "failed" if ok == 0 else "partial"
+        )
+        set_outcome(outcome)
+        if outcome == "failed" and guarded():
+            # As BackupPolicy: every copy failed, so the run fails (alerts on failed runs).
+            raise ApplicationError(
+                f"archive policy {name}: all {len(archived)} archive copies failed "
+                f"(first: {archived[0].restore_point_id[:12]}: "
+                f"{' '.join((archived[0].error or archived[0].status).split())})",
+                type="ArchiveRunFailed",
+                non_retryable=True,
+            )
+        return self._report
+
+    async def _archive(self, policy: Policy) -> None:
+        name = policy.name
         archive, image = policy.archive, policy.image_backup
         if archive is None or image is None:
             raise ApplicationError(
@@ -120,4 +152,3 @@ class ArchivePolicy:
         except ActivityError as exc:
             self._report.notes.append(f"archive retention failed: {exc.cause or exc}")
         self._report.phase = "done"
-        return self._report

@@ -11,19 +11,36 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, CancelledError, ChildWorkflowError
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+)
 
-from workflows.common import CONTROL_RETRY, Pausable, ensure_search_attributes
+from workflows.common import (
+    CONTROL_RETRY,
+    Pausable,
+    authorize,
+    ensure_search_attributes,
+    guarded,
+    outcome_on_failure,
+    set_outcome,
+)
 from workflows.retention import run_retention
 
 with workflow.unsafe.imports_passed_through():
     from activities import policy as policy_activities
+    from ec2backup.authorization import policy_request
+    from ec2backup.models.authorization import Outcome
     from ec2backup.models.policy import (
         BackupPolicyOutput,
         DiscoveredInstance,
         DiscoverInput,
         DiscoverOutput,
         InstanceOutcome,
+        NotifyInput,
         RetentionInput,
     )
     from ec2backup.models.session import (
@@ -35,6 +52,11 @@ with workflow.unsafe.imports_passed_through():
     )
     from ec2backup.policy import Policy, WorkerConfig
     from ec2backup.temporal import search_attributes
+
+
+# Publishing is one SNS call; a few attempts ride out throttling, then it is a note.
+NOTIFY_TIMEOUT = timedelta(minutes=2)
+NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
 
 
 @workflow.defn(name="BackupPolicy")
@@ -55,6 +77,53 @@ class BackupPolicy(Pausable):
         name = policy.name
         self._report.policy = name
         ensure_search_attributes("policy", name)
+        with outcome_on_failure():
+            await authorize(policy_request("BackupPolicy", policy))
+            await self._backup(policy)
+            outcome = run_outcome(self._report.instances)
+            if guarded():
+                self._report.outcome = outcome
+                await self._notify(policy, outcome)
+        set_outcome(outcome)
+        self._phase = "done"
+        if outcome == "failed" and guarded():
+            # Every instance failed: the run fails too, so an alert on failed workflows (and
+            # the schedule's recent actions) sees the failed night; the report stays
+            # readable (query `report`, `ec2backup session report`). A partial run completes
+            # with Outcome=partial: alert on `Outcome!='succeeded'` for it.
+            first = self._report.instances[0]
+            raise ApplicationError(
+                f"policy {name}: all {len(self._report.instances)} instances failed "
+                f"(first: {first.instance_id}: {' '.join((first.error or first.status).split())})",
+                type="PolicyRunFailed",
+                non_retryable=True,
+            )
+        return self._report.model_copy(update={"phase": "done"})
+
+    async def _notify(self, policy: Policy, outcome: Outcome) -> None:
+        """The run's summary to the policy's SNS topic when its outcome is one it asked for.
+        A failed publish is a note: it must not turn a good backup into a failed run."""
+        notify = policy.notify
+        if notify is None or outcome not in notify.on:
+            return
+        try:
+            await workflow.execute_activity(
+                policy_activities.notify_policy_run,
+                NotifyInput(
+                    topic_arn=notify.sns_topic_arn,
+                    outcome=outcome,
+                    run_id=workflow.info().workflow_id,
+                    report=self._report.model_copy(update={"phase": "done"}),
+                ),
+                start_to_close_timeout=NOTIFY_TIMEOUT,
+                retry_policy=NOTIFY_RETRY,
+            )
+        except ActivityError as exc:
+            self._report.notes.append(f"notification failed: {exc.cause or exc}")
+
+    async def _backup(self, policy: Policy) -> None:
+        """Discovery, one session per instance, then retention: the report holds the result."""
+        name = policy.name
         found: DiscoverOutput = await workflow.execute_activity(
             policy_activities.discover_instances,
             DiscoverInput(policy=policy),
@@ -112,8 +181,6 @@ class BackupPolicy(Pausable):
         except ActivityError as exc:
             # The sessions' outcomes stand; the next run retries retention (it is idempotent).
             self._report.notes.append(f"retention failed: {exc.cause or exc}")
-        self._phase = "done"
-        return self._report.model_copy(update={"phase": "done"})
 
     @staticmethod
     def _session_input(policy: Policy, target: DiscoveredInstance, name: str) -> BackupSessionInput:
@@ -131,6 +198,7 @@ class BackupPolicy(Pausable):
             worker = spec.workers.get(target.region) or WorkerConfig()
             image = ImageBackupSpec(
                 repository=spec.repository,
+                keep_days=spec.retention.horizon_days(),
                 worker=WorkerSpec(
                     placement=worker.placement,
                     subnet_id=worker.subnet_id,
@@ -147,6 +215,15 @@ class BackupPolicy(Pausable):
             policy_name=name,
             snapshot_lock=policy.snapshots.lock,
         )
+
+
+def run_outcome(instances: list[InstanceOutcome]) -> Outcome:
+    """succeeded: every instance completed (or there were none); failed: none did; partial:
+    some. Retention failures are notes, not outcomes: the next run retries them."""
+    completed = sum(o.status == "completed" for o in instances)
+    if completed == len(instances):
+        return "succeeded"
+    return "failed" if completed == 0 else "partial"
 
 
 def _innermost(exc: BaseException) -> str:

@@ -23,15 +23,19 @@ from workflows.common import (
     CONTROL_RETRY,
     LIVENESS_TIMEOUT,
     Pausable,
+    authorize,
     cancel_requested,
     ensure_search_attributes,
+    outcome_on_failure,
     raise_if_cancelled,
     run_to_completion,
+    set_outcome,
     settle_round,
 )
 
 with workflow.unsafe.imports_passed_through():
     from activities import session as session_activities
+    from ec2backup.models.authorization import AuthorizeInput
     from ec2backup.models.session import (
         BackupSessionInput,
         BackupSessionOutput,
@@ -77,7 +81,9 @@ class BackupSession(Pausable):
     @workflow.init
     def __init__(self, req: BackupSessionInput) -> None:
         self._req = req
-        self._carry = req.carry or SessionCarry()
+        # Only a continuation of this session may bring its carry (run() refuses it otherwise).
+        continued = workflow.info().continued_run_id is not None
+        self._carry = (req.carry if continued else None) or SessionCarry()
         self._phase_now = "starting"
         self._paused = False
 
@@ -132,8 +138,41 @@ class BackupSession(Pausable):
     # ---- the session ---------------------------------------------------------------------
     @workflow.run
     async def run(self, req: BackupSessionInput) -> BackupSessionOutput:
-        session_id = workflow.info().workflow_id
         ensure_search_attributes("backup", req.policy_name, req.instance_id)
+        with outcome_on_failure():
+            if req.carry is not None and workflow.info().continued_run_id is None:
+                # `carry` is what continue-as-new hands to the next run (a worker, cursors):
+                # taken from an outside start it would make the session trust a worker and
+                # transfer state nobody authorized.
+                raise ApplicationError(
+                    "BackupSession: carry is internal continue-as-new state; "
+                    "start a session without it",
+                    type="InvalidInput",
+                    non_retryable=True,
+                )
+            # Before anything else (also on continuations: the configuration may have
+            # changed), and outside the session's cleanup: a refused run touches nothing.
+            await authorize(
+                AuthorizeInput(
+                    workflow="BackupSession",
+                    regions=[req.region, *(t.region for t in req.replication_targets())],
+                    role_arns=[
+                        r
+                        for r in [
+                            req.account_role_arn,
+                            *(t.account_role_arn for t in req.replication_targets()),
+                        ]
+                        if r
+                    ],
+                    repositories=[req.image_backup.repository] if req.image_backup else [],
+                )
+            )
+            result = await self._session(req)
+        set_outcome("succeeded")
+        return result
+
+    async def _session(self, req: BackupSessionInput) -> BackupSessionOutput:
+        session_id = workflow.info().workflow_id
         try:
             snapshot_set = await self._snapshots(session_id)
             raise_if_cancelled()

@@ -4,7 +4,8 @@ attributes, and the pause/resume signals."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -13,6 +14,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
+    from activities import policy as policy_activities
+    from ec2backup.models.authorization import AuthorizeInput, AuthorizeOutput, Outcome
     from ec2backup.models.common import PauseInput, ResumeInput
 
 # Control-plane calls: AWS retries inside boto3 (standard mode); Temporal retries the rest
@@ -94,7 +97,8 @@ def raise_if_cancelled() -> None:
 
 def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = None) -> None:
     """Set SessionKind/PolicyName/InstanceId when the starter did not (e.g. `temporal workflow
-    start` or the Web UI), so list queries by policy find every run however it was started."""
+    start` or the Web UI), so list queries by policy find every run however it was started.
+    An empty `policy` (restores, the Janitor) sets no PolicyName."""
     with workflow.unsafe.imports_passed_through():
         from ec2backup.temporal import INSTANCE_ID, POLICY_NAME, SESSION_KIND
 
@@ -102,12 +106,77 @@ def ensure_search_attributes(kind: str, policy: str, instance_id: str | None = N
     updates = []
     if current.get(SESSION_KIND) is None:
         updates.append(SESSION_KIND.value_set(kind))
-    if current.get(POLICY_NAME) is None:
+    if policy and current.get(POLICY_NAME) is None:
         updates.append(POLICY_NAME.value_set(policy))
     if instance_id and current.get(INSTANCE_ID) is None:
         updates.append(INSTANCE_ID.value_set(instance_id))
     if updates:
         workflow.upsert_search_attributes(updates)
+
+
+# Authorization (an activity before any side effect), Region/AccountId and Outcome came after
+# workflows were already running in deployed installations: histories recorded before them
+# replay without these commands (workflow.patched), new runs record a marker and run them.
+AUTHORIZE_PATCH = "authorize-and-outcome-v1"
+AUTHORIZE_TIMEOUT = timedelta(minutes=2)
+
+
+def guarded() -> bool:
+    """True for runs that authorize their input and record their outcome (see the patch)."""
+    return workflow.patched(AUTHORIZE_PATCH)
+
+
+async def authorize(req: AuthorizeInput) -> AuthorizeOutput | None:
+    """Check what the run is asked to touch against the installation configuration (an
+    activity: loading it is I/O) and set the Region/AccountId search attributes from the
+    answer. A refusal is a non-retryable `NotAuthorized` that fails the run at once."""
+    if not guarded():
+        return None
+    with workflow.unsafe.imports_passed_through():
+        from ec2backup.temporal import ACCOUNT_ID, REGION
+
+    allowed: AuthorizeOutput = await workflow.execute_activity(
+        policy_activities.authorize_request,
+        req,
+        start_to_close_timeout=AUTHORIZE_TIMEOUT,
+        retry_policy=CONTROL_RETRY,
+    )
+    updates = [ACCOUNT_ID.value_set(allowed.account_ids)]
+    if allowed.regions:
+        updates.append(REGION.value_set(allowed.regions))
+    workflow.upsert_search_attributes(updates)
+    return allowed
+
+
+def set_regions(regions: list[str]) -> None:
+    """Region, for a run whose input names none (it learns it from its plan)."""
+    if not guarded() or not regions:
+        return
+    with workflow.unsafe.imports_passed_through():
+        from ec2backup.temporal import REGION
+
+    workflow.upsert_search_attributes([REGION.value_set(sorted(set(regions)))])
+
+
+def set_outcome(outcome: Outcome) -> None:
+    if not guarded():
+        return
+    with workflow.unsafe.imports_passed_through():
+        from ec2backup.temporal import OUTCOME
+
+    workflow.upsert_search_attributes([OUTCOME.value_set(outcome)])
+
+
+@contextmanager
+def outcome_on_failure() -> Iterator[None]:
+    """Around a run's body: a run that fails or is canceled while its code still runs records
+    Outcome=failed (a terminated one runs no code: its status says it). Continue-as-new is no
+    outcome, nor is the SDK evicting a cached run (neither is an Exception or a cancel)."""
+    try:
+        yield
+    except (Exception, asyncio.CancelledError):
+        set_outcome("failed")
+        raise
 
 
 class Pausable:

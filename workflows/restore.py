@@ -28,14 +28,20 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from workflows.common import (
     CONTROL_RETRY,
     LIVENESS_TIMEOUT,
+    authorize,
     cancel_requested,
+    ensure_search_attributes,
+    guarded,
+    outcome_on_failure,
     raise_if_cancelled,
     run_to_completion,
+    set_outcome,
     settle_round,
 )
 
 with workflow.unsafe.imports_passed_through():
     from activities import restore as restore_activities
+    from ec2backup.models.authorization import AuthorizeInput
     from ec2backup.models.restore import (
         CleanupRestoreInput,
         FinishRestoreInput,
@@ -224,6 +230,23 @@ class Restore:
 
     @workflow.run
     async def run(self, req: RestoreInput) -> RestoreOutput:
+        if guarded():
+            ensure_search_attributes("restore", "")
+        with outcome_on_failure():
+            # Before planning: a plan may already copy a snapshot set into the target account.
+            await authorize(
+                AuthorizeInput(
+                    workflow="Restore",
+                    regions=[r for r in (req.region, req.to_region) if r],
+                    role_arns=[r for r in (req.account_role_arn, req.to_account_role_arn) if r],
+                    repositories=[req.repository] if req.repository else [],
+                )
+            )
+            result = await self._restore(req)
+        set_outcome("succeeded")
+        return result
+
+    async def _restore(self, req: RestoreInput) -> RestoreOutput:
         restore_id = workflow.info().workflow_id
         plan: RestorePlan = await workflow.execute_activity(
             restore_activities.plan_restore,

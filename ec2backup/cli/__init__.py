@@ -160,6 +160,9 @@ def _run(argv: list[str] | None) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     code = _run(argv)
+    if "ec2backup.observability" in sys.modules:
+        # Spans still buffered go out now: the exit below skips atexit handlers.
+        sys.modules["ec2backup.observability"].shutdown()
     if "temporalio.client" in sys.modules and argv is None:
         # The Temporal SDK's Rust runtime threads may call into Python while the interpreter
         # finalizes ("PyGILState_Release ... finalizing", SIGABRT). The command is done and its

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import typer
 
@@ -36,13 +35,24 @@ def register(app: typer.Typer) -> None:
         session_secret_region: str = typer.Option(
             None, "--session-secret-region", help="Region of --session-secret"
         ),
+        metrics_port: int = typer.Option(
+            None,
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics (SDK and transfer) on this port",
+        ),
+        log_format: str = typer.Option(
+            None, "--log-format", help="text or json (default $EC2BACKUP_LOG_FORMAT, else text)"
+        ),
     ) -> None:
         """Run the worker agent (the data mover) on this instance."""
-        from ec2backup import aws
+        from ec2backup import aws, observability
         from ec2backup.temporal import agent_credentials
         from worker_agent.agent import run_agent
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # Before any client: the process's one Runtime serves the metrics.
+        observability.configure(observability.AGENT_SERVICE, metrics_port, log_format)
         overrides = (
             agent_credentials(credentials_secret, aws.default_region(credentials_region) or "")
             if credentials_secret

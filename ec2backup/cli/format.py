@@ -78,6 +78,8 @@ def status_text(row: dict[str, Any]) -> str:
     n, ok, bad = row["instances"], row["completed_instances"], row["failed_instances"]
     if status == "running" and n is not None:
         return f"running ({ok + bad} of {n} done)"
+    if status == "failed" and row["run_status"] == "FAILED" and n and bad == n:
+        return f"failed ({n} of {n})"  # every instance failed: so did the run (BackupPolicy)
     if status == "failed" and row["run_status"] not in (None, "COMPLETED"):
         return f"failed ({str(row['run_status']).lower().replace('_', ' ')})"
     if status == "failed" and n is not None:

@@ -239,11 +239,15 @@ def policy_retention(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Apply the policy's retention now (a `Retention` workflow), without backing anything up."""
+    from temporalio.client import WorkflowFailureError
+
     from ec2backup import schedules
+    from ec2backup.errors import UserError
     from ec2backup.models.policy import RetentionInput, RetentionOutput
     from ec2backup.policy import load_policy
     from ec2backup.progress import human_bytes
     from ec2backup.temporal import TASK_QUEUE, search_attributes
+    from ec2backup.views import failure_message
 
     when = parse_time(now, "--now") if now else None
     path = Path(policy_ref)
@@ -253,14 +257,17 @@ def policy_retention(
         client = await _client()
         policy = load_policy(path) if from_file else await schedules.require(client, policy_ref)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-        result: RetentionOutput = await client.execute_workflow(
-            "Retention",
-            RetentionInput(policy=policy, now=when, dry_run=dry_run),
-            id=f"retention-{policy.name}-{stamp}",
-            task_queue=TASK_QUEUE,
-            result_type=RetentionOutput,
-            search_attributes=search_attributes("retention", policy.name),
-        )
+        try:
+            result: RetentionOutput = await client.execute_workflow(
+                "Retention",
+                RetentionInput(policy=policy, now=when, dry_run=dry_run),
+                id=f"retention-{policy.name}-{stamp}",
+                task_queue=TASK_QUEUE,
+                result_type=RetentionOutput,
+                search_attributes=search_attributes("retention", policy.name),
+            )
+        except WorkflowFailureError as exc:  # e.g. refused (future --now, not authorized)
+            raise UserError(f"retention of {policy.name} failed: {failure_message(exc)}") from None
         return result
 
     out = _run(go())

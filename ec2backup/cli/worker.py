@@ -20,15 +20,24 @@ def register(app: typer.Typer) -> None:
         no_schedules: bool = typer.Option(
             False, "--no-schedules", help="Do not install the janitor schedule"
         ),
+        metrics_port: int = typer.Option(
+            None,
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics (SDK and product) on this port (docs/observability.md)",
+        ),
+        log_format: str = typer.Option(
+            None, "--log-format", help="text or json (default $EC2BACKUP_LOG_FORMAT, else text)"
+        ),
     ) -> None:
         """Run the orchestrator (workflows + control-plane activities on queue `ec2backup`)."""
-        import logging
-
-        from ec2backup import config
+        from ec2backup import config, observability
         from ec2backup.installation import home_region
         from ec2backup.orchestrator import run_worker
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        # Before any client: the process's one Runtime serves the metrics.
+        observability.configure(observability.ORCHESTRATOR_SERVICE, metrics_port, log_format)
         settings = config.load()
         run(
             run_worker(

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from ec2backup.models.authorization import Outcome
 from ec2backup.policy import Policy
 
 # An instance's outcome in a policy run (and in `session report`).
@@ -54,6 +55,19 @@ class BackupPolicyOutput(BaseModel):
     instances: list[InstanceOutcome] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     retention: RetentionOutput | None = None
+    # Once the sessions ended: succeeded (every instance), partial (some), failed (none).
+    outcome: Outcome | None = None
+
+
+class NotifyInput(BaseModel):
+    topic_arn: str
+    outcome: Outcome
+    run_id: str  # the BackupPolicy workflow id
+    report: BackupPolicyOutput
+
+
+class NotifyOutput(BaseModel):
+    message_id: str
 
 
 # ---- retention ---------------------------------------------------------------------------------
@@ -87,3 +101,4 @@ class RetentionOutput(BaseModel):
 
 
 BackupPolicyOutput.model_rebuild()
+NotifyInput.model_rebuild()

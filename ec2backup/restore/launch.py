@@ -4,6 +4,7 @@ registered from them; cleanup of whatever a failed or cancelled restore made."""
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,8 @@ from ec2backup.restore.plan import (
     RestoreError,
     _token,
 )
+
+log = logging.getLogger("ec2backup.restore")
 
 
 # ---- snapshots -> volumes or an instance ------------------------------------------------------
@@ -162,6 +165,7 @@ def finish(
                 }
             )
             volume_id = ec2.create_volume(**params)["VolumeId"]
+            log.info("volume %s created for %s", volume_id, v.device)
             _wait(
                 functools.partial(_volume_is, ec2, volume_id, "available"),
                 f"volume {volume_id}",
@@ -200,6 +204,7 @@ def finish(
         if plan.subnet_id:
             params["SubnetId"] = plan.subnet_id
         instance_id = ec2.run_instances(**params)["Instances"][0]["InstanceId"]
+        log.info("instance %s launched (restore %s)", instance_id, plan.restore_id)
 
         def running() -> bool:
             reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
@@ -268,6 +273,7 @@ def cleanup(
         ids = [i["InstanceId"] for r in reservations for i in r["Instances"]]
         if ids:
             ec2.terminate_instances(InstanceIds=ids)
+            log.info("instances terminated: %s", ", ".join(ids))
             out.instances_terminated += ids
         for vol in ec2.describe_volumes(
             Filters=[
@@ -282,6 +288,7 @@ def cleanup(
                     f"detach of {vol['VolumeId']}",
                 )
             ec2.delete_volume(VolumeId=vol["VolumeId"])
+            log.info("volume %s deleted", vol["VolumeId"])
             out.volumes_deleted.append(vol["VolumeId"])
     # Images first: a registered image keeps its snapshots in use (InvalidSnapshot.InUse).
     out.images_deregistered = deregister_images(ec2, restore_id)

@@ -521,6 +521,8 @@ S3_ACTIONS = {
     "GetBucketLocation": ["s3:GetBucketLocation"],
     "GetBucketLifecycleConfiguration": ["s3:GetLifecycleConfiguration"],
     "PutBucketLifecycleConfiguration": ["s3:PutLifecycleConfiguration"],
+    "GetObjectLockConfiguration": ["s3:GetBucketObjectLockConfiguration"],
+    "PutObjectRetention": ["s3:PutObjectRetention"],
 }
 # Calls no IAM policy can deny.
 NEEDS_NO_PERMISSION = {"sts:GetCallerIdentity"}

@@ -131,9 +131,10 @@ def has_data(path: Path) -> bool:
 class Orchestrator:
     """`ec2backup worker` as a subprocess (its own process group), restartable."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
         self.env = env
         self.log_path = log_path
+        self.args = args  # extra `ec2backup worker` options (e.g. --metrics-port)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -141,7 +142,7 @@ class Orchestrator:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ec2backup.cli", "worker"],
+                [sys.executable, "-m", "ec2backup.cli", "worker", *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

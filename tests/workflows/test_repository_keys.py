@@ -32,6 +32,8 @@ def _configuration() -> Any:
         f'home_region = "{REGION}"\n'
         f'[[repositories]]\nurl = "{SECRET_REPO}"\npassword_secret = "{PASSWORD_SECRET}"\n'
         f'[[repositories]]\nurl = "{KMS_REPO}"\nkms = true\n'
+        # allowed (the allow-list), but with no key configured: the password test below
+        f'[[repositories]]\nurl = "s3://{BUCKET}/keys-unconfigured-*"\n'
     )
     yield
     CONFIG.unlink(missing_ok=True)
