@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from conftest import LabAws
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
@@ -92,7 +92,7 @@ def test_session_secret_export_round_trips(ring: payloads.Keyring) -> None:
         payloads.Keyring.from_export({"current": "c", "keys": ring.export()["keys"]})
 
 
-def test_installation_secret_keyring_derived_rotated_and_kms_wrapped(lab_aws: LabAws) -> None:
+def test_installation_secret_keyring_derived_rotated_and_kms_wrapped(lab_aws: Any) -> None:
     installation_key = crypto.random_key()
     doc = {"key": base64.b64encode(installation_key).decode()}
     derived = payloads.keyring_from_secret(doc)
