@@ -15,6 +15,7 @@ from ec2backup import (
     discovery,
     installation,
     notify,
+    reaction,
     retention,
     schedules,
 )
@@ -24,6 +25,10 @@ from ec2backup.models.policy import (
     DiscoveredInstance,
     DiscoverInput,
     DiscoverOutput,
+    LockLastCleanInput,
+    LockLastCleanOutput,
+    NotifyAnomalyInput,
+    NotifyAnomalyOutput,
     NotifyInput,
     NotifyOutput,
     RetentionInput,
@@ -106,3 +111,33 @@ def notify_policy_run(req: NotifyInput) -> NotifyOutput:
         "published the %s summary of %s to %s", req.outcome, req.run_id, req.topic_arn
     )
     return NotifyOutput(message_id=message_id)
+
+
+@activity.defn(name="lock_last_clean")
+@adapter
+def lock_last_clean(req: LockLastCleanInput) -> LockLastCleanOutput:
+    """`on_anomaly: lock-last-clean`: the flagged instance's last clean restore point is kept
+    and locked (ec2backup.reaction)."""
+    assert req.policy.image_backup is not None
+    return reaction.lock_last_clean(
+        req.policy,
+        req.instance,
+        req.now,
+        repository_password(req.policy.image_backup.repository),
+    )
+
+
+@activity.defn(name="notify_anomaly")
+@adapter
+def notify_anomaly(req: NotifyAnomalyInput) -> NotifyAnomalyOutput:
+    """`on_anomaly: notify`: one SNS message for a flagged instance."""
+    message_id = reaction.publish_anomaly(
+        req.topic_arn, req.policy, req.run_id, req.instance, req.held
+    )
+    activity.logger.info(
+        "published the anomaly of %s (%s) to %s",
+        req.instance.instance_id,
+        req.run_id,
+        req.topic_arn,
+    )
+    return NotifyAnomalyOutput(message_id=message_id)

@@ -126,18 +126,24 @@ def release_worker(req: ReleaseWorkerInput) -> ReleaseWorkerOutput:
 @activity.defn(name="commit_restore_point")
 @adapter
 def commit_restore_point(req: CommitRestorePointInput) -> CommitRestorePointOutput:
-    rp_id = imagebackup.commit(
+    done = imagebackup.commit(
         req.session_id,
         req.snapshot_set,
         req.plan,
         req.policy_name,
         repository_password(req.plan.repository),
     )
+    rp_id = done.restore_point_id
     # The set's encrypted tags now name its backup: found from the set alone, no history.
     snapshots.record_backup(
         req.snapshot_set, rp_id, req.plan.repository, installation.installation_key()
     )
-    return CommitRestorePointOutput(restore_point_id=rp_id)
+    return CommitRestorePointOutput(
+        restore_point_id=rp_id,
+        anomaly=done.anomaly.verdict if done.anomaly else None,
+        anomaly_reasons=list(done.anomaly.reasons) if done.anomaly else [],
+        last_clean_restore_point_id=done.last_clean,
+    )
 
 
 ALL: list[Callable[..., Any]] = [

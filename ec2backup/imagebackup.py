@@ -10,16 +10,18 @@ dedup against the repository.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from ec2backup import anomaly, aws, workers
 from ec2backup.errors import UserError
 from ec2backup.models.session import ImageBackupSpec, ImagePlan
 from ec2backup.models.snapshots import SnapshotSet
+from ec2backup.repository import objectlock
 from ec2backup.repository.backend import ObjectMissing
 from ec2backup.repository.blockmap import ID_SIZE, is_blob
 from ec2backup.repository.repo import Repository
-from ec2backup.repository.restorepoint import RestorePointSource, VolumeRecord
+from ec2backup.repository.restorepoint import AnomalySignal, RestorePointSource, VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
 
 log = logging.getLogger("ec2backup.imagebackup")
@@ -144,12 +146,36 @@ def _snapshot_usable(ec2: Any, snapshot_id: str) -> bool:
     return bool(snaps) and snaps[0]["State"] == "completed"
 
 
+class ObjectLockRequired(UserError):
+    pass
+
+
+def require_object_lock(repo: Repository, spec: ImageBackupSpec) -> None:
+    """The policy's `image_backup.object_lock`: refuse (before any worker exists) to write
+    backups that were meant to be immutable into a repository that is not (compliance
+    satisfies a governance requirement, not the other way round)."""
+    if spec.object_lock is None:
+        return
+    settings = repo.config.object_lock
+    if settings is None or not objectlock.enabled(repo):
+        raise ObjectLockRequired(
+            f"repository {spec.repository}: the policy requires an Object Lock repository "
+            f"({spec.object_lock}) and this one has no Object Lock (repo init --object-lock)"
+        )
+    if spec.object_lock == "compliance" and settings.mode != "COMPLIANCE":
+        raise ObjectLockRequired(
+            f"repository {spec.repository}: the policy requires Object Lock in compliance "
+            f"mode and the repository locks in {settings.mode.lower()} mode"
+        )
+
+
 def prepare(
     session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str | None
 ) -> ImagePlan:
     backup_account = aws.caller_account(snapshot_set.region)
     plan = workers.build_plan(session_id, snapshot_set, spec, backup_account)
     repo = Repository.open(spec.repository, None if password is None else password.encode())
+    require_object_lock(repo, spec)
     parent_id, records = _latest_records(repo, snapshot_set.instance_id)
     ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
     for vp in plan.volumes:
@@ -176,13 +202,35 @@ def prepare(
     return plan
 
 
+@dataclass
+class Committed:
+    restore_point_id: str
+    anomaly: AnomalySignal | None  # the ransomware signal's verdict on it
+    # The instance's newest clean restore point now (ec2backup.anomaly.last_clean).
+    last_clean: str | None
+
+
+def _committed(repo: Repository, rp_id: str, instance_id: str) -> Committed:
+    points = [
+        (rid, rp)
+        for rid, rp in repo.list_restore_points()
+        if rp.source.kind == "ec2-instance" and rp.source.instance_id == instance_id
+    ]
+    mine = next((rp for rid, rp in points if rid == rp_id), None)
+    return Committed(
+        restore_point_id=rp_id,
+        anomaly=mine.anomaly if mine is not None else None,
+        last_clean=anomaly.last_clean(points),
+    )
+
+
 def commit(
     session_id: str,
     snapshot_set: SnapshotSet,
     plan: ImagePlan,
     policy_name: str,
     password: str | None,
-) -> str:
+) -> Committed:
     """Write the session's restore point; idempotent: a session commits one restore point, and a
     retry (after a lost reply) returns the one already written. Refuses (nothing written) unless
     every volume reached its end and every page and blob the restore point names is stored."""
@@ -191,7 +239,7 @@ def commit(
     with repo.lock(exclusive=False, purpose=f"commit {session_id}", wait=300):
         done = committed(repo, session_id)
         if done is not None:
-            return done
+            return _committed(repo, done, snapshot_set.instance_id)
         records = []
         for key, vp in zip(keys, plan.volumes, strict=True):
             writer = BackupWriter.resume(repo, key)
@@ -260,4 +308,4 @@ def commit(
             keep_days=plan.keep_days,
         )
         log.info("restore point %s written to %s", rp_id, plan.repository)
-        return rp_id
+        return _committed(repo, rp_id, snapshot_set.instance_id)

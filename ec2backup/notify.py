@@ -35,6 +35,7 @@ def summary(outcome: str, run_id: str, report: BackupPolicyOutput) -> dict[str, 
                 "bytes_stored": o.bytes_stored,
                 "seconds": o.seconds,
                 "error": o.error,
+                "anomaly": o.anomaly,
             }
         )
     failed = sum(o.status != "completed" for o in report.instances)

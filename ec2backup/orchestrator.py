@@ -149,6 +149,8 @@ async def run_worker(
                 policy_activities.apply_retention,
                 policy_activities.authorize_request,
                 policy_activities.notify_policy_run,
+                policy_activities.lock_last_clean,
+                policy_activities.notify_anomaly,
             ],
             activity_executor=executor,
             max_concurrent_activities=ACTIVITY_THREADS,

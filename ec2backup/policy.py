@@ -292,6 +292,12 @@ class ImageBackup(_Strict):
         description="retention's prune deletes what an earlier prune marked only this many "
         "hours after the marking (two-phase prune)",
     )
+    object_lock: Literal["governance", "compliance"] | None = Field(
+        default=None,
+        description="the repository must be an Object Lock repository (`repo init "
+        "--object-lock`) of this mode (compliance also satisfies governance); a session "
+        "refuses to write anywhere else",
+    )
 
     @field_validator("workers")
     @classmethod
@@ -378,6 +384,15 @@ class Notify(_Strict):
         return self.sns_topic_arn.split(":")[4]
 
 
+# What a policy does when a session's restore point is flagged by the ransomware signal
+# (ec2backup.anomaly): `notify` publishes to the policy's SNS topic (`notify.sns_topic_arn`);
+# `lock-last-clean` protects the instance's newest clean restore point (ec2backup.reaction).
+AnomalyReaction = Literal["notify", "lock-last-clean"]
+# How long `lock-last-clean` protects the last clean point after an anomaly: a month to find,
+# understand and clean up an intrusion before retention may take the good copy.
+DEFAULT_ANOMALY_HOLD_DAYS = 30
+
+
 class Policy(_Strict):
     name: str
     enabled: bool = True
@@ -396,11 +411,39 @@ class Policy(_Strict):
     image_backup: ImageBackup | None = None
     archive: ArchivePolicy | None = None
     notify: Notify | None = None
+    on_anomaly: list[AnomalyReaction] = Field(
+        default_factory=list,
+        description="reactions to a ransomware-signal anomaly: notify (the notify topic) "
+        "and/or lock-last-clean (the instance's last clean restore point, its objects and "
+        "its snapshot set are kept and locked for anomaly_hold_days)",
+    )
+    anomaly_hold_days: int = Field(
+        default=DEFAULT_ANOMALY_HOLD_DAYS,
+        ge=1,
+        le=36_500,
+        description="how long lock-last-clean protects the last clean point",
+    )
+
+    @field_validator("on_anomaly", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        """`on_anomaly: notify` or a list; `lock_last_clean` is taken for `lock-last-clean`."""
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            return [v.replace("_", "-") if isinstance(v, str) else v for v in items]
+        return value
 
     @model_validator(mode="after")
     def _archive_needs_backups(self) -> Policy:
         if self.archive is not None and self.image_backup is None:
             raise ValueError("archive copies image-level backups: add an image_backup section")
+        if self.on_anomaly and self.image_backup is None:
+            raise ValueError(
+                "on_anomaly reacts to the ransomware signal of image-level backups: add an "
+                "image_backup section"
+            )
+        if "notify" in self.on_anomaly and self.notify is None:
+            raise ValueError("on_anomaly: notify publishes to notify.sns_topic_arn: add it")
         return self
 
     @field_validator("name")

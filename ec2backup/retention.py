@@ -18,6 +18,8 @@ What is never deleted, whatever its age:
 - a snapshot that is the **CBT base** of its volume: the snapshot named by the volume's record in
   the instance's newest restore point. The next image-level incremental asks EBS for the blocks
   changed since it; deleting it would turn that incremental into a full read;
+- with `on_anomaly: lock-last-clean`, an instance's last clean restore point and the first
+  anomaly after it while that anomaly is younger than `anomaly_hold_days` (ec2backup.reaction);
 - anything whose tags do not authenticate (not ours to judge; `snapshots list` reports them).
 
 Time is an input (`now`): the `BackupPolicy` workflow passes its deterministic `workflow.now()`,
@@ -32,7 +34,7 @@ import zoneinfo
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from ec2backup import aws, snapshots
+from ec2backup import aws, reaction, snapshots
 from ec2backup.models.policy import RetentionOutput
 from ec2backup.policy import GfsRetention, Policy, Retention
 from ec2backup.repository.marks import marks_due
@@ -262,6 +264,23 @@ def _restore_points(
         kept, expired = keep_gfs(
             group, lambda p: p[1].time, policy.image_backup.retention, policy.schedule.time_zone
         )
+        held = (
+            reaction.held_until(group, policy.anomaly_hold_days)
+            if "lock-last-clean" in policy.on_anomaly
+            else None
+        )
+        if held is not None and held.until > report.now:
+            for rid in (held.last_clean, held.first_anomaly):
+                report.held_restore_points[rid] = held.until
+                if any(r == rid for r, _ in expired):
+                    expired = [p for p in expired if p[0] != rid]
+                    kept.append((rid, dict(group)[rid]))
+                    what = "last clean point before" if rid == held.last_clean else "first"
+                    report.notes.append(
+                        f"restore point {rid} expired but is the {what} anomaly of its "
+                        f"instance (on_anomaly: lock-last-clean): kept until "
+                        f"{held.until.isoformat()}"
+                    )
         report.kept_restore_points += [rid for rid, _ in kept]
         forget += [rid for rid, _ in expired]
     report.forgotten_restore_points = forget

@@ -21,6 +21,7 @@ from temporalio.exceptions import (
 
 from workflows.common import (
     CONTROL_RETRY,
+    LIVENESS_TIMEOUT,
     Pausable,
     authorize,
     ensure_search_attributes,
@@ -40,6 +41,9 @@ with workflow.unsafe.imports_passed_through():
         DiscoverInput,
         DiscoverOutput,
         InstanceOutcome,
+        LockLastCleanInput,
+        LockLastCleanOutput,
+        NotifyAnomalyInput,
         NotifyInput,
         RetentionInput,
     )
@@ -54,6 +58,9 @@ with workflow.unsafe.imports_passed_through():
     from ec2backup.temporal import search_attributes
 
 
+# Locking a last clean point reads its map pages and sets the retention of every object it
+# needs (16 at a time): minutes for a large restore point on the first lock.
+LOCK_LAST_CLEAN_TIMEOUT = timedelta(minutes=30)
 # Publishing is one SNS call; a few attempts ride out throttling, then it is a note.
 NOTIFY_TIMEOUT = timedelta(minutes=2)
 NOTIFY_RETRY = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=30))
@@ -121,6 +128,55 @@ class BackupPolicy(Pausable):
         except ActivityError as exc:
             self._report.notes.append(f"notification failed: {exc.cause or exc}")
 
+    async def _react(self, policy: Policy, outcome: InstanceOutcome) -> None:
+        """The policy's `on_anomaly` for one flagged instance (ec2backup.reaction). Each
+        reaction that fails is a note: the backups stand, the next run reacts again."""
+        self._report.notes.append(
+            f"ransomware signal on {outcome.instance_id} (restore point "
+            f"{outcome.restore_point_id}): {'; '.join(outcome.anomaly_reasons)}; last clean "
+            f"restore point: {outcome.last_clean_restore_point_id or 'none'}"
+        )
+        held: LockLastCleanOutput | None = None
+        if "lock-last-clean" in policy.on_anomaly:
+            try:
+                held = await workflow.execute_activity(
+                    policy_activities.lock_last_clean,
+                    LockLastCleanInput(policy=policy, instance=outcome, now=workflow.now()),
+                    start_to_close_timeout=LOCK_LAST_CLEAN_TIMEOUT,
+                    heartbeat_timeout=LIVENESS_TIMEOUT,
+                    retry_policy=CONTROL_RETRY,
+                )
+                if held.restore_point_id is not None and held.until is not None:
+                    self._report.notes.append(
+                        f"last clean restore point {held.restore_point_id} of "
+                        f"{outcome.instance_id} held until {held.until.isoformat()} "
+                        f"({held.objects_locked} objects and {len(held.snapshots_locked)} "
+                        "snapshots locked now)"
+                    )
+                self._report.notes += held.notes
+            except ActivityError as exc:
+                self._report.notes.append(
+                    f"lock-last-clean of {outcome.instance_id} failed: {exc.cause or exc}"
+                )
+        if "notify" in policy.on_anomaly and policy.notify is not None:
+            try:
+                await workflow.execute_activity(
+                    policy_activities.notify_anomaly,
+                    NotifyAnomalyInput(
+                        topic_arn=policy.notify.sns_topic_arn,
+                        policy=policy.name,
+                        run_id=workflow.info().workflow_id,
+                        instance=outcome,
+                        held=held,
+                    ),
+                    start_to_close_timeout=NOTIFY_TIMEOUT,
+                    retry_policy=NOTIFY_RETRY,
+                )
+            except ActivityError as exc:
+                self._report.notes.append(
+                    f"anomaly notification for {outcome.instance_id} failed: {exc.cause or exc}"
+                )
+
     async def _backup(self, policy: Policy) -> None:
         """Discovery, one session per instance, then retention: the report holds the result."""
         name = policy.name
@@ -167,6 +223,9 @@ class BackupPolicy(Pausable):
                     outcome.snapshot_set_id = result.snapshot_set_id
                     outcome.bytes_read = sum(v.bytes_read for v in result.volumes)
                     outcome.bytes_stored = sum(v.bytes_stored for v in result.volumes)
+                    outcome.anomaly = result.anomaly
+                    outcome.anomaly_reasons = list(result.anomaly_reasons)
+                    outcome.last_clean_restore_point_id = result.last_clean_restore_point_id
                 except ChildWorkflowError as exc:
                     canceled = isinstance(exc.cause, CancelledError)
                     outcome.status = "canceled" if canceled else "failed"
@@ -175,6 +234,11 @@ class BackupPolicy(Pausable):
             return outcome
 
         await asyncio.gather(*(one(i) for i in range(len(found.instances))))
+        if workflow.patched("on-anomaly-v1"):
+            # Before retention: the last clean point must be held before anything may go.
+            for outcome in self._report.instances:
+                if outcome.anomaly == "anomaly":
+                    await self._react(policy, outcome)
         self._phase = "retention"
         try:
             self._report.retention = await run_retention(RetentionInput(policy=policy))
@@ -199,6 +263,7 @@ class BackupPolicy(Pausable):
             image = ImageBackupSpec(
                 repository=spec.repository,
                 keep_days=spec.retention.horizon_days(),
+                object_lock=spec.object_lock,
                 worker=WorkerSpec(
                     placement=worker.placement,
                     subnet_id=worker.subnet_id,

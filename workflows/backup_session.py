@@ -178,9 +178,9 @@ class BackupSession(Pausable):
             raise_if_cancelled()
             await self._replicate(session_id, snapshot_set, req.replication_targets())
             raise_if_cancelled()
-            restore_point_id = None
+            committed = None
             if req.image_backup:
-                restore_point_id = await self._image_backup(session_id, snapshot_set)
+                committed = await self._image_backup(session_id, snapshot_set)
             self._phase = "completed"
             plan = self._carry.plan
             return BackupSessionOutput(
@@ -189,7 +189,12 @@ class BackupSession(Pausable):
                 snapshot_ids=[m.snapshot_id for m in snapshot_set.members],
                 replica_ids=self._carry.replica_ids,
                 replicas=self._carry.replicas,
-                restore_point_id=restore_point_id,
+                restore_point_id=committed.restore_point_id if committed else None,
+                anomaly=committed.anomaly if committed else None,
+                anomaly_reasons=committed.anomaly_reasons if committed else [],
+                last_clean_restore_point_id=(
+                    committed.last_clean_restore_point_id if committed else None
+                ),
                 placement=plan.placement if plan else None,
                 placement_reason=plan.placement_reason if plan else None,
                 workers_provisioned=self._carry.workers_provisioned,
@@ -261,7 +266,9 @@ class BackupSession(Pausable):
         self._carry.snapshot_set = snapshot_set
         return snapshot_set
 
-    async def _image_backup(self, session_id: str, snapshot_set: SnapshotSet) -> str:
+    async def _image_backup(
+        self, session_id: str, snapshot_set: SnapshotSet
+    ) -> CommitRestorePointOutput:
         spec = self._req.image_backup
         assert spec is not None
         if self._carry.plan is None:
@@ -348,7 +355,14 @@ class BackupSession(Pausable):
             heartbeat_timeout=LIVENESS_TIMEOUT,
             retry_policy=CONTROL_RETRY,
         )
-        return out.restore_point_id
+        if out.anomaly == "anomaly":
+            workflow.logger.warning(
+                "ransomware signal on %s: %s (last clean restore point: %s)",
+                snapshot_set.instance_id,
+                "; ".join(out.anomaly_reasons),
+                out.last_clean_restore_point_id or "none",
+            )
+        return out
 
     async def _range(
         self, session_id: str, plan: ImagePlan, worker: WorkerHandle, vp: VolumePlan

@@ -44,6 +44,10 @@ class InstanceOutcome(BaseModel):
     bytes_read: int = 0
     bytes_stored: int = 0
     seconds: float | None = None  # the session's wall time, once it ended
+    # The ransomware signal on the session's restore point (BackupSessionOutput.anomaly).
+    anomaly: str | None = None
+    anomaly_reasons: list[str] = Field(default_factory=list)
+    last_clean_restore_point_id: str | None = None
 
 
 class BackupPolicyOutput(BaseModel):
@@ -67,6 +71,33 @@ class NotifyInput(BaseModel):
 
 
 class NotifyOutput(BaseModel):
+    message_id: str
+
+
+# ---- reactions to a ransomware-signal anomaly (policy `on_anomaly`) -----------------------------
+class LockLastCleanInput(BaseModel):
+    policy: Policy
+    instance: InstanceOutcome  # the flagged session's outcome
+    now: datetime  # the workflow's now: the hold lasts policy.anomaly_hold_days from it
+
+
+class LockLastCleanOutput(BaseModel):
+    restore_point_id: str | None = None  # the last clean point (None: the instance has none)
+    until: datetime | None = None
+    objects_locked: int = 0  # Object Lock: objects whose retention was set or extended now
+    snapshots_locked: list[str] = Field(default_factory=list)  # its snapshot set's, now locked
+    notes: list[str] = Field(default_factory=list)
+
+
+class NotifyAnomalyInput(BaseModel):
+    topic_arn: str
+    policy: str
+    run_id: str
+    instance: InstanceOutcome
+    held: LockLastCleanOutput | None = None  # what lock-last-clean did, when it ran first
+
+
+class NotifyAnomalyOutput(BaseModel):
     message_id: str
 
 
@@ -95,6 +126,9 @@ class RetentionOutput(BaseModel):
     cbt_bases: list[str] = Field(default_factory=list)  # snapshots kept as CBT bases
     forgotten_restore_points: list[str] = Field(default_factory=list)
     kept_restore_points: list[str] = Field(default_factory=list)
+    # Restore points `on_anomaly: lock-last-clean` holds (an instance's last clean point and
+    # the first anomaly after it): id -> until when (that anomaly + anomaly_hold_days).
+    held_restore_points: dict[str, datetime] = Field(default_factory=dict)
     pruned_bytes: int = 0  # deleted by this run's prune (what an earlier prune marked)
     prune_marked_bytes: int = 0  # marked by this run's prune: deleted after the grace period
     notes: list[str] = Field(default_factory=list)
@@ -102,3 +136,5 @@ class RetentionOutput(BaseModel):
 
 BackupPolicyOutput.model_rebuild()
 NotifyInput.model_rebuild()
+LockLastCleanInput.model_rebuild()
+NotifyAnomalyInput.model_rebuild()

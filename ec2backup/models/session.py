@@ -38,6 +38,8 @@ class ImageBackupSpec(BaseModel):
     # How long the policy's retention may keep the restore point (days): on an Object Lock
     # repository its objects stay locked that long, plus the repository's margin.
     keep_days: int | None = None
+    # The policy's `image_backup.object_lock`: the repository must lock at least in this mode.
+    object_lock: Literal["governance", "compliance"] | None = None
 
 
 class VolumeProgress(BaseModel):
@@ -103,6 +105,11 @@ class BackupSessionOutput(BaseModel):
     replica_ids: list[str] = Field(default_factory=list)  # every target's, in target order
     replicas: list[ReplicateOutput] = Field(default_factory=list)  # per target
     restore_point_id: str | None = None
+    # The ransomware signal on that restore point (clean | anomaly | no-baseline), its reasons,
+    # and the instance's newest clean restore point (ec2backup.anomaly).
+    anomaly: str | None = None
+    anomaly_reasons: list[str] = Field(default_factory=list)
+    last_clean_restore_point_id: str | None = None
     placement: str | None = None
     placement_reason: str | None = None
     workers_provisioned: int = 0
@@ -273,3 +280,6 @@ class CommitRestorePointInput(BaseModel):
 
 class CommitRestorePointOutput(BaseModel):
     restore_point_id: str
+    anomaly: str | None = None  # the ransomware signal's verdict (BackupSessionOutput.anomaly)
+    anomaly_reasons: list[str] = Field(default_factory=list)
+    last_clean_restore_point_id: str | None = None

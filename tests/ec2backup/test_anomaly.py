@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from ec2backup import anomaly
+from ec2backup import anomaly, reaction
 from ec2backup.repository.restorepoint import (
     AnomalySignal,
     RestorePoint,
@@ -92,3 +92,19 @@ def test_flagged_points_are_not_the_baseline_and_end_the_clean_ones() -> None:
     assert anomaly.last_clean(points) == "rp2"
     assert anomaly.last_clean(points[:3]) == "rp2"
     assert anomaly.last_clean([("rp0", attacked)]) is None
+
+
+def test_lock_last_clean_holds_the_clean_point_and_the_first_anomaly() -> None:
+    points = [
+        ("a", point(record(600, 600, 250, incremental=False), 0, "no-baseline")),
+        ("b", point(record(100, 100, 40), 1, "clean")),
+        ("c", point(record(410, 410, 410), 2, "anomaly")),
+        ("d", point(record(100, 100, 40), 3, "clean")),  # quiet again: holds encrypted blocks
+        ("e", point(record(400, 400, 400), 4, "anomaly")),
+    ]
+    held = reaction.held_until(points[::-1], hold_days=30)
+    assert held is not None
+    assert (held.last_clean, held.first_anomaly) == ("b", "c")
+    assert held.until == T0 + dt.timedelta(days=2 + 30)
+    assert reaction.held_until(points[:2], hold_days=30) is None  # no anomaly: nothing held
+    assert reaction.held_until(points[2:3], hold_days=30) is None  # no clean point before it

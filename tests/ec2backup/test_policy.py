@@ -241,3 +241,42 @@ def test_settings_that_cannot_take_effect_are_refused(
     with pytest.raises(PolicyError) as err:
         load_policy(_write(tmp_path, text))
     assert f": {field}: " in str(err.value) and message in str(err.value), str(err.value)
+
+
+NOTIFY = "notify:\n  sns_topic_arn: arn:aws:sns:us-east-1:123456789012:backups\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "reactions"),
+    [
+        ("on_anomaly: notify\n", ["notify"]),
+        ("on_anomaly: [notify, lock_last_clean]\n", ["notify", "lock-last-clean"]),
+        ("on_anomaly: [lock-last-clean]\nanomaly_hold_days: 60\n", ["lock-last-clean"]),
+    ],
+)
+def test_on_anomaly_takes_one_reaction_or_a_list(
+    tmp_path: Path, text: str, reactions: list[str]
+) -> None:
+    policy = load_policy(_write(tmp_path, BASE + NOTIFY + text))
+    assert policy.on_anomaly == reactions
+    assert policy.anomaly_hold_days == (60 if "60" in text else 30)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (BASE + "on_anomaly: notify\n", "on_anomaly: notify publishes to notify.sns_topic_arn"),
+        (BASE + "on_anomaly: [lock-everything]\n", "on_anomaly.0"),
+        (
+            BASE.replace("image_backup:\n  repository: s3://bucket/repo\n", "")
+            + "on_anomaly: [lock-last-clean]\n",
+            "on_anomaly reacts to the ransomware signal of image-level backups",
+        ),
+        (BASE + "  object_lock: forever\n", "image_backup.object_lock"),
+    ],
+)
+def test_invalid_anomaly_reactions_and_lock_requirements(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(PolicyError, match=re.escape(message)):
+        load_policy(_write(tmp_path, text))

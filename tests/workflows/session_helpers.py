@@ -55,6 +55,49 @@ ROLE_TAG = "ec2backup:role"
 T = TypeVar("T")
 
 
+def subscribed_queue(wb: Workbench, name: str) -> tuple[str, str]:
+    """An SNS topic and an SQS queue subscribed to it, with the queue policy AWS requires for
+    SNS to deliver (https://docs.aws.amazon.com/sns/latest/dg/subscribe-sqs-queue-to-sns-topic.html):
+    (topic ARN, queue URL)."""
+    sns, sqs = wb.client("sns"), wb.client("sqs")
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    queue_url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    allow_topic = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(allow_topic)})
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    return topic, queue_url
+
+
+def sns_messages(wb: Workbench, queue_url: str, count: int = 1) -> list[dict[str, Any]]:
+    """The next `count` SNS envelopes delivered to the queue (each: Subject, Message,
+    MessageAttributes); AssertionError when fewer arrive within 30 s."""
+    sqs = wb.client("sqs")
+    got: list[dict[str, Any]] = []
+
+    def received() -> list[dict[str, Any]] | None:
+        out = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1, MaxNumberOfMessages=10)
+        for m in out.get("Messages", []):
+            got.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+        return got if len(got) >= count else None
+
+    return wait_for(received, 30, f"{count} SNS message(s) in SQS")
+
+
 def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
     """Poll `check` until it returns something truthy; AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout

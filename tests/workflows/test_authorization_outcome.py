@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from session_helpers import ACCOUNT_A, REGION, Workbench, wait_for
+from session_helpers import (
+    ACCOUNT_A,
+    REGION,
+    Workbench,
+    sns_messages,
+    subscribed_queue,
+    wait_for,
+)
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -88,28 +95,7 @@ def partial_run(wb: Workbench, tmp_path_factory: pytest.TempPathFactory) -> dict
     name = f"authz-{uuid.uuid4().hex[:6]}"
     first = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01")["instance_id"]
     second = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.01")["instance_id"]
-    # An SQS queue subscribed to the topic, with the queue policy AWS requires for SNS to
-    # deliver (https://docs.aws.amazon.com/sns/latest/dg/subscribe-sqs-queue-to-sns-topic.html).
-    sns, sqs = wb.client("sns"), wb.client("sqs")
-    topic = sns.create_topic(Name=f"{name}-runs")["TopicArn"]
-    queue_url = sqs.create_queue(QueueName=f"{name}-runs")["QueueUrl"]
-    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
-    allow_topic = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": {"Service": "sns.amazonaws.com"},
-                "Action": "sqs:SendMessage",
-                "Resource": queue_arn,
-                "Condition": {"ArnEquals": {"aws:SourceArn": topic}},
-            }
-        ],
-    }
-    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(allow_topic)})
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    topic, queue_url = subscribed_queue(wb, f"{name}-runs")
     path = tmp_path_factory.mktemp("authz") / "policy.yaml"
     path.write_text(
         POLICY.format(name=name, first=first, second=second, region=REGION, topic=topic)
@@ -162,14 +148,7 @@ def test_partial_run_is_found_by_outcome_fails_status_and_notifies(
     assert name in status.stdout  # the table is still printed
 
     # One SNS message with the summary, delivered to the subscribed queue.
-    sqs = wb.client("sqs")
-
-    def received() -> list[dict[str, Any]] | None:
-        got = sqs.receive_message(QueueUrl=partial_run["queue_url"], WaitTimeSeconds=1)
-        return got.get("Messages") or None
-
-    (message,) = wait_for(received, 30, "the SNS summary in SQS")
-    envelope = json.loads(message["Body"])
+    (envelope,) = sns_messages(wb, partial_run["queue_url"])
     assert envelope["Subject"] == f"ec2backup policy {name}: partial (1 of 2 instances failed)"
     assert envelope["MessageAttributes"]["outcome"]["Value"] == "partial"
     summary = json.loads(envelope["Message"])

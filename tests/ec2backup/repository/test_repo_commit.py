@@ -79,7 +79,7 @@ def _transfer(repo: Repository, blocks: int) -> None:
 
 def _commit(repo_url: str, blocks_total: int = BLOCKS) -> str:
     snapshot_set, plan = _plan(repo_url, blocks_total)
-    return imagebackup.commit(SESSION, snapshot_set, plan, "adhoc", PASSWORD)
+    return imagebackup.commit(SESSION, snapshot_set, plan, "adhoc", PASSWORD).restore_point_id
 
 
 def test_commit_is_idempotent(init_repo: str) -> None:

@@ -7,11 +7,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import pytest
 from repo_helpers import open_repo, rewrite_config, run_inproc
 from repo_imagegen import make_image, mutate
 
+from ec2backup.imagebackup import ObjectLockRequired, require_object_lock
+from ec2backup.models.session import ImageBackupSpec
 from ec2backup.repository import objectlock
 from ec2backup.repository.backend import S3Backend
 from ec2backup.repository.repo import ObjectLockSettings
@@ -77,3 +80,28 @@ def test_locks_follow_references_and_prune_reports_what_stays(
     check = run_inproc("repo", "check", "--repo", url)
     assert check.code == 0, check.err
     assert "lock coverage: 100%" in check.err
+
+
+def test_a_policy_that_requires_object_lock_refuses_other_repositories(
+    lab_aws: Any, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`image_backup.object_lock`: a session's preparation refuses (before any worker) a
+    repository without Object Lock, and a governance repository when compliance is asked."""
+    plain = tmp_path / "plain"
+    assert run_inproc("repo", "init", "--repo", str(plain)).code == 0
+    bucket = f"locked-{uuid.uuid4().hex[:8]}"
+    lab_aws.client("s3").create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+    url = f"s3://{bucket}/r"
+    assert run_inproc("repo", "init", "--repo", url, "--object-lock", "governance").code == 0
+
+    def required(repo_url: str, mode: Literal["governance", "compliance"]) -> None:
+        require_object_lock(
+            open_repo(repo_url), ImageBackupSpec(repository=repo_url, object_lock=mode)
+        )
+
+    required(url, "governance")
+    with pytest.raises(ObjectLockRequired, match=r"requires Object Lock in compliance mode"):
+        required(url, "compliance")
+    with pytest.raises(ObjectLockRequired, match=r"has no Object Lock \(repo init --object-lock"):
+        required(str(plain), "governance")
+    require_object_lock(open_repo(str(plain)), ImageBackupSpec(repository=str(plain)))
