@@ -135,7 +135,10 @@ def lock_last_clean(
         return out
     rp_id = held.last_clean
     # The objects and snapshots stay locked at least as long as retention holds the point.
-    until = max(held.until, now + dt.timedelta(days=policy.anomaly_hold_days))
+    # Whole seconds: EBS reports a lock's end in seconds from when it was set (after `now`).
+    until = max(held.until, now + dt.timedelta(days=policy.anomaly_hold_days)).replace(
+        microsecond=0
+    )
     rp = dict(points)[rp_id]
     out.restore_point_id, out.until = rp_id, until
     if objectlock.enabled(repo):

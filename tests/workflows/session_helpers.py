@@ -319,13 +319,19 @@ class Workbench:
         return int(self.lab_call("GET", f"volumes/{volume_id}")["blocks_written"]) * BLOCK
 
     # -- repositories -------------------------------------------------------------------
-    def new_repo(self, *init_args: str) -> str:
+    def new_repo(self, *init_args: str, object_lock: bool = False) -> str:
         """A fresh repository under its own prefix of the (versioned) test bucket (`repo init`
-        takes `init_args` too)."""
+        takes `init_args` too); with `object_lock`, of a bucket created with Object Lock."""
         s3 = self.client("s3")
+        bucket = f"{BUCKET}-locked" if object_lock else BUCKET
         try:
-            s3.create_bucket(Bucket=BUCKET)
-            s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+            if object_lock:
+                s3.create_bucket(Bucket=bucket, ObjectLockEnabledForBucket=True)
+            else:
+                s3.create_bucket(Bucket=bucket)
+                s3.put_bucket_versioning(
+                    Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+                )
         except ClientError as exc:
             if exc.response["Error"]["Code"] not in (
                 "BucketAlreadyOwnedByYou",
@@ -333,7 +339,7 @@ class Workbench:
             ):
                 raise
         self._repos += 1
-        url = f"s3://{BUCKET}/{self.name}-{self._repos}-{uuid.uuid4().hex[:6]}"
+        url = f"s3://{bucket}/{self.name}-{self._repos}-{uuid.uuid4().hex[:6]}"
         self.cli("repo", "init", "--repo", url, *init_args)
         return url
 
@@ -489,6 +495,48 @@ class Workbench:
             return [wf.id async for wf in client.list_workflows(query)]
 
         return list(self.temporal(go))
+
+    def policy_run(self, name: str, status: str = "COMPLETED") -> dict[str, Any]:
+        """`policy run NAME`, then the new run's result once it closed with `status` (every
+        instance completed when it COMPLETED; for FAILED, the run's id and failure)."""
+        before = set(self.workflow_ids("BackupPolicy", name))
+        self.cli("policy", "run", name)
+        run_id = wait_for(
+            lambda: next(
+                (w for w in self.workflow_ids("BackupPolicy", name) if w not in before), None
+            ),
+            60,
+            "the run",
+            interval=0.5,
+        )
+        assert self.wait_status(run_id, timeout=300) == status, self.diagnose(run_id)
+        if status != "COMPLETED":
+            return {"run_id": run_id, "failure": self.failure(run_id)}
+
+        async def go(client: Any) -> dict[str, Any]:
+            return dict(await client.get_workflow_handle(run_id).result())
+
+        result = dict(self.temporal(go))
+        assert all(o["status"] == "completed" for o in result["instances"]), result
+        return result
+
+    def failure(self, workflow_id: str) -> str:
+        """A failed workflow's failure: every message of its cause chain, outermost first."""
+        from temporalio.client import WorkflowFailureError
+
+        async def go(client: Any) -> str:
+            try:
+                await client.get_workflow_handle(workflow_id).result()
+            except WorkflowFailureError as exc:
+                messages = []
+                cause: BaseException | None = exc.cause
+                while cause is not None:
+                    messages.append(str(cause))
+                    cause = getattr(cause, "cause", None)
+                return " <- ".join(messages)
+            raise AssertionError(f"{workflow_id} did not fail")
+
+        return str(self.temporal(go))
 
     def progress(self, session_id: str) -> Any:
         from ec2backup.models.session import ProgressInput, SessionProgress

@@ -99,13 +99,32 @@ def profile_env(lab: Any) -> dict[str, str]:
 
 def _namespace_ready(env: dict[str, str]) -> bool:
     # A namespace is usable a moment after `namespace create` (the dev server's cache).
-    return _cli(env, "setup").returncode == 0
+    done = _cli(env, "setup")
+    if done.returncode != 0:
+        print(f"setup in {OTHER_NAMESPACE}: rc={done.returncode} {done.stderr.strip()}")
+    return done.returncode == 0
 
 
-def test_setup_twice_changes_nothing_the_second_time(lab: Any, profile_env: dict[str, str]) -> None:
+def _drop_janitor_schedule(lab: Any) -> None:
+    """The Janitor schedule of the eu-west-2 installation leaves the profile's namespace: its
+    payloads are encrypted with that installation's payload key, which the next tests' (home
+    us-east-1) installation does not hold (one namespace serves one installation)."""
+    subprocess.run(
+        [_temporal_binary(), "schedule", "delete", "--schedule-id", "ec2backup-janitor",
+         "--namespace", OTHER_NAMESPACE, "--address", lab.temporal_address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+
+
+def test_setup_twice_changes_nothing_the_second_time(
+    lab: Any, profile_env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
     """In a fresh namespace and a fresh home Region: the first run creates the search
     attributes, the installation key (and its replica), the Janitor schedule; the second
     changes nothing."""
+    request.addfinalizer(lambda: _drop_janitor_schedule(lab))
     home, replica = "eu-west-2", "eu-central-1"
     env = {
         **profile_env,

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from session_helpers import ROLE_B, SESSION_TAG, Workbench, wait_for
+from session_helpers import ROLE_B, SESSION_TAG, Workbench
 
 from ec2backup.models.session import BackupSessionInput, BackupSessionOutput, ReplicationSpec
 
@@ -36,21 +36,6 @@ replication:
       account_role_arn: {role_b}
       retention: {{days: 1}}
 """
-
-
-def _policy_run(wb: Workbench, name: str) -> dict[str, Any]:
-    """`policy run NAME`, then the run's result once it completed."""
-    wb.cli("policy", "run", name)
-    wait_for(lambda: wb.workflow_ids("BackupPolicy", name) or None, 30, "the run", interval=0.5)
-    run_id = wb.workflow_ids("BackupPolicy", name)[0]
-    assert wb.wait_status(run_id, timeout=240) == "COMPLETED", wb.diagnose(run_id)
-
-    async def go(client: Any) -> dict[str, Any]:
-        return dict(await client.get_workflow_handle(run_id).result())
-
-    result = dict(wb.temporal(go))
-    assert [o["status"] for o in result["instances"]] == ["completed"], result
-    return result
 
 
 def _session_output(wb: Workbench, session_id: str) -> BackupSessionOutput:
@@ -114,7 +99,7 @@ def test_every_replication_target_gets_a_tagged_set_kept_by_its_own_rule(
     wb.cli("policy", "apply", str(policy))
 
     # One policy run: a tagged replica set in each target.
-    run = _policy_run(wb, name)
+    run = wb.policy_run(name)
     (outcome,) = run["instances"]
     session = _session_output(wb, outcome["session_id"])
     assert [(r.region, r.account) for r in session.replicas] == [
@@ -197,7 +182,7 @@ def test_workers_start_with_the_policys_security_groups(wb: Workbench, tmp_path:
         )
     )
     wb.cli("policy", "apply", str(policy))
-    run = _policy_run(wb, name)
+    run = wb.policy_run(name)
     (outcome,) = run["instances"]
     assert outcome["restore_point_id"]
     workers = wb.session_instances(outcome["session_id"])

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from session_helpers import REGION, Workbench, sns_messages, subscribed_queue, wait_for
+from session_helpers import REGION, Workbench, sns_messages, subscribed_queue
 
 # A nightly policy whose rules alone would keep one snapshot set and one restore point a day.
 POLICY = """\
@@ -45,28 +45,6 @@ def _points(wb: Workbench, instance_id: str) -> dict[str, dict[str, Any]]:
     return {rp["id"]: rp for rp in listing["restore_points"] if rp["kind"] == "backup"}
 
 
-def _run(wb: Workbench, name: str) -> dict[str, Any]:
-    """`policy run NAME`; the new run's result once it completed (its one instance's outcome
-    completed)."""
-    before = set(wb.workflow_ids("BackupPolicy", name))
-    wb.cli("policy", "run", name)
-    run_id = wait_for(
-        lambda: next((w for w in wb.workflow_ids("BackupPolicy", name) if w not in before), None),
-        30,
-        "the run",
-        interval=0.5,
-    )
-    assert wb.wait_status(run_id, timeout=300) == "COMPLETED", wb.diagnose(run_id)
-
-    async def go(client: Any) -> dict[str, Any]:
-        return dict(await client.get_workflow_handle(run_id).result())
-
-    result = dict(wb.temporal(go))
-    (outcome,) = result["instances"]
-    assert outcome["status"] == "completed", result
-    return result
-
-
 def test_an_attack_is_flagged_the_policy_reacts_and_the_last_clean_point_restores(
     wb: Workbench, tmp_path: Path
 ) -> None:
@@ -82,17 +60,17 @@ def test_an_attack_is_flagged_the_policy_reacts_and_the_last_clean_point_restore
     )
     wb.cli("policy", "apply", str(path))
 
-    first = _run(wb, name)["instances"][0]
+    first = wb.policy_run(name)["instances"][0]
     assert first["anomaly"] == "no-baseline"
     wb.cli("lab", "churn", volume_id, "--fraction", "0.05", "--seed", "2")
-    ordinary = _run(wb, name)["instances"][0]
+    ordinary = wb.policy_run(name)["instances"][0]
     assert ordinary["anomaly"] == "clean", ordinary
     clean_content = wb.checksum(volume_id)  # what the point before the attack holds
     attack = json.loads(
         wb.cli("lab", "encrypt-attack", volume_id, "--fraction", "0.2", "--seed", "3").stdout
     )
     assert attack["bytes"] > 0
-    attacked_run = _run(wb, name)
+    attacked_run = wb.policy_run(name)
     attacked = attacked_run["instances"][0]
     assert attacked["anomaly"] == "anomaly", attacked
     (reason,) = attacked["anomaly_reasons"]
@@ -122,7 +100,7 @@ def test_an_attack_is_flagged_the_policy_reacts_and_the_last_clean_point_restore
     assert ordinary["snapshot_set_id"] in retention["kept_snapshot_sets"]
 
     wb.cli("lab", "churn", volume_id, "--fraction", "0.05", "--seed", "4")
-    after_run = _run(wb, name)
+    after_run = wb.policy_run(name)
     after = after_run["instances"][0]
     assert after["anomaly"] == "clean"  # quiet again, but it holds encrypted blocks
     # Repository retention (daily: 1) would keep only `after`; the hold keeps the last clean

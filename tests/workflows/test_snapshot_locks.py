@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 from botocore.exceptions import ClientError
-from session_helpers import Workbench, wait_for
+from session_helpers import Workbench
 
 POLICY = """\
 name: {name}
@@ -26,28 +25,6 @@ snapshots:
 DAY = 86_400
 
 
-def _run(wb: Workbench, name: str, runs_before: int) -> dict[str, Any]:
-    """`policy run NAME` and its result once completed (the run after `runs_before` others)."""
-    wb.cli("policy", "run", name)
-    ids = wait_for(
-        lambda: (
-            (found := wb.workflow_ids("BackupPolicy", name)) and len(found) > runs_before and found
-        ),
-        60,
-        "the run",
-        interval=0.5,
-    )
-    run_id = ids[0]
-    assert wb.wait_status(run_id, timeout=240) == "COMPLETED", wb.diagnose(run_id)
-
-    async def go(client: Any) -> dict[str, Any]:
-        return dict(await client.get_workflow_handle(run_id).result())
-
-    result = dict(wb.temporal(go))
-    assert [o["status"] for o in result["instances"]] == ["completed"], result
-    return result
-
-
 def test_locked_sets_outlive_their_retention_until_the_lock_ends(
     wb: Workbench, tmp_path: Path
 ) -> None:
@@ -58,7 +35,7 @@ def test_locked_sets_outlive_their_retention_until_the_lock_ends(
     wb.cli("policy", "apply", str(policy))
     ec2 = wb.client("ec2")
     try:
-        first = _run(wb, name, 0)
+        first = wb.policy_run(name)
         first_set = first["instances"][0]["snapshot_set_id"]
         sets = {
             rp["set_id"]: [s["snapshot_id"] for s in rp["snapshots"]]
@@ -72,7 +49,7 @@ def test_locked_sets_outlive_their_retention_until_the_lock_ends(
         assert {(x["LockState"], x["LockDuration"]) for x in locks} == {("governance", 2)}
 
         # The second run's retention: the first set is past its rule (count 1) but locked.
-        second = _run(wb, name, 1)
+        second = wb.policy_run(name)
         retention = second["retention"]
         assert first_set in retention["locked_snapshot_sets"], retention
         assert first_set not in retention["deleted_snapshot_sets"]
