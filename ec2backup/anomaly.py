@@ -21,7 +21,9 @@ deduplicated) blocks, and the share of those stored uncompressed. The verdict (`
 
 Earlier points flagged as anomalies are left out of the baseline (an attack must not become the
 norm). The newest *clean* restore point of an instance is the newest one before its first
-anomaly: a later point, even unflagged, holds what the attacker wrote (`last_clean`).
+unresolved anomaly: a later point, even unflagged, holds what the attacker wrote
+(`last_clean`). An operator who finds an anomaly was no attack (a volume encrypted on purpose)
+resolves it (`restore-points resolve`): it then counts as clean, in the baseline too.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def _history(points: Sequence[RestorePoint]) -> dict[str, list[tuple[VolumeSigna
     """Earlier figures per volume: (signal, whether that backup was an incremental)."""
     out: dict[str, list[tuple[VolumeSignal, bool]]] = {}
     for rp in points:
-        if rp.anomaly is not None and rp.anomaly.verdict == "anomaly":
-            continue  # an attack is not the norm
+        if rp.anomaly is not None and rp.anomaly.flagged:
+            continue  # an attack is not the norm (a resolved anomaly was normal after all)
         for record in rp.volumes:
             signal = volume_signal(record)
             incremental = record.metadata.parent_snapshot_id is not None
@@ -79,7 +81,7 @@ def _history(points: Sequence[RestorePoint]) -> dict[str, list[tuple[VolumeSigna
 def assess(records: Sequence[VolumeRecord], earlier: Sequence[RestorePoint]) -> AnomalySignal:
     """The verdict of a new backup (`records`) against the instance's earlier restore points."""
     signals = [volume_signal(r) for r in records]
-    baseline = [rp for rp in earlier if rp.anomaly is None or rp.anomaly.verdict != "anomaly"]
+    baseline = [rp for rp in earlier if rp.anomaly is None or not rp.anomaly.flagged]
     if not baseline:
         return AnomalySignal(verdict="no-baseline", volumes=signals)
     history = _history(earlier)
@@ -124,7 +126,7 @@ def last_clean(points: Sequence[tuple[str, RestorePoint]]) -> str | None:
     ordered = sorted(points, key=lambda p: p[1].time)
     clean: str | None = None
     for rp_id, rp in ordered:
-        if rp.anomaly is not None and rp.anomaly.verdict == "anomaly":
+        if rp.anomaly is not None and rp.anomaly.flagged:
             return clean
         clean = rp_id
     return clean

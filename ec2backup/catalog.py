@@ -51,11 +51,13 @@ class CatalogEntry(BaseModel):
     storage_class: str | None = None  # archives: the Glacier class of their data
     retrieval_needed: bool | None = None  # archives: the data must be retrieved first
     archived_from: str | None = None  # archives: the hot restore point this copies
-    # backups: the ransomware signal's verdict (clean | anomaly | no-baseline; None: a backup
-    # from before the signal existed) and why; `last_clean`: the instance's newest restore
-    # point before its first anomaly (ec2backup.anomaly)
+    # backups: the ransomware signal's verdict (clean | anomaly | no-baseline | resolved: an
+    # anomaly an operator resolved, with their reason; None: a backup from before the signal
+    # existed) and why; `last_clean`: the instance's newest restore point before its first
+    # unresolved anomaly (ec2backup.anomaly)
     anomaly: str | None = None
     anomaly_reasons: list[str] = Field(default_factory=list)
+    anomaly_resolution: str | None = None
     last_clean: bool = False
 
 
@@ -247,8 +249,11 @@ def _open_entries(url: str, password: bytes | None, ids: set[str] | None) -> lis
         raise UserError(f"repository {url}: {exc} (is the repository password right?)") from exc
     archive_class = repo.config.data_storage_class
     entries = []
-    for rid in sorted(ids) if ids is not None else repo.list_ids("restorepoint"):
-        rp = repo.load_restore_point_by_id(rid)
+    if ids is None:
+        points = repo.list_restore_points()  # resolutions applied
+    else:
+        points = [repo.load_restore_point(rid) for rid in sorted(ids)]
+    for rid, rp in points:
         entries.append(
             CatalogEntry(
                 id=rid,
@@ -265,8 +270,15 @@ def _open_entries(url: str, password: bytes | None, ids: set[str] | None) -> lis
                 storage_class=archive_class,
                 retrieval_needed=bool(archive_class),
                 archived_from=rp.tags.get("archived_from"),
-                anomaly=rp.anomaly.verdict if rp.anomaly else None,
+                anomaly=(
+                    ("resolved" if rp.anomaly.resolved else rp.anomaly.verdict)
+                    if rp.anomaly
+                    else None
+                ),
                 anomaly_reasons=list(rp.anomaly.reasons) if rp.anomaly else [],
+                anomaly_resolution=rp.anomaly.resolved.reason
+                if rp.anomaly and rp.anomaly.resolved
+                else None,
             )
         )
     return entries

@@ -46,7 +46,7 @@ SUBJECT_MAX = 100
 
 
 def _flagged(rp: RestorePoint) -> bool:
-    return rp.anomaly is not None and rp.anomaly.verdict == "anomaly"
+    return rp.anomaly is not None and rp.anomaly.flagged
 
 
 @dataclass

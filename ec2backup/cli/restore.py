@@ -308,6 +308,8 @@ def restore_points_list(
         signal = e.anomaly or ""
         if e.anomaly == "anomaly":
             signal = "ANOMALY: " + "; ".join(e.anomaly_reasons)
+        elif e.anomaly == "resolved":
+            signal = f"resolved anomaly ({e.anomaly_resolution})"
         if e.last_clean:
             signal = f"{signal} (last clean)".strip()
         table.add_row(
@@ -329,6 +331,49 @@ def restore_points_list(
                 f"{'; '.join(e.anomaly_reasons)}",
                 file=sys.stderr,
             )
+
+
+@points_app.command("resolve")
+def restore_points_resolve(
+    restore_point: str = typer.Argument(..., metavar="RP", help="A flagged backup's id"),
+    reason: str = typer.Option(
+        ..., "--reason", help="Why the anomaly was no attack (kept beside the restore point)"
+    ),
+    repo: str = typer.Option(
+        None, "--repo", help="The repository holding it (default: found from the catalog)"
+    ),
+) -> None:
+    """Resolve a ransomware-signal anomaly that was no attack (a volume encrypted on purpose, a
+    bulk import): the restore point then counts as clean, for `--last-clean`, the signal's
+    baseline and `on_anomaly: lock-last-clean`. The restore point itself never changes."""
+    from ec2backup import anomaly, catalog, installation
+    from ec2backup.repository.repo import Repository, read_password
+
+    if not reason.strip():
+        raise UserError("--reason: say why the anomaly was no attack")
+    password = read_password(None)
+    url = repo
+    if url is None:
+        found = catalog.locate(
+            restore_point, installation.installation_key(create=False), password, source="backup"
+        )
+        url = found.repository
+        if url is None:
+            raise UserError(f"restore point {restore_point}: not an image-level backup")
+    r = Repository.open(url, password)
+    with r.lock(exclusive=False, purpose=f"resolve {restore_point}", wait=60):
+        oid, resolution = r.resolve_anomaly(restore_point, reason.strip())
+    _rid, rp = r.load_restore_point(oid)
+    points = [
+        (i, p)
+        for i, p in r.list_restore_points()
+        if p.source.kind == "ec2-instance" and p.source.instance_id == rp.source.instance_id
+    ]
+    clean = anomaly.last_clean(points)
+    console.print(
+        f"resolved the anomaly of {oid[:12]} ({rp.source.instance_id}): {resolution.reason}; "
+        f"its last clean restore point is now {clean[:12] if clean else 'none'}"
+    )
 
 
 def register(app: typer.Typer) -> None:

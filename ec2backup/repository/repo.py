@@ -42,7 +42,7 @@ from ec2backup.repository.index import (
     IndexPack,
     IndexTable,
 )
-from ec2backup.repository.restorepoint import RestorePoint
+from ec2backup.repository.restorepoint import Resolution, RestorePoint
 
 if TYPE_CHECKING:
     from ec2backup.repository.locks import Lock
@@ -78,6 +78,8 @@ KIND_PREFIX = {
     "map": "maps/",
     "restorepoint": "restorepoints/",
 }
+# An operator's resolution of a restore point's anomaly, named by the restore point's id.
+RESOLUTIONS_PREFIX = "resolutions/"
 FANOUT_KINDS = {"map"}  # kinds stored under a two-hex-digit subdirectory
 
 
@@ -574,7 +576,9 @@ class Repository:
 
     def load_restore_point(self, prefix: str) -> tuple[str, RestorePoint]:
         oid = self.resolve_restore_point(prefix)
-        return oid, self.load_restore_point_by_id(oid)
+        rp = self.load_restore_point_by_id(oid)
+        self._apply_resolutions([(oid, rp)])
+        return oid, rp
 
     def list_restore_points(self) -> list[tuple[str, RestorePoint]]:
         ids = self.list_ids("restorepoint")
@@ -582,11 +586,47 @@ class Repository:
             rps = list(pool.map(self.load_restore_point_by_id, ids))
         out = list(zip(ids, rps, strict=True))
         out.sort(key=lambda x: x[1].time)
+        self._apply_resolutions(out)
         return out
+
+    # ---- anomaly resolutions (repository-format.md §5.7) --------------------------------------
+
+    def _apply_resolutions(self, points: list[tuple[str, RestorePoint]]) -> None:
+        flagged = {oid: rp for oid, rp in points if rp.anomaly and rp.anomaly.verdict == "anomaly"}
+        if not flagged:
+            return
+        for name, _ in self.backend.list(RESOLUTIONS_PREFIX):
+            oid = name.rsplit("/", 1)[1]
+            rp = flagged.get(oid)
+            if rp is not None and rp.anomaly is not None:
+                rp.anomaly.resolved = self.load_resolution(oid)
+
+    def load_resolution(self, oid: str) -> Resolution:
+        name = RESOLUTIONS_PREFIX + oid
+        raw = self.load_named(name)
+        try:
+            return Resolution.model_validate_json(raw)
+        except ValidationError as exc:
+            raise CorruptObjectError(f"object {name} is corrupt: bad JSON") from exc
+
+    def resolve_anomaly(self, prefix: str, reason: str) -> tuple[str, Resolution]:
+        """Record that the restore point's anomaly was not an attack (the restore point itself
+        never changes); an already resolved one keeps its first resolution."""
+        oid, rp = self.load_restore_point(prefix)
+        if rp.anomaly is None or rp.anomaly.verdict != "anomaly":
+            raise UserError(f"restore point {oid[:12]}: no anomaly to resolve")
+        if rp.anomaly.resolved is not None:
+            return oid, rp.anomaly.resolved
+        resolution = Resolution(reason=reason)
+        self.save_named(RESOLUTIONS_PREFIX + oid, resolution.model_dump_json().encode())
+        return oid, resolution
 
     def forget(self, prefix: str) -> str:
         oid = self.resolve_restore_point(prefix)
         self.backend.delete(self.object_name("restorepoint", oid))
+        # Its resolution, if any, goes with it (nothing else reads it).
+        if any(True for _ in self.backend.list(RESOLUTIONS_PREFIX + oid)):
+            self.backend.delete(RESOLUTIONS_PREFIX + oid)
         return oid
 
     # ---- packs -----------------------------------------------------------------------------

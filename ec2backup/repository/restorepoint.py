@@ -109,6 +109,15 @@ class VolumeSignal(BaseModel):
     incompressible_share: float  # of those, the share stored uncompressed
 
 
+class Resolution(BaseModel):
+    """An operator's word that an anomaly was not an attack (`resolutions/<restore point id>`,
+    repository-format.md §5.7): kept beside the restore point, which never changes."""
+
+    time: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    reason: str
+    hostname: str = Field(default_factory=socket.gethostname)
+
+
 class AnomalySignal(BaseModel):
     """The ransomware signal of an instance backup (repository-format.md §5.5): each volume's
     figures, the verdict against the instance's own history, and why."""
@@ -117,6 +126,14 @@ class AnomalySignal(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     volumes: list[VolumeSignal] = Field(default_factory=list)
     baseline_points: int = 0  # earlier restore points the verdict compared against
+    # Filled in when the restore point is read (never stored in it): the operator resolved
+    # this anomaly (`restore-points resolve`).
+    resolved: Resolution | None = Field(default=None, exclude=True)
+
+    @property
+    def flagged(self) -> bool:
+        """An anomaly nobody resolved: what marks the end of an instance's clean points."""
+        return self.verdict == "anomaly" and self.resolved is None
 
 
 class RestorePoint(BaseModel):

@@ -7,6 +7,7 @@ import datetime as dt
 from ec2backup import anomaly, reaction
 from ec2backup.repository.restorepoint import (
     AnomalySignal,
+    Resolution,
     RestorePoint,
     VolumeMetadata,
     VolumeRecord,
@@ -108,3 +109,18 @@ def test_lock_last_clean_holds_the_clean_point_and_the_first_anomaly() -> None:
     assert held.until == T0 + dt.timedelta(days=2 + 30)
     assert reaction.held_until(points[:2], hold_days=30) is None  # no anomaly: nothing held
     assert reaction.held_until(points[2:3], hold_days=30) is None  # no clean point before it
+
+
+def test_a_resolved_anomaly_counts_as_clean() -> None:
+    attacked = point(record(410, 410, 410), 2, "anomaly")
+    points = [
+        ("b", point(record(100, 100, 40), 1, "clean")),
+        ("c", attacked),
+        ("d", point(record(100, 100, 40), 3, "clean")),
+    ]
+    assert anomaly.last_clean(points) == "b"
+    assert attacked.anomaly is not None
+    attacked.anomaly.resolved = Resolution(reason="encrypted on purpose")
+    assert anomaly.last_clean(points) == "d"
+    assert reaction.held_until(points, hold_days=30) is None
+    assert "resolved" not in attacked.model_dump_json()  # never stored in the restore point

@@ -6,7 +6,8 @@ INSTANCE_ID` restores the point before the attack, byte-exact, although a later,
 point exists. The policy reacts (`on_anomaly: [notify, lock-last-clean]`): one SNS message
 naming the flagged and the last clean point, the last clean point's snapshot set locked (so
 snapshot retention keeps it), and repository retention keeping that point and the flagged one
-past their rule until the hold ends (a dry run past it would forget them).
+past their rule until the hold ends (a dry run past it would forget them). An operator who
+resolves the anomaly (`restore-points resolve`) makes the newest point the last clean one.
 """
 
 from __future__ import annotations
@@ -135,4 +136,23 @@ def test_an_attack_is_flagged_the_policy_reacts_and_the_last_clean_point_restore
     (data,) = [v for v in result["volumes"] if v["source_volume_id"] == volume_id]
     assert wb.checksum(data["volume_id"]) == clean_content
     assert wb.checksum(volume_id) != clean_content
+
+    # The operator finds it was no attack: resolved (found without --repo), the anomaly
+    # counts as clean and the newest point is the last clean one again.
+    resolved = wb.cli(
+        "restore-points", "resolve", attacked["restore_point_id"][:16],
+        "--reason", "bulk import of compressed media",
+    )  # fmt: skip
+    assert f"its last clean restore point is now {after['restore_point_id'][:12]}" in (
+        resolved.stderr
+    ), resolved.stderr
+    points = _points(wb, instance_id)
+    assert points[attacked["restore_point_id"]]["anomaly"] == "resolved"
+    assert points[attacked["restore_point_id"]]["anomaly_resolution"] == (
+        "bulk import of compressed media"
+    )
+    assert [rp for rp, p in points.items() if p["last_clean"]] == [after["restore_point_id"]]
+    again = wb.cli("restore-points", "resolve", ordinary["restore_point_id"], "--reason", "x",
+                   check=False)  # fmt: skip
+    assert again.returncode != 0 and "no anomaly to resolve" in again.stderr, again.stderr
     wb.cli("policy", "delete", name)
