@@ -15,11 +15,11 @@ from typing import Any
 
 from ec2backup import anomaly, aws, workers
 from ec2backup.errors import UserError
-from ec2backup.models.session import ImageBackupSpec, ImagePlan
+from ec2backup.models.session import ImageBackupSpec, ImagePlan, Stream
 from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.repository import objectlock
 from ec2backup.repository.backend import ObjectMissing
-from ec2backup.repository.blockmap import ID_SIZE, is_blob
+from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, is_blob
 from ec2backup.repository.repo import Repository
 from ec2backup.repository.restorepoint import AnomalySignal, RestorePointSource, VolumeRecord
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
@@ -31,6 +31,19 @@ def checkpoint_key(session_id: str, source_volume_id: str) -> str:
     """The repository checkpoint of one volume of one session: the durable cursor a retried,
     resumed or re-provisioned range continues from."""
     return f"session:{session_id}:{source_volume_id}"
+
+
+# VolumeStats counters that add up over a volume's streams (`blocks_total`, `seconds` and
+# `blocks_allocated` do not).
+SUMMED_STATS = (
+    "blocks_read",
+    "blocks_new",
+    "blocks_incompressible",
+    "bytes_read",
+    "bytes_new_raw",
+    "bytes_new_stored",
+    "pages_written",
+)
 
 
 class IncompleteBackup(UserError):
@@ -224,6 +237,30 @@ def _committed(repo: Repository, rp_id: str, instance_id: str) -> Committed:
     )
 
 
+def merge_streams(parts: list[tuple[Stream, VolumeRecord, int]]) -> VolumeRecord:
+    """One volume's record from its streams' (VolumePlan.spans): each stream's map pages
+    within its span (spans are whole pages, so no page has two writers), the other counters
+    summed; allocated blocks from where every stream started (the same base: the parent's
+    count, or 0) plus what each changed."""
+    if len(parts) == 1:
+        return parts[0][1]
+    first = parts[0][1]
+    pages = list(first.pages)
+    stats = first.stats.model_copy()
+    base = parts[0][2]
+    allocated = base
+    for index, (s, record, start_allocated) in enumerate(parts):
+        lo, hi = s.start // PAGE_BLOCKS, -(-s.end // PAGE_BLOCKS)
+        pages[lo:hi] = record.pages[lo:hi]
+        allocated += record.stats.blocks_allocated - start_allocated
+        if index:
+            for name in SUMMED_STATS:
+                setattr(stats, name, getattr(stats, name) + getattr(record.stats, name))
+            stats.seconds = max(stats.seconds, record.stats.seconds)
+    stats.blocks_allocated = allocated
+    return first.model_copy(update={"pages": pages, "stats": stats})
+
+
 def commit(
     session_id: str,
     snapshot_set: SnapshotSet,
@@ -235,21 +272,30 @@ def commit(
     retry (after a lost reply) returns the one already written. Refuses (nothing written) unless
     every volume reached its end and every page and blob the restore point names is stored."""
     repo = Repository.open(plan.repository, None if password is None else password.encode())
-    keys = [checkpoint_key(session_id, vp.source_volume_id) for vp in plan.volumes]
+    keys = [checkpoint_key(session_id, s.key) for vp in plan.volumes for s in vp.spans()]
     with repo.lock(exclusive=False, purpose=f"commit {session_id}", wait=300):
         done = committed(repo, session_id)
         if done is not None:
             return _committed(repo, done, snapshot_set.instance_id)
         records = []
-        for key, vp in zip(keys, plan.volumes, strict=True):
-            writer = BackupWriter.resume(repo, key)
-            if writer.position < vp.blocks_total:
-                writer.close()
-                raise IncompleteBackup(
-                    f"session {session_id}: volume {vp.source_volume_id} has {writer.position} "
-                    f"of {vp.blocks_total} blocks durable: not committing a restore point"
-                )
-            record = writer.finish()
+        for vp in plan.volumes:
+            parts = []
+            for s in vp.spans():
+                writer = BackupWriter.resume(repo, checkpoint_key(session_id, s.key))
+                if writer.position < s.end:
+                    writer.close()
+                    what = (
+                        f"blocks {s.start}-{s.end} ({s.key})"
+                        if s.start or s.end < (vp.blocks_total)
+                        else f"{vp.blocks_total} blocks"
+                    )
+                    raise IncompleteBackup(
+                        f"session {session_id}: volume {vp.source_volume_id} has "
+                        f"{writer.position - s.start} of {what} durable: not committing a "
+                        "restore point"
+                    )
+                parts.append((s, writer.finish(), writer.allocated_base))
+            record = merge_streams(parts)
             record.device = vp.device
             member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)
             record.metadata = record.metadata.model_copy(

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from temporalio import workflow
 
 from ec2backup.errors import UserError
+from ec2backup.models.session import MAX_COPIES
 from ec2backup.models.snapshots import SnapshotLockSpec
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -261,6 +262,13 @@ class WorkerConfig(_Strict):
         "(default: the VPC's default group)",
     )
     instance_type: str | None = None
+    copies: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_COPIES,
+        description="copies of each volume the worker reads in parallel, one writer each "
+        "(default: 1, 2 above 2 TiB)",
+    )
 
     @field_validator("subnet_id")
     @classmethod

@@ -29,6 +29,7 @@ from ec2backup.models.session import (
     WorkerVolume,
 )
 from ec2backup.models.snapshots import SnapshotSet
+from ec2backup.repository.blockmap import PAGE_BLOCKS
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
 
 log = logging.getLogger("ec2backup.workers")
@@ -119,12 +120,21 @@ def range_blocks() -> int:
     return int(os.environ.get("EC2BACKUP_RANGE_BLOCKS") or DEFAULT_RANGE_BLOCKS)
 
 
-def volume_plans(snapshot_set: SnapshotSet) -> list[VolumePlan]:
+def volume_plans(snapshot_set: SnapshotSet, copies_asked: int | None = None) -> list[VolumePlan]:
+    """Per volume: the worker's copies (`copies_asked`, else by size) and as many streams,
+    one writer per copy, where the volume has a block-map page for each (VolumePlan.spans)."""
     plans = []
+    if copies_asked is not None and copies_asked * len(snapshot_set.members) > len(WORKER_DEVICES):
+        raise WorkerError(
+            f"{copies_asked} copies of {len(snapshot_set.members)} volumes need more than the "
+            f"worker's {len(WORKER_DEVICES)} device names: ask for fewer copies"
+        )
     devices = iter(WORKER_DEVICES)
     for m in snapshot_set.members:
         vtype, iops, throughput, copies = plan_volume(m.size_gib)
+        copies = copies_asked or copies
         worker_devices = [next(devices) for _ in range(copies)]
+        blocks = m.size_gib * GIB // EBS_BLOCK_SIZE
         plans.append(
             VolumePlan(
                 source_volume_id=m.volume_id,
@@ -135,9 +145,10 @@ def volume_plans(snapshot_set: SnapshotSet) -> list[VolumePlan]:
                 volume_type=vtype,
                 iops=iops,
                 throughput=throughput,
-                blocks_total=m.size_gib * GIB // EBS_BLOCK_SIZE,
+                blocks_total=blocks,
                 copies=copies,
                 worker_devices=worker_devices,
+                streams=max(1, min(copies, -(-blocks // PAGE_BLOCKS))),
             )
         )
     return plans
@@ -183,7 +194,7 @@ def build_plan(
             or config.load().worker_for(snapshot_set.region).instance_types.get("backup"),
         ),
         range_blocks=range_blocks(),
-        volumes=volume_plans(snapshot_set),
+        volumes=volume_plans(snapshot_set, spec.worker.copies),
         keep_days=spec.keep_days,
         secret_name=session_secret_id(
             session_id,

@@ -3,9 +3,12 @@
 Which blocks: `ListChangedBlocks(parent snapshot, snapshot)` when the plan has a usable CBT
 base, else `ListSnapshotBlocks(snapshot)` (only written blocks). Blocks are read from the
 worker's copy of the volume (the attached device), not through GetSnapshotBlock, and fed to the
-repository's `BackupWriter` in increasing order. The writer's checkpoint in the repository
-(`checkpoint_key(session, volume)`) is the durable cursor: a retried, resumed or re-provisioned
-range continues from it, so a lost host re-reads at most one checkpoint interval.
+repository's `BackupWriter` in increasing order. A volume read by several streams at once
+(`VolumePlan.spans`) has one writer and checkpoint per stream, each confined to its span of
+whole map pages; the commit merges them (`ec2backup.imagebackup.merge_streams`). The writer's
+checkpoint in the repository (`checkpoint_key(session, volume or stream)`) is the durable
+cursor: a retried, resumed or re-provisioned range continues from it, so a lost host re-reads
+at most one checkpoint interval.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def belongs(saved: Checkpoint, snapshot_id: str, size: int) -> bool:
 
 
 def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
-    key = checkpoint_key(req.session_id, req.volume.source_volume_id)
+    # A stream's writer owns its span's map pages only; the commit merges the streams.
+    key = checkpoint_key(req.session_id, req.stream or req.volume.source_volume_id)
     size = req.volume.size_gib * 1024**3
     try:
         saved = Checkpoint.model_validate_json(repo.load_named(checkpoint_name(key)))
@@ -150,7 +154,7 @@ def transfer_range(
             stopped = False
             # Where to go on after this range: the next listed block (skipping empty ranges)
             # or the end of the volume when nothing follows.
-            resume_at = req.volume.blocks_total
+            resume_at = req.span_end if req.span_end is not None else req.volume.blocks_total
             size = req.volume.size_gib * 1024**3
             with DeviceReader(req.worker_device, req.worker_volume_id, size) as device:
                 for index, present in changed_blocks(ebs, req.volume, start, req.end_block):

@@ -269,6 +269,7 @@ class BackupPolicy(Pausable):
                     subnet_id=worker.subnet_id,
                     security_group_ids=list(worker.security_group_ids),
                     instance_type=worker.instance_type,
+                    copies=worker.copies,
                 ),
             )
         return BackupSessionInput(

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         SessionCarry,
         SessionProgress,
         SnapshotInstanceInput,
+        Stream,
         TransferRangeInput,
         TransferRangeOutput,
         VolumeCounters,
@@ -120,8 +121,9 @@ class BackupSession(Pausable):
                     volume_id=vp.source_volume_id,
                     device=vp.device,
                     blocks_total=vp.blocks_total,
-                    blocks_done=min(
-                        vp.blocks_total, self._carry.cursors.get(vp.source_volume_id, 0)
+                    blocks_done=sum(
+                        min(s.end, self._carry.cursors.get(s.key, s.start)) - s.start
+                        for s in vp.spans()
                     ),
                     bytes_read=c.bytes_read if c else 0,
                     bytes_stored=c.bytes_stored if c else 0,
@@ -292,10 +294,13 @@ class BackupSession(Pausable):
         plan = self._carry.plan
         errors = 0
         while True:
+            # One range per stream and round (a volume is one stream unless its plan reads it
+            # with several writers at once: VolumePlan.spans).
             todo = [
-                vp
+                (vp, s)
                 for vp in plan.volumes
-                if self._carry.cursors.get(vp.source_volume_id, 0) < vp.blocks_total
+                for s in vp.spans()
+                if self._carry.cursors.get(s.key, s.start) < s.end
             ]
             if not todo:
                 break
@@ -329,12 +334,13 @@ class BackupSession(Pausable):
             self._phase = "transferring"
             worker = self._carry.worker
             results = await asyncio.gather(
-                *(self._range(session_id, plan, worker, vp) for vp in todo), return_exceptions=True
+                *(self._range(session_id, plan, worker, vp, s) for vp, s in todo),
+                return_exceptions=True,
             )
             raise_if_cancelled()
             done, lost, errors = settle_round(todo, results, errors, MAX_RANGE_ERRORS)
-            for vp, result in done:
-                self._account(vp, result)
+            for (vp, s), result in done:
+                self._account(vp, s, result)
             if lost:
                 workflow.logger.warning(
                     "worker %s lost; provisioning a new one", worker.instance_id
@@ -365,17 +371,20 @@ class BackupSession(Pausable):
         return out
 
     async def _range(
-        self, session_id: str, plan: ImagePlan, worker: WorkerHandle, vp: VolumePlan
+        self, session_id: str, plan: ImagePlan, worker: WorkerHandle, vp: VolumePlan, s: Stream
     ) -> TransferRangeOutput:
-        cursor = self._carry.cursors.get(vp.source_volume_id, 0)
-        start = cursor - cursor % plan.range_blocks
-        end = min(vp.blocks_total, start + plan.range_blocks)
+        cursor = self._carry.cursors.get(s.key, s.start)
+        start = s.start + (cursor - s.start) // plan.range_blocks * plan.range_blocks
+        end = min(s.end, start + plan.range_blocks)
         range_no = start // plan.range_blocks
-        device = (
-            vp.worker_devices[range_no % len(vp.worker_devices)]
-            if vp.worker_devices
-            else vp.worker_device
-        )
+        if s.device is not None:
+            device = s.device  # a stream reads its own copy
+        else:  # one stream: consecutive ranges alternate between the copies
+            device = (
+                vp.worker_devices[range_no % len(vp.worker_devices)]
+                if vp.worker_devices
+                else vp.worker_device
+            )
         result: TransferRangeOutput = await workflow.execute_activity(
             agent_activities.transfer_range,
             TransferRangeInput(
@@ -399,6 +408,8 @@ class BackupSession(Pausable):
                 end_block=end,
                 cursor=cursor,
                 last_range=end >= vp.blocks_total,
+                stream=None if s.key == vp.source_volume_id else s.key,
+                span_end=None if s.key == vp.source_volume_id else s.end,
             ),
             task_queue=worker.task_queue,
             start_to_close_timeout=RANGE_TIMEOUT,
@@ -409,8 +420,8 @@ class BackupSession(Pausable):
         )
         return result
 
-    def _account(self, vp: VolumePlan, result: TransferRangeOutput) -> None:
-        self._carry.cursors[vp.source_volume_id] = result.cursor
+    def _account(self, vp: VolumePlan, s: Stream, result: TransferRangeOutput) -> None:
+        self._carry.cursors[s.key] = result.cursor
         for c in self._carry.volumes:
             if c.volume_id == vp.source_volume_id:
                 c.blocks_listed += result.blocks_listed
@@ -433,7 +444,7 @@ class BackupSession(Pausable):
                 repository=None if only_instance_id else plan.repository,
                 checkpoint_volumes=[]
                 if only_instance_id
-                else [v.source_volume_id for v in plan.volumes],
+                else [s.key for v in plan.volumes for s in v.spans()],
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
             heartbeat_timeout=LIVENESS_TIMEOUT,

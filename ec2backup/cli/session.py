@@ -111,6 +111,13 @@ def register(app: typer.Typer) -> None:
             "auto", "--worker-placement", help="backup|production|auto"
         ),
         policy_name: str = typer.Option("adhoc", "--policy"),
+        copies: int | None = typer.Option(
+            None,
+            "--copies",
+            min=1,
+            max=8,
+            help="Copies of each volume the worker reads in parallel (default: by size)",
+        ),
         wait: bool = typer.Option(False, "--wait", help="Show progress until it ends"),
     ) -> None:
         """Start a backup session of one instance; prints the session (workflow) id."""
@@ -131,7 +138,8 @@ def register(app: typer.Typer) -> None:
             if replicate_to
             else None,
             image_backup=ImageBackupSpec(
-                repository=repo, worker=WorkerSpec(placement=cast(Placement, worker_placement))
+                repository=repo,
+                worker=WorkerSpec(placement=cast(Placement, worker_placement), copies=copies),
             )
             if repo
             else None,

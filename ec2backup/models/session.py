@@ -13,8 +13,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from ec2backup.models.snapshots import SnapshotLockSpec, SnapshotSet
+from ec2backup.repository.blockmap import PAGE_BLOCKS
 
 Placement = Literal["backup", "production", "auto"]
+# Volume copies per source volume a worker may read at once (each one attached device; a
+# worker has 21 device names, /dev/sdf-/dev/sdz, for every volume of the instance).
+MAX_COPIES = 8
 
 
 # ---- BackupSession workflow (the contract) -----------------------------------------------------
@@ -30,6 +34,9 @@ class WorkerSpec(BaseModel):
     # The worker's security groups (of the account it runs in); none: the VPC's default group.
     security_group_ids: list[str] = Field(default_factory=list)
     instance_type: str | None = None
+    # Copies of each volume the worker reads at once, one writer each (None: by size,
+    # ec2backup.workers.plan_volume).
+    copies: int | None = Field(default=None, ge=1, le=MAX_COPIES)
 
 
 class ImageBackupSpec(BaseModel):
@@ -178,6 +185,41 @@ class VolumePlan(BaseModel):
     blocks_total: int
     copies: int = 1
     worker_devices: list[str] = Field(default_factory=list)  # one per copy
+    # Writers reading this volume at once, each its own span of whole map pages with its own
+    # checkpoint, merged into one block map at commit (`spans`); 1: one writer (plans made
+    # before streams existed have 1).
+    streams: int = 1
+
+    def spans(self) -> list[Stream]:
+        """The volume's streams: contiguous spans of whole block-map pages (so each writer
+        owns its pages), stream k reading copy k (round robin over the copies)."""
+        if self.streams <= 1:
+            return [Stream(key=self.source_volume_id, start=0, end=self.blocks_total)]
+        pages = -(-self.blocks_total // PAGE_BLOCKS)
+        per = -(-pages // self.streams)
+        out = []
+        for k in range(self.streams):
+            start, end = k * per * PAGE_BLOCKS, min(self.blocks_total, (k + 1) * per * PAGE_BLOCKS)
+            if start >= end:
+                break
+            device = (
+                self.worker_devices[k % len(self.worker_devices)]
+                if self.worker_devices
+                else self.worker_device
+            )
+            out.append(
+                Stream(key=f"{self.source_volume_id}#{k}", start=start, end=end, device=device)
+            )
+        return out
+
+
+class Stream(BaseModel):
+    """One writer's share of a volume (VolumePlan.spans)."""
+
+    key: str  # its cursor and checkpoint key: the volume id (one stream), or "<volume id>#<k>"
+    start: int
+    end: int
+    device: str | None = None  # the copy it reads (None: the volume's own choice per range)
 
 
 class ImagePlan(BaseModel):
@@ -258,6 +300,10 @@ class TransferRangeInput(BaseModel):
     start_block: int
     end_block: int
     cursor: int  # resume point within [start_block, end_block)
+    # The stream's checkpoint key and the end of its span (VolumePlan.spans); None: the volume
+    # is one stream (its key is the volume id, its span the whole volume).
+    stream: str | None = None
+    span_end: int | None = None
     last_range: bool
 
 

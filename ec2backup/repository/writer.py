@@ -91,6 +91,9 @@ class Checkpoint(BaseModel):
     allocated: int
     stats: VolumeStats
     metadata: VolumeMetadata = Field(default_factory=VolumeMetadata)
+    # `allocated` when the writer started (the parent's count, or 0): what a stream of a volume
+    # read by several changed is `allocated - allocated_base` (imagebackup.merge_streams)
+    allocated_base: int = 0
 
 
 def checkpoint_name(key: str) -> str:
@@ -171,6 +174,7 @@ class BackupWriter:
             self.last_index = cp.last_index
             self.position = cp.position
             self.allocated = cp.allocated
+            self.allocated_base = cp.allocated_base
             self.stats = cp.stats
             return
 
@@ -191,6 +195,7 @@ class BackupWriter:
         else:
             self.root = [None] * self.n_pages
             self.allocated = 0
+        self.allocated_base = self.allocated
 
     @classmethod
     def resume(
@@ -416,6 +421,7 @@ class BackupWriter:
                 allocated=self.allocated,
                 stats=self.stats,
                 metadata=self.metadata,
+                allocated_base=self.allocated_base,
             )
             # a checkpoint names pages and blobs: if our lock is gone, a prune may have
             # removed some of them, so resuming from it must not be possible

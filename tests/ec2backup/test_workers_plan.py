@@ -175,3 +175,45 @@ def test_range_blocks_default(monkeypatch: pytest.MonkeyPatch) -> None:
     assert workers.range_blocks() == 8 * 1024**3 // (512 * 1024)
     monkeypatch.setenv("EC2BACKUP_RANGE_BLOCKS", "64")
     assert workers.range_blocks() == 64
+
+
+def test_copies_asked_give_one_stream_per_copy_of_whole_pages() -> None:
+    big, small = workers.volume_plans(snapshot_set(sizes=(5, 1)), copies_asked=2)
+    assert big.copies == 2 and big.worker_devices == ["/dev/sdf", "/dev/sdg"]
+    spans = big.spans()
+    # 5 GiB = 10,240 blocks = three 4,096-block pages: two pages, then one
+    assert [(s.start, s.end, s.device) for s in spans] == [
+        (0, 8192, "/dev/sdf"),
+        (8192, 10240, "/dev/sdg"),
+    ]
+    assert [s.key for s in spans] == [f"{big.source_volume_id}#0", f"{big.source_volume_id}#1"]
+    # One page cannot be split: two copies, one stream, keyed by the volume as before.
+    assert small.copies == 2 and small.streams == 1
+    assert [(s.key, s.start, s.end) for s in small.spans()] == [
+        (small.source_volume_id, 0, small.blocks_total)
+    ]
+    with pytest.raises(WorkerError, match="more than the worker's 21 device names"):
+        workers.volume_plans(snapshot_set(sizes=(8, 8, 8)), copies_asked=8)
+
+
+def test_merged_streams_take_each_spans_pages_and_sum_their_counters() -> None:
+    from ec2backup.imagebackup import merge_streams
+    from ec2backup.models.session import Stream
+    from ec2backup.repository.restorepoint import VolumeRecord, VolumeStats
+
+    def record(pages: list[str | None], allocated: int, read: int) -> VolumeRecord:
+        stats = VolumeStats(blocks_total=12288, blocks_allocated=allocated, blocks_read=read)
+        return VolumeRecord(name="v", size=12288 * 512 * 1024, pages=pages, stats=stats)
+
+    parent_allocated = 100  # both streams started from the parent's 100 allocated blocks
+    first = record(["a1", "a2", "p3"], allocated=130, read=40)  # changed pages 0-1 (its span)
+    second = record(["p1", "p2", "b3"], allocated=90, read=15)  # changed page 2 (its span)
+    merged = merge_streams(
+        [
+            (Stream(key="v#0", start=0, end=8192), first, parent_allocated),
+            (Stream(key="v#1", start=8192, end=12288), second, parent_allocated),
+        ]
+    )
+    assert merged.pages == ["a1", "a2", "b3"]
+    assert merged.stats.blocks_allocated == 100 + 30 - 10
+    assert merged.stats.blocks_read == 55 and merged.stats.blocks_total == 12288
