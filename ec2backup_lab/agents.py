@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ec2backup.userdata import parse_agent_command
-from ec2backup_lab import bootstrap
+from ec2backup_lab import bootstrap, firstread
 from ec2backup_lab import imds as lab_imds
 from ec2backup_lab import secrets as lab_secrets
 from ec2backup_lab import sts as lab_sts
@@ -80,7 +80,10 @@ def _role_credentials(account_id: str, region: str, instance_id: str) -> dict[st
     }
 
 
-def maybe_start(backend: Any, instance: Any) -> None:
+def maybe_start(backend: Any, instance: Any, boot_seconds: float = 0.0) -> None:
+    """Boot the instance's agent if its user-data starts one: `boot_seconds` later (the
+    timing model's boot: EC2 and the OS until cloud-init runs the user-data), in the
+    background; at once without it."""
     # every instance has its metadata (IMDSv2), whatever it runs
     credentials = _role_credentials(backend.account_id, backend.region_name, instance.id)
     lab_imds.register(
@@ -113,6 +116,40 @@ def maybe_start(backend: Any, instance: Any) -> None:
             "EC2BACKUP_LAB_URL": runtime.endpoint_url,
         }
     )
+    if runtime.timing.timing:
+        # The first-read model of volumes from snapshots runs in the agent (firstread.py):
+        # its interpreter imports `<lab>/agent-site/sitecustomize.py` at start-up.
+        site = firstread.write_agent_site(runtime.root)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+    if boot_seconds > 0:
+        # Booting: `stop` (terminate, stop) takes it out of `_booting`, and then it never starts.
+        with _lock:
+            _booting.add(instance.id)
+        timer = threading.Timer(
+            boot_seconds,
+            _boot,
+            args=(instance.id, user_data, inst_dir, env, credentials, argv, True),
+        )
+        timer.daemon = True
+        timer.start()
+        return
+    _boot(instance.id, user_data, inst_dir, env, credentials, argv, False)
+
+
+def _boot(
+    instance_id: str,
+    user_data: str,
+    inst_dir: Path,
+    env: dict[str, str],
+    credentials: dict[str, str],
+    argv: list[str],
+    delayed: bool,
+) -> None:
+    runtime = get_runtime()
+    with _lock:
+        if delayed and instance_id not in _booting:
+            return  # stopped or terminated during the modelled boot
+        _booting.add(instance_id)
     if bootstrap.installs_from_wheelhouse(user_data):
         # The real boot: the user-data runs in a sandbox root and installs the agent; its
         # unit's command is then started, as systemd would (the fast path below skips that).
@@ -124,18 +161,16 @@ def maybe_start(backend: Any, instance: Any) -> None:
             if k not in (*credentials, "AWS_DEFAULT_REGION", "EC2BACKUP_INSTANCE_ID")
         }
         booted_env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = (
-            f"{runtime.endpoint_url}/_lab/imds/{instance.id}/"
+            f"{runtime.endpoint_url}/_lab/imds/{instance_id}/"
         )
-        with _lock:
-            _booting.add(instance.id)
         threading.Thread(
             target=bootstrap.boot,
-            args=(instance.id, user_data, inst_dir, booted_env, _spawn_booted),
+            args=(instance_id, user_data, inst_dir, booted_env, _spawn_booted),
             daemon=True,
-            name=f"boot-{instance.id}",
+            name=f"boot-{instance_id}",
         ).start()
         return
-    _spawn(instance.id, inst_dir, [sys.executable, "-m", "ec2backup.cli", *argv], env)
+    _spawn_booted(instance_id, inst_dir, [sys.executable, "-m", "ec2backup.cli", *argv], env)
 
 
 def _spawn_booted(

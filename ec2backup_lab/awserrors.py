@@ -33,9 +33,18 @@ class ControlError(Exception):
 class LabAwsError(Exception):
     """Raised by lab handlers; rendered in the protocol of the request."""
 
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int = 400,
+        fields: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.status = code, message, status
+        # Members of the error's shape beyond its message (EBS direct: `Reason`), which
+        # botocore puts at the top of `ClientError.response`.
+        self.fields = fields or {}
 
 
 def default_status(code: str) -> int:
@@ -51,11 +60,17 @@ def default_status(code: str) -> int:
     return 400
 
 
-def render_error(req: AwsRequest | None, code: str, message: str, status: int) -> Response:
+def render_error(
+    req: AwsRequest | None,
+    code: str,
+    message: str,
+    status: int,
+    fields: dict[str, str] | None = None,
+) -> Response:
     request_id = str(uuid.uuid4())
     service = req.service if req else ""
     if service == "ebs":
-        body = json.dumps({"message": message, "Message": message}).encode()
+        body = json.dumps({"message": message, "Message": message, **(fields or {})}).encode()
         return (
             status,
             [

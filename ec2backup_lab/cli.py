@@ -71,6 +71,17 @@ def up(
         "--enforce-iam",
         help="Assumed roles may do only what their IAM policies allow (by action)",
     ),
+    timing: bool = typer.Option(
+        False,
+        "--timing",
+        help="AWS's timing: worker boot, volume create/attach, first reads of restored "
+        "volumes, EBS direct latency and request quotas (docs/lab.md, Timing model)",
+    ),
+    timing_scale: float = typer.Option(
+        None,
+        "--timing-scale",
+        help="Multiply every modelled delay by this (e.g. 0.1 for a compressed benchmark)",
+    ),
 ) -> None:
     """Start the lab: a Temporal dev server and the lab AWS endpoint."""
     state, started = manager.up(
@@ -82,6 +93,8 @@ def up(
         role_session_seconds=role_session_seconds,
         start_snapshot_unknown_seconds=start_snapshot_unknown_seconds,
         enforce_iam=enforce_iam,
+        timing=timing,
+        timing_scale=timing_scale,
     )
     if not started:
         typer.echo(

@@ -2,12 +2,15 @@
 
 Routes (method path -> what):
   GET  health                         liveness
-  GET|POST config                     settings (snapshot_pending_seconds, s3_restore_reads)
+  GET|POST config                     settings (snapshot_pending_seconds, s3_restore_reads,
+                                      the timing model's knobs: timing.py)
   POST seed                           instances with data volumes (see `SeedRequest`)
   POST churn                          overwrite about F of a volume's blocks
   POST encrypt-attack                 overwrite F of a volume's written blocks with random bytes
   GET  checksum/<vol-or-snap-id>      SHA-256 of the whole logical content
-  GET  metrics                        API calls, blocks served, agent reads, resources
+  GET  metrics                        API calls, blocks served, agent reads, resources,
+                                      EBS direct requests / throttled / peak rate
+  POST metrics {"reset": true}        counters (API calls, blocks served, EBS direct) to zero
   POST fault                          inject errors / throttling, or clear them
   POST kill-instance                  kill an instance's agent like a lost host
   GET  instances/<id>/devices         device name -> volume id and file path
@@ -29,7 +32,7 @@ import moto.ec2.models as ec2_models
 from botocore.config import Config
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from ec2backup_lab import agents
+from ec2backup_lab import agents, timing
 from ec2backup_lab import sts as lab_sts
 from ec2backup_lab.awserrors import ControlError
 from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, ZERO_BLOCK, noise_digest
@@ -333,6 +336,11 @@ def _agent_reads() -> dict[str, int]:
 
 def metrics(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
     runtime = get_runtime()
+    if method == "POST":
+        if not (body or {}).get("reset"):
+            raise ControlError(400, 'POST metrics takes {"reset": true}')
+        reset_counters()
+        return 200, {"reset": True}
     running, volumes = 0, 0
     for backend in all_ec2_backends():
         running += sum(1 for i in backend.all_instances() if i.state == "running")
@@ -350,7 +358,19 @@ def metrics(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, 
         "running_instances": running,
         "volumes": volumes,
         "agents": agents.running(),
+        # per EBS direct API: requests, throttled ones, the most admitted in any 1-second
+        # window (per account and Region, and the most for one snapshot), the limits in effect
+        "ebs_direct": timing.ebs_metrics(runtime.timing, runtime.ebs_meter),
     }
+
+
+def reset_counters() -> None:
+    """API call counts, blocks served and the EBS direct meter start again from zero."""
+    runtime = get_runtime()
+    with runtime.lock:
+        runtime.api_calls.clear()
+        runtime.blocks_served = 0
+    runtime.ebs_meter.reset()
 
 
 def fault(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, Any]:
@@ -442,9 +462,7 @@ def reset_lab_files() -> None:
     for sub in ("volumes", "instances", "blocks"):
         shutil.rmtree(runtime.root / sub, ignore_errors=True)
     runtime.block_store.dir.mkdir(parents=True, exist_ok=True)
-    with runtime.lock:
-        runtime.api_calls.clear()
-        runtime.blocks_served = 0
+    reset_counters()
     runtime.clear_faults()
     lab_sts.reset()
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import moto.ec2.models as ec2_models
 
+from ec2backup_lab import timing
 from ec2backup_lab.awserrors import LabAwsError, Response
 from ec2backup_lab.blockstore import EBS_BLOCK_SIZE, block_token
 from ec2backup_lab.requests import AwsRequest
@@ -318,6 +319,17 @@ def handle(req: AwsRequest) -> Response:
     handler = HANDLERS.get(req.action)
     if handler is None:
         raise LabAwsError("ValidationException", f"unknown EBS direct call {req.path}", 400)
+    runtime = get_runtime()
+    # Every call is metered; over a request limit it is throttled as AWS does, before any
+    # work; admitted reads and writes wait out the modelled latency (timing.py).
+    timing.admit_ebs_request(
+        runtime.timing,
+        runtime.ebs_meter,
+        req.action,
+        req.account_id,
+        req.region,
+        req.route.get("snap"),
+    )
     return handler(req)
 
 

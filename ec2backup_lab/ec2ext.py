@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -26,8 +27,10 @@ from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id
 
-from ec2backup_lab.blockstore import BlockStore, VolumeData
+from ec2backup_lab import firstread
+from ec2backup_lab.blockstore import NOISE_PREFIX, BlockStore, VolumeData
 from ec2backup_lab.runtime import get_runtime
+from ec2backup_lab.timing import PENDING_SHARE_OF_BOOT, untimed
 
 # What moto's handler passes when the caller gave no ClientToken.
 MOTO_DEFAULT_CLIENT_TOKEN = "ABCDE"
@@ -189,6 +192,40 @@ def detach_device(instance_id: str, volume_id: str) -> None:
         link.unlink(missing_ok=True)
 
 
+# Serializes a delayed attachment's device appearing with the volume's detachment.
+_attach_lock = threading.Lock()
+
+
+def _finish_attach(
+    volume: Volume, attachment: VolumeAttachment, instance_id: str, volume_id: str, target: Path
+) -> None:
+    """The end of `attaching`: the device appears, unless the volume was detached meanwhile
+    (or the lab reset: then its instance directory is gone)."""
+    with _attach_lock:
+        if volume.attachment is attachment and devices_dir(instance_id).exists():
+            attach_device(instance_id, volume_id, target)
+
+
+def _volume_status(self: Volume) -> str:
+    """moto's volume state, with `creating` for the time the timing model gives it."""
+    if self.attachment:
+        return "in-use"
+    if getattr(self, "lab_available_at", 0.0) > time.monotonic():
+        return "creating"
+    return "available"
+
+
+def _attachment_status(self: VolumeAttachment) -> str:
+    status = str(self.__dict__.get("_lab_status", "attached"))
+    if status == "attached" and getattr(self, "lab_attached_at", 0.0) > time.monotonic():
+        return "attaching"
+    return status
+
+
+def _set_attachment_status(self: VolumeAttachment, value: str) -> None:
+    self.__dict__["_lab_status"] = value
+
+
 def all_ec2_backends() -> list[EC2Backend]:
     found = []
     for account_backends in list(ec2_models.ec2_backends.values()):
@@ -292,11 +329,21 @@ class LabEC2Backend(EC2Backend):
             size, zone_name, snapshot_id, encrypted, kms_key_id, **kwargs
         )
         data = VolumeData(_store(), _volume_path(self, volume.id), int(volume.size))
+        timing = get_runtime().timing
         if snapshot is not None:
             data.materialize(snapshot.block_map, noise=getattr(snapshot, "lab_noise", None))
             volume.lab_lineage = snapshot.lineage  # type: ignore[attr-defined]
+            rate = timing.first_read_mib_s()
+            if rate > 0:
+                # AWS loads the snapshot's blocks from S3 on first read (firstread.py); the
+                # blocks it never held (and an encrypted snapshot's random holes) are not
+                # fetched.
+                held = [i for i, d in snapshot.block_map.items() if not d.startswith(NOISE_PREFIX)]
+                firstread.prepare_volume(data.path, held, data.blocks_total, rate)
         else:
             volume.lab_lineage = uuid.uuid4().hex  # type: ignore[attr-defined]
+        # AWS: `creating` for a while before `available` (timing model; 0 when it is off)
+        volume.lab_available_at = time.monotonic() + timing.delay("volume_create_seconds")  # type: ignore[attr-defined]
         self.volume_data[volume.id] = data
         return volume
 
@@ -318,6 +365,7 @@ class LabEC2Backend(EC2Backend):
         data = self.volume_data.pop(volume_id, None)
         if data is not None:
             data.delete()
+            firstread.remove_volume(data.path)
         return volume
 
     def modify_volume(
@@ -347,6 +395,8 @@ class LabEC2Backend(EC2Backend):
                 "VolumeInUse",
                 f"{volume_id} is already attached to an instance",
             )
+        if volume.status == "creating":  # AWS's answer while a new volume is being created
+            raise LabClientError("IncorrectState", f"{volume_id} is not 'available'.")
         if instance.state in ("terminated", "shutting-down"):
             raise LabClientError(
                 "IncorrectState", f"The instance '{instance_id}' is not in a valid state."
@@ -370,7 +420,18 @@ class LabEC2Backend(EC2Backend):
         attachment = super().attach_volume(
             volume_id, instance_id, device_path, delete_on_termination
         )
-        attach_device(instance_id, volume_id, self.volume_data[volume_id].path)
+        target = self.volume_data[volume_id].path
+        delay = get_runtime().timing.delay("volume_attach_seconds")
+        if delay <= 0 or attachment is None:
+            attach_device(instance_id, volume_id, target)
+            return attachment
+        # AWS: `attaching` for a while; the instance sees the device once it is `attached`.
+        attachment.lab_attached_at = time.monotonic() + delay  # type: ignore[attr-defined]
+        timer = threading.Timer(
+            delay, _finish_attach, args=(volume, attachment, instance_id, volume_id, target)
+        )
+        timer.daemon = True
+        timer.start()
         return attachment
 
     def detach_volume(
@@ -389,8 +450,9 @@ class LabEC2Backend(EC2Backend):
                 f"The volume '{volume_id}' is not attached to instance '{instance_id}'.",
             )
         device = device_path or volume.attachment.device
-        attachment = super().detach_volume(volume_id, instance_id, device)
-        detach_device(instance_id, volume_id)
+        with _attach_lock:  # not while a delayed attachment makes its device appear
+            attachment = super().detach_volume(volume_id, instance_id, device)
+            detach_device(instance_id, volume_id)
         return attachment
 
     # -- snapshots -----------------------------------------------------------------------
@@ -678,9 +740,12 @@ class LabEC2Backend(EC2Backend):
         self._check_instance_type(
             kwargs.get("instance_type") or "m1.small", architecture, boot_mode
         )
-        reservation = super().run_instances(
-            image_id, count, user_data, security_group_names, **kwargs
-        )
+        # moto creates and attaches the root volume inside: part of the modelled boot, not a
+        # CreateVolume / AttachVolume of its own
+        with untimed():
+            reservation = super().run_instances(
+                image_id, count, user_data, security_group_names, **kwargs
+            )
         for instance in reservation.instances:  # the shape the image gives the instance
             instance.architecture = architecture
             instance.boot_mode = boot_mode  # type: ignore[attr-defined]
@@ -689,9 +754,12 @@ class LabEC2Backend(EC2Backend):
             self.client_tokens[token] = reservation.id
         from ec2backup_lab import agents
 
+        boot = get_runtime().timing.delay("worker_boot_seconds")
         for instance in reservation.instances:
             devices_dir(instance.id).mkdir(parents=True, exist_ok=True)
-            agents.maybe_start(self, instance)
+            if boot > 0:
+                _boot_pending(instance, boot * PENDING_SHARE_OF_BOOT)
+            agents.maybe_start(self, instance, boot_seconds=boot)
         return reservation
 
     def terminate_instances(self, instance_ids: list[str]) -> Any:
@@ -709,6 +777,19 @@ class LabEC2Backend(EC2Backend):
         for instance_id in instance_ids:
             agents.stop(instance_id)
         return result
+
+
+def _boot_pending(instance: Any, seconds: float) -> None:
+    """AWS: an instance is `pending` (code 0) for a while before `running` (timing model)."""
+    instance._state.name, instance._state.code = "pending", 0
+
+    def _running() -> None:
+        if instance._state.name == "pending":  # not stopped or terminated meanwhile
+            instance._state.name, instance._state.code = "running", 16
+
+    timer = threading.Timer(seconds, _running)
+    timer.daemon = True
+    timer.start()
 
 
 def _is_default_ebs_key(snapshot: Any) -> bool:
@@ -924,6 +1005,9 @@ def install() -> None:
     ElasticBlockStore.delete_volume = _delete_volume  # type: ignore[method-assign]
     ElasticBlockStore.get_ebs_default_kms_key_id = _get_ebs_default_kms_key_id  # type: ignore[attr-defined]
     AmisResponse.register_image = _register_image  # type: ignore[method-assign]
+    # States that last a while on AWS (timing model): `creating` volumes, `attaching` ones.
+    Volume.status = property(_volume_status)  # type: ignore[assignment,method-assign]
+    VolumeAttachment.status = property(_attachment_status, _set_attachment_status)  # type: ignore[assignment]
     from ec2backup_lab import snapshotlocks
 
     snapshotlocks.install()

@@ -284,6 +284,8 @@ def up(
     role_session_seconds: float | None = None,
     enforce_iam: bool = False,
     start_snapshot_unknown_seconds: float | None = None,
+    timing: bool = False,
+    timing_scale: float | None = None,
 ) -> tuple[LabState, bool]:
     """Start the lab (or find it running). Returns (state, started_now)."""
     resolved = resolve_dir(lab_dir)
@@ -349,6 +351,10 @@ def up(
         aws_cmd += ["--enforce-iam"]
     if start_snapshot_unknown_seconds is not None:
         aws_cmd += ["--start-snapshot-unknown-seconds", str(start_snapshot_unknown_seconds)]
+    if timing:
+        aws_cmd += ["--timing"]
+    if timing_scale is not None:
+        aws_cmd += ["--timing-scale", str(timing_scale)]
     with open(aws_log, "ab") as out:
         aws = subprocess.Popen(
             aws_cmd,

@@ -15,6 +15,7 @@ from typing import Any
 
 from ec2backup_lab.blockstore import BlockStore
 from ec2backup_lab.s3ext import DEFAULT_S3_RESTORE_READS, set_restore_reads
+from ec2backup_lab.timing import RequestMeter, TimingSettings
 
 # How long a new EC2 snapshot stays `pending` before `completed`, by default. Long enough
 # that waiters really poll, short enough for tests.
@@ -69,6 +70,10 @@ class LabRuntime:
         # Added to real time where snapshot locks are evaluated (snapshotlocks.py): lets a
         # test run a cooling-off period or a lock out without waiting for it.
         self.lock_clock_offset_seconds = 0.0
+        # The timing model (timing.py): off unless `timing` is set; EBS direct requests are
+        # metered whatever it says.
+        self.timing = TimingSettings()
+        self.ebs_meter = RequestMeter()
         self.api_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
         self.throttles: list[Throttle] = []
@@ -87,6 +92,7 @@ class LabRuntime:
 
     def apply_config(self, data: dict[str, Any], persist: bool = True) -> dict[str, Any]:
         with self.lock:
+            self.timing.apply(data)  # first: it validates all its keys before taking any
             if "snapshot_pending_seconds" in data:
                 value = float(data["snapshot_pending_seconds"])
                 if value < 0:
@@ -129,6 +135,7 @@ class LabRuntime:
             "temporal_address": self.temporal_address,
             "enforce_iam": self.enforce_iam,
             "lock_clock_offset_seconds": self.lock_clock_offset_seconds,
+            **self.timing.config(),
         }
 
     # -- faults --------------------------------------------------------------------------

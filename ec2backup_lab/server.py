@@ -30,7 +30,7 @@ os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
 os.environ.setdefault("MOTO_S3_ALLOW_CROSSACCOUNT_ACCESS", "true")
 
 from ec2backup_lab import iam as lab_iam
-from ec2backup_lab import sts
+from ec2backup_lab import sts, timing
 from ec2backup_lab.awserrors import (
     DEFAULT_THROTTLE,
     THROTTLE_CODES,
@@ -100,7 +100,10 @@ class LabMiddleware:
             return result
         req = classify(environ, body)
         if req is None or "x-ec2backup-lab-internal" in req.headers:
-            return self.app(environ, start_response)
+            # The lab's own setup calls (seeding) take no modelled time (timing.py); moto
+            # answers within the call, so the whole answer is produced untimed.
+            with timing.untimed():
+                return list(self.app(environ, start_response))
         with self.runtime.lock:
             self.runtime.api_calls[req.action] += 1
         if sts.expired(req.access_key):
@@ -143,7 +146,8 @@ class LabMiddleware:
                 return _respond(start_response, handler(req))
             except LabAwsError as exc:
                 return _respond(
-                    start_response, render_error(req, exc.code, exc.message, exc.status)
+                    start_response,
+                    render_error(req, exc.code, exc.message, exc.status, exc.fields),
                 )
             except NotImplementedError:
                 pass  # fall through to moto
@@ -278,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--role-session-seconds", type=float, default=None)
     parser.add_argument("--start-snapshot-unknown-seconds", type=float, default=None)
     parser.add_argument("--enforce-iam", action="store_true")
+    parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--timing-scale", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -294,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
         settings["start_snapshot_unknown_seconds"] = args.start_snapshot_unknown_seconds
     if args.enforce_iam:
         settings["enforce_iam"] = True
+    if args.timing:
+        settings["timing"] = True
+    if args.timing_scale is not None:
+        settings["timing_scale"] = args.timing_scale
     if settings:
         runtime.apply_config(settings)
 
