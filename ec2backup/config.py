@@ -168,6 +168,29 @@ class ResolvedWorker(BaseModel):
     wheelhouse_url: str | None
 
 
+class PerformanceSettings(_Section):
+    """What the read-strategy choice (ec2backup.readplan) assumes of the account and of EBS."""
+
+    ebs_direct_session_rps: int = Field(
+        default=500,
+        ge=1,
+        le=1000,
+        description="GetSnapshotBlock requests per second one session's reads may use (EBS "
+        "allows 1,000/s per snapshot and, by default, per account)",
+    )
+    first_read_mib_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="first-read throughput of a volume created from a snapshot (lazy "
+        "loading from S3), per copy",
+    )
+    volume_setup_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="creating and attaching a worker's volume copies",
+    )
+
+
 class JanitorSettings(_Section):
     enabled: bool = True
     interval_minutes: int = Field(default=15, ge=5)
@@ -191,6 +214,7 @@ class InstallationConfig(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     workers: dict[str, WorkerSettings] = Field(default_factory=dict)
     janitor: JanitorSettings = Field(default_factory=JanitorSettings)
+    performance: PerformanceSettings = Field(default_factory=PerformanceSettings)
     codec_server: CodecServerSettings = Field(default_factory=CodecServerSettings)
 
     @field_validator("home_region", "regions", "workers")

@@ -13,9 +13,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ec2backup import anomaly, aws, workers
+from ec2backup import anomaly, aws, config, readplan, workers
+from ec2backup import ebs as ebs_api
 from ec2backup.errors import UserError
-from ec2backup.models.session import ImageBackupSpec, ImagePlan, Stream
+from ec2backup.models.session import ImageBackupSpec, ImagePlan, Stream, VolumePlan
 from ec2backup.models.snapshots import SnapshotSet
 from ec2backup.repository import objectlock
 from ec2backup.repository.backend import ObjectMissing
@@ -182,6 +183,40 @@ def require_object_lock(repo: Repository, spec: ImageBackupSpec) -> None:
         )
 
 
+def blocks_to_read(ebs: Any, vp: VolumePlan) -> int:
+    """The blocks a session reads of this volume: what changed since its CBT base, else every
+    written block (list calls only: 1 per 10,000 blocks)."""
+    if vp.parent_snapshot_id:
+        listed = ebs_api.list_changed_blocks(ebs, vp.parent_snapshot_id, vp.snapshot_id)
+        return sum(1 for ref in listed if isinstance(ref, ebs_api.BlockRef))
+    return sum(1 for _ in ebs_api.list_snapshot_blocks(ebs, vp.snapshot_id))
+
+
+def choose_reads(plan: ImagePlan, snapshot_set: SnapshotSet, spec: ImageBackupSpec) -> None:
+    """Each volume's read strategy (ec2backup.readplan), said in `read_reason`; a volume read
+    directly gets no copies."""
+    asked = spec.worker.read
+    perf = config.load().performance
+    ebs = None
+    for vp in plan.volumes:
+        member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)
+        if asked == "attached":
+            vp.read, vp.read_reason = "attached", "attached as asked"
+            continue
+        other_account = plan.snapshot_role_arn is not None
+        if other_account:  # never read directly: no need to count
+            choice = readplan.choose(0, vp.copies, member.encrypted, perf, asked, True)
+            vp.read, vp.read_reason = choice.read, choice.reason
+            continue
+        if ebs is None:
+            ebs = aws.client("ebs", plan.region)
+        vp.blocks_to_read = blocks_to_read(ebs, vp)
+        choice = readplan.choose(vp.blocks_to_read, vp.copies, member.encrypted, perf, asked)
+        vp.read, vp.read_reason = choice.read, choice.reason
+        if vp.read == "ebs-direct":
+            vp.copies, vp.worker_devices, vp.streams = 0, [], 1
+
+
 def prepare(
     session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str | None
 ) -> ImagePlan:
@@ -210,6 +245,7 @@ def prepare(
                 f"CBT base {base or '(none)'} is gone: reading every written "
                 "block, dedup against the repository"
             )
+    choose_reads(plan, snapshot_set, spec)
     workers.share_snapshots(plan, snapshot_set, backup_account)
     workers.put_session_secret(session_id, plan, password)
     return plan

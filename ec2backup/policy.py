@@ -269,6 +269,11 @@ class WorkerConfig(_Strict):
         description="copies of each volume the worker reads in parallel, one writer each "
         "(default: 1, 2 above 2 TiB)",
     )
+    read: Literal["auto", "attached", "ebs-direct"] = Field(
+        default="attached",
+        description="how volumes are read: auto (per volume, the faster of EBS direct and "
+        "attached copies), attached, ebs-direct",
+    )
 
     @field_validator("subnet_id")
     @classmethod

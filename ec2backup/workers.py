@@ -651,9 +651,25 @@ def attach_volume(
                 f"detach of {volume_id}",
                 heartbeat=heartbeat,
             )
+        # AttachVolume refuses a pending instance ("IncorrectState: Instance '...' is not
+        # 'running'."): the volumes are created while it boots, attached once it runs.
+        _wait(
+            functools.partial(_instance_running, ec2, instance_id),
+            f"instance {instance_id} running",
+            heartbeat=heartbeat,
+        )
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
         log.info("volume %s attached to %s at %s", volume_id, instance_id, device)
     return str(volume_id)
+
+
+def _instance_running(ec2: Any, instance_id: str) -> bool:
+    """True once it runs; a worker that stopped or went away before that is lost."""
+    found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    state = found[0]["Instances"][0]["State"]["Name"] if found else "terminated"
+    if state in ("shutting-down", "terminated", "stopping", "stopped"):
+        raise WorkerError(f"worker {instance_id} is {state} before its volumes were attached")
+    return bool(state == "running")
 
 
 def _volume_state(ec2: Any, volume_id: str) -> str:

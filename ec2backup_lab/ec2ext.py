@@ -401,6 +401,10 @@ class LabEC2Backend(EC2Backend):
             raise LabClientError(
                 "IncorrectState", f"The instance '{instance_id}' is not in a valid state."
             )
+        if instance.state == "pending":
+            # AWS attaches to running or stopped instances only (ansible-collections/amazon.aws
+            # #497, dstackai/dstack#3603: "Instance '...' is not 'running'.").
+            raise LabClientError("IncorrectState", f"Instance '{instance_id}' is not 'running'.")
         if volume.zone.name != instance.availability_zone:
             raise LabClientError(
                 "InvalidVolume.ZoneMismatch",

@@ -270,6 +270,7 @@ class BackupPolicy(Pausable):
                     security_group_ids=list(worker.security_group_ids),
                     instance_type=worker.instance_type,
                     copies=worker.copies,
+                    read=worker.read,
                 ),
             )
         return BackupSessionInput(

@@ -288,6 +288,8 @@ class BackupSession(Pausable):
                     device=vp.device,
                     cbt_used=vp.parent_snapshot_id is not None,
                     cbt_reason=vp.cbt_reason,
+                    read=vp.read,
+                    read_reason=vp.read_reason,
                 )
                 for vp in self._carry.plan.volumes
             ]

@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, cast
 
 import typer
@@ -53,6 +54,15 @@ from ec2backup.views import (
     session_query,
     session_row,
 )
+
+
+class ReadOption(StrEnum):
+    """`backup --read` (ec2backup.readplan)."""
+
+    auto = "auto"
+    attached = "attached"
+    ebs_direct = "ebs-direct"
+
 
 session_app = typer.Typer(help="Watch and control backup sessions.", no_args_is_help=True)
 
@@ -118,6 +128,12 @@ def register(app: typer.Typer) -> None:
             max=8,
             help="Copies of each volume the worker reads in parallel (default: by size)",
         ),
+        read: ReadOption = typer.Option(
+            ReadOption.attached,
+            "--read",
+            help="How volumes are read: auto (per volume, the faster), attached copies, or "
+            "ebs-direct (GetSnapshotBlock, no copy)",
+        ),
         wait: bool = typer.Option(False, "--wait", help="Show progress until it ends"),
     ) -> None:
         """Start a backup session of one instance; prints the session (workflow) id."""
@@ -139,7 +155,9 @@ def register(app: typer.Typer) -> None:
             else None,
             image_backup=ImageBackupSpec(
                 repository=repo,
-                worker=WorkerSpec(placement=cast(Placement, worker_placement), copies=copies),
+                worker=WorkerSpec(
+                    placement=cast(Placement, worker_placement), copies=copies, read=read.value
+                ),
             )
             if repo
             else None,

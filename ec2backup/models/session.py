@@ -37,6 +37,9 @@ class WorkerSpec(BaseModel):
     # Copies of each volume the worker reads at once, one writer each (None: by size,
     # ec2backup.workers.plan_volume).
     copies: int | None = Field(default=None, ge=1, le=MAX_COPIES)
+    # How volumes are read (ec2backup.readplan): `auto` chooses per volume. The default stays
+    # `attached` until the whole suite has run with `auto` (issue 18, not finished).
+    read: Literal["auto", "attached", "ebs-direct"] = "attached"
 
 
 class ImageBackupSpec(BaseModel):
@@ -66,6 +69,8 @@ class VolumeCounters(BaseModel):
     bytes_read: int = 0
     bytes_stored: int = 0
     cbt_used: bool = False
+    read: str = "attached"  # VolumePlan.read and read_reason: how it was read, and why
+    read_reason: str = ""
     cbt_reason: str = ""
 
 
@@ -189,6 +194,11 @@ class VolumePlan(BaseModel):
     # checkpoint, merged into one block map at commit (`spans`); 1: one writer (plans made
     # before streams existed have 1).
     streams: int = 1
+    # attached: read from the worker's copies; ebs-direct: GetSnapshotBlock, no copy
+    # (ec2backup.readplan), and why; what the choice counted.
+    read: Literal["attached", "ebs-direct"] = "attached"
+    read_reason: str = ""
+    blocks_to_read: int | None = None
 
     def spans(self) -> list[Stream]:
         """The volume's streams: contiguous spans of whole block-map pages (so each writer

@@ -445,6 +445,7 @@ RESOURCE_TYPES = {
     "ec2:DeleteTags": {"instance", "volume", "snapshot"},
     "ebs:ListChangedBlocks": {"snapshot"},
     "ebs:ListSnapshotBlocks": {"snapshot"},
+    "ebs:GetSnapshotBlock": {"snapshot"},
 }  # fmt: skip
 
 
@@ -559,7 +560,11 @@ IMPLIED = {
 # A client made with a role ARN (or passed in, so possibly one) acts as the production role
 # too: the orchestrator's work in a production account, or the worker's change lists.
 ROLE_TABLE: list[tuple[str, set[Role] | None]] = [
-    ("ec2backup/ebs.py", None),  # helpers the product does not use (see test below)
+    # EBS direct: the worker reads blocks of its own account's snapshots only (readplan: never
+    # through the production role, which the orchestrator holds too); the orchestrator counts
+    # the blocks a session will read (list calls), for the read-strategy choice.
+    ("ec2backup/ebs.py::get_block", {WORKER}),
+    ("ec2backup/ebs.py", {ORCH}),
     ("ec2backup/workers.py::read_session_secret", {WORKER}),
     ("ec2backup/temporal.py::agent_credentials", {WORKER}),
     ("ec2backup/repository/backend.py::S3Backend.ensure_abort_multipart_rule", {ORCH}),
@@ -573,6 +578,8 @@ ROLE_TABLE: list[tuple[str, set[Role] | None]] = [
     ("", {ORCH}),
 ]
 NO_ROLE_CHAIN = ("ec2backup/aws.py",)  # its clients are the chain's start, never a role
+# Calls made with a passed-in client that is never a production role's (see ROLE_TABLE).
+OWN_ACCOUNT_ONLY = ("ec2backup/ebs.py::get_block",)
 
 
 @dataclass(frozen=True)
@@ -798,7 +805,7 @@ def roles_of(call: Call) -> set[Role]:
         if call.path.startswith(path) and (not function or call.function == function):
             if roles is None:
                 return set()
-            if call.path.startswith(NO_ROLE_CHAIN):
+            if call.path.startswith(NO_ROLE_CHAIN) or where in OWN_ACCOUNT_ONLY:
                 return roles
             # a role ARN (or a client passed in: maybe one) means the production role acts
             return roles | ({PROD} if call.with_role is not False else set())
@@ -940,20 +947,12 @@ def test_the_scanner_follows_clients_the_way_the_code_uses_them(tmp_path: Path) 
     }
 
 
-def test_excluded_helpers_are_unused() -> None:
-    """ec2backup/ebs.py's helpers (GetSnapshotBlock among them) are left out of the roles: the
-    worker reads blocks from its attached volume, and GetSnapshotBlock on the production role
-    would let the orchestrator read data. This fails once product code uses them."""
-    helpers = {"get_block", "list_snapshot_blocks", "list_changed_blocks"}
-    for path in product_files():
-        rel = path.relative_to(ROOT).as_posix()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "ec2backup.ebs":
-                assert not {a.name for a in node.names} & helpers, rel
-            if isinstance(node, ast.ImportFrom) and node.module == "ec2backup":
-                assert "ebs" not in {a.name for a in node.names}, rel
-            if isinstance(node, ast.Import):
-                assert "ec2backup.ebs" not in {a.name for a in node.names}, rel
+def test_only_the_worker_reads_snapshot_blocks() -> None:
+    """GetSnapshotBlock reads a volume's data: only the worker may, and only its own account's
+    snapshots (no production role has it: the orchestrator holds those roles too)."""
+    for role in iamkit.POLICY_ROLES:
+        granted = allowed_actions(iamkit.policy(role, VALUES))
+        assert ("ebs:GetSnapshotBlock" in granted) == (role == WORKER), role
 
 
 def test_workers_delete_only_their_locks_and_checkpoints() -> None:

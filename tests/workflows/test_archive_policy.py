@@ -5,6 +5,7 @@ after new backups applies the monthly retention, and removing the section remove
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -87,10 +88,11 @@ def test_archive_section_of_a_policy(wb: Workbench, tmp_path: Path) -> None:
     assert archived.retention is not None and archived.retention.forgotten_restore_points == []
 
     # `ec2backup status` shows the archive's last run and next run next to the backups'.
-    rows = {r["policy"]: r for r in wb.cli_json("status", "--json")}
+    # (`status` exits 1 while another policy's last run in this lab was not fully successful)
+    rows = {r["policy"]: r for r in json.loads(wb.cli("status", "--json", check=False).stdout)}
     assert rows[name]["archive_last_status"] == "succeeded, 2 archived"
     assert rows[name]["archive_next_run"][8:10] == "01"  # monthly, on the 1st
-    assert "succeeded, 2 archived" in wb.cli("status").stdout
+    assert "succeeded, 2 archived" in wb.cli("status", check=False).stdout
 
     # Nothing new to archive: the next archive run selects nothing.
     _, idle = _run(wb, name, "ArchivePolicy", archives)

@@ -324,6 +324,12 @@ async def test_first_reads_of_a_volume_from_a_snapshot_are_slow_then_fast(
     )["Instances"][0]["InstanceId"]
     try:
         volume_id = restore(ec2, snapshots.first)
+
+        def running() -> bool:  # AWS attaches to running instances only
+            reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+            return bool(reservations[0]["Instances"][0]["State"]["Name"] == "running")
+
+        wait_for(running, 30, "the instance to run")
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdg")
         wait_for(
             lambda: instance_id in control_get(lab, "metrics")["agents"], 30, "the agent to boot"
@@ -351,5 +357,31 @@ async def test_first_reads_of_a_volume_from_a_snapshot_are_slow_then_fast(
         second = await digest(held[:32])
         assert first >= 32 * BLOCK / (8 * 1024**2) * EARLY
         assert second < first - 1.0
+    finally:
+        ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def test_a_pending_instance_refuses_attach_volume_as_aws(lab: Any, configure: Configure) -> None:
+    """AWS attaches volumes to running or stopped instances only (the lab attached to a
+    booting one)."""
+    ec2 = client(lab, "ec2")
+    configure(timing=True, timing_scale=1.0, **{**NO_DELAYS, "worker_boot_seconds": 20})
+    instance_id = ec2.run_instances(
+        ImageId=LAB_AMI,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType="t3.micro",
+        Placement={"AvailabilityZone": ZONE},
+    )["Instances"][0]["InstanceId"]
+    try:
+        volume_id = ec2.create_volume(Size=1, AvailabilityZone=ZONE)["VolumeId"]
+        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][
+            0
+        ]["State"]["Name"]
+        assert state == "pending"
+        with pytest.raises(ClientError) as exc:
+            ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
+        assert error_of(exc.value) == ("IncorrectState", 400)
+        assert "is not 'running'" in str(exc.value)
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
