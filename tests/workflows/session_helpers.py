@@ -372,6 +372,12 @@ class Workbench:
         finally:
             out.unlink()
 
+    def snapshot_of(self, session: Session, volume_id: str) -> str:
+        """The snapshot the session took of one of its instance's volumes."""
+        assert session.result is not None
+        snaps = self.client("ec2").describe_snapshots(SnapshotIds=session.result["snapshot_ids"])
+        return str(next(s["SnapshotId"] for s in snaps["Snapshots"] if s["VolumeId"] == volume_id))
+
     def assert_restores(
         self, repo: str, restore_point: str, volume_id: str, snapshot_id: str, out: Path
     ) -> None:

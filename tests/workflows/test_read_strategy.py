@@ -9,12 +9,6 @@ from pathlib import Path
 from session_helpers import Session, Workbench
 
 
-def _snapshot_of(wb: Workbench, session: Session, volume_id: str) -> str:
-    assert session.result is not None
-    snaps = wb.client("ec2").describe_snapshots(SnapshotIds=session.result["snapshot_ids"])
-    return str(next(s["SnapshotId"] for s in snaps["Snapshots"] if s["VolumeId"] == volume_id))
-
-
 def _copies(wb: Workbench, session: Session) -> list[str]:
     """The worker volumes the session created from its snapshots."""
     return [v["VolumeId"] for v in wb.session_volumes(session.session_id) if v.get("SnapshotId")]
@@ -38,7 +32,7 @@ def test_ebs_direct_and_auto_reads_restore_exactly(wb: Workbench, tmp_path: Path
     assert gets >= counters["blocks_read"], (gets, counters)
     assert full.result is not None
     wb.assert_restores(
-        repo, full.result["restore_point_id"], volume_id, _snapshot_of(wb, full, volume_id),
+        repo, full.result["restore_point_id"], volume_id, wb.snapshot_of(full, volume_id),
         tmp_path / "full.img",
     )  # fmt: skip
 
@@ -50,6 +44,6 @@ def test_ebs_direct_and_auto_reads_restore_exactly(wb: Workbench, tmp_path: Path
     assert "EBS direct ~" in counters["read_reason"] and "attached cop" in counters["read_reason"]
     assert auto.result is not None
     wb.assert_restores(
-        repo, auto.result["restore_point_id"], volume_id, _snapshot_of(wb, auto, volume_id),
+        repo, auto.result["restore_point_id"], volume_id, wb.snapshot_of(auto, volume_id),
         tmp_path / "auto.img",
     )  # fmt: skip

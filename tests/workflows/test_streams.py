@@ -7,15 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from session_helpers import Session, Workbench
+from session_helpers import Workbench
 
 GIB = 1024**3
-
-
-def _snapshot_of(wb: Workbench, session: Session, volume_id: str) -> str:
-    assert session.result is not None
-    snaps = wb.client("ec2").describe_snapshots(SnapshotIds=session.result["snapshot_ids"])
-    return str(next(s["SnapshotId"] for s in snaps["Snapshots"] if s["VolumeId"] == volume_id))
 
 
 def test_two_streams_per_volume_restore_exactly(wb: Workbench, tmp_path: Path) -> None:
@@ -34,7 +28,7 @@ def test_two_streams_per_volume_restore_exactly(wb: Workbench, tmp_path: Path) -
     assert counters["blocks_read"] > 0
     assert full.result is not None
     wb.assert_restores(
-        repo, full.result["restore_point_id"], volume_id, _snapshot_of(wb, full, volume_id),
+        repo, full.result["restore_point_id"], volume_id, wb.snapshot_of(full, volume_id),
         tmp_path / "full.img",
     )  # fmt: skip
 
@@ -44,7 +38,7 @@ def test_two_streams_per_volume_restore_exactly(wb: Workbench, tmp_path: Path) -
     assert incremental.result is not None
     wb.assert_restores(
         repo, incremental.result["restore_point_id"], volume_id,
-        _snapshot_of(wb, incremental, volume_id), tmp_path / "incr.img",
+        wb.snapshot_of(incremental, volume_id), tmp_path / "incr.img",
     )  # fmt: skip
 
     # One stream on top of a two-stream parent: the merged map is an ordinary parent.
@@ -52,7 +46,7 @@ def test_two_streams_per_volume_restore_exactly(wb: Workbench, tmp_path: Path) -
     single = wb.backup(instance_id, "--repo", repo)
     assert single.result is not None
     wb.assert_restores(
-        repo, single.result["restore_point_id"], volume_id, _snapshot_of(wb, single, volume_id),
+        repo, single.result["restore_point_id"], volume_id, wb.snapshot_of(single, volume_id),
         tmp_path / "single.img",
     )  # fmt: skip
     check = wb.cli("repo", "check", "--repo", repo)

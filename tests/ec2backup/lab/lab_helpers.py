@@ -14,12 +14,18 @@ import os
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+from ec2backup.models.agent import DigestBlocksInput, DigestBlocksOutput
 
 ACCOUNT_A = "123456789012"  # the lab's default account (credentials "testing")
 ACCOUNT_B = "222222222222"  # reached through sts:AssumeRole
@@ -256,3 +262,33 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+# ---- a test-side probe of an agent's device reads ----------------------------------------
+AGENT_TIMEOUT = timedelta(seconds=60)
+
+
+class DigestProbeInput(BaseModel):
+    task_queue: str
+    device: str
+    block_indexes: list[int]
+    volume_id: str | None = None
+
+
+@workflow.defn(name="LabTestDigestProbe")
+class DigestProbe:
+    """Runs `agent_digest_blocks` once on a host's task queue."""
+
+    @workflow.run
+    async def run(self, req: DigestProbeInput) -> DigestBlocksOutput:
+        return await workflow.execute_activity(
+            "agent_digest_blocks",
+            DigestBlocksInput(
+                device=req.device, block_indexes=req.block_indexes, volume_id=req.volume_id
+            ),
+            task_queue=req.task_queue,
+            result_type=DigestBlocksOutput,
+            schedule_to_start_timeout=AGENT_TIMEOUT,
+            start_to_close_timeout=AGENT_TIMEOUT,
+            retry_policy=RetryPolicy(maximum_attempts=1),
+        )

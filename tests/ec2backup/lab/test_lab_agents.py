@@ -22,6 +22,8 @@ from lab_helpers import (
     BLOCK,
     LAB_AMI,
     ZONE,
+    DigestProbe,
+    DigestProbeInput,
     cli_json,
     client,
     get_block,
@@ -32,44 +34,13 @@ from lab_helpers import (
     seed_volume,
     snapshot,
 )
-from pydantic import BaseModel
-from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from ec2backup.models.agent import DigestBlocksInput, DigestBlocksOutput
+from ec2backup.models.agent import DigestBlocksOutput
 from ec2backup.temporal import connect
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
 from workflows.agent_probe import AgentProbe, AgentProbeInput, AgentProbeOutput
-
-AGENT_TIMEOUT = timedelta(seconds=60)
-
-
-class DigestProbeInput(BaseModel):
-    task_queue: str
-    device: str
-    block_indexes: list[int]
-    volume_id: str | None = None
-
-
-@workflow.defn(name="LabTestDigestProbe")
-class DigestProbe:
-    """Runs `agent_digest_blocks` once on a host's task queue."""
-
-    @workflow.run
-    async def run(self, req: DigestProbeInput) -> DigestBlocksOutput:
-        return await workflow.execute_activity(
-            "agent_digest_blocks",
-            DigestBlocksInput(
-                device=req.device, block_indexes=req.block_indexes, volume_id=req.volume_id
-            ),
-            task_queue=req.task_queue,
-            result_type=DigestBlocksOutput,
-            schedule_to_start_timeout=AGENT_TIMEOUT,
-            start_to_close_timeout=AGENT_TIMEOUT,
-            retry_policy=RetryPolicy(maximum_attempts=1),
-        )
 
 
 class Probes:

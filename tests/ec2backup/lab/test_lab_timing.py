@@ -24,6 +24,8 @@ from lab_helpers import (
     BLOCK,
     LAB_AMI,
     ZONE,
+    DigestProbe,
+    DigestProbeInput,
     client,
     control_get,
     error_of,
@@ -32,13 +34,10 @@ from lab_helpers import (
     seed,
     snapshot,
 )
-from pydantic import BaseModel
-from temporalio import workflow
 from temporalio.client import Client
-from temporalio.common import RetryPolicy
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from ec2backup.models.agent import DigestBlocksInput, DigestBlocksOutput
+from ec2backup.models.agent import DigestBlocksOutput
 from ec2backup.temporal import connect
 from ec2backup.userdata import HOST_TASK_QUEUE_TEMPLATE, render_agent_user_data
 
@@ -259,32 +258,6 @@ def test_ebs_direct_latency_adds_time_and_timing_turns_on_aws_quotas(
     assert counted["ListChangedBlocks"]["limit_rps_account"] == 50
 
 
-class DigestInput(BaseModel):
-    task_queue: str
-    device: str
-    volume_id: str
-    block_indexes: list[int]
-
-
-@workflow.defn(name="LabTestTimingDigest")
-class DigestProbe:
-    """`agent_digest_blocks` once on a host: the agent's own device read path."""
-
-    @workflow.run
-    async def run(self, req: DigestInput) -> DigestBlocksOutput:
-        return await workflow.execute_activity(
-            "agent_digest_blocks",
-            DigestBlocksInput(
-                device=req.device, volume_id=req.volume_id, block_indexes=req.block_indexes
-            ),
-            task_queue=req.task_queue,
-            result_type=DigestBlocksOutput,
-            schedule_to_start_timeout=timedelta(seconds=60),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=1),
-        )
-
-
 @pytest.fixture
 async def temporal(lab: Any) -> AsyncIterator[tuple[Client, str]]:
     lab.use_payload_keys()
@@ -339,7 +312,7 @@ async def test_first_reads_of_a_volume_from_a_snapshot_are_slow_then_fast(
             started = time.monotonic()
             out: DigestBlocksOutput = await temporal_client.execute_workflow(
                 DigestProbe.run,
-                DigestInput(
+                DigestProbeInput(
                     task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id),
                     device="/dev/sdg",
                     volume_id=volume_id,
