@@ -189,6 +189,12 @@ class PerformanceSettings(_Section):
         ge=0,
         description="creating and attaching a worker's volume copies",
     )
+    ebs_get_block_rps_account: int = Field(
+        default=1000,
+        ge=1,
+        description="the account's GetSnapshotBlock quota per Region (1,000/s unless raised): "
+        "every session's EBS direct reads share it (ec2backup.budget)",
+    )
 
 
 class JanitorSettings(_Section):

@@ -197,6 +197,7 @@ def choose_reads(plan: ImagePlan, snapshot_set: SnapshotSet, spec: ImageBackupSp
     directly gets no copies."""
     asked = spec.worker.read
     perf = config.load().performance
+    plan.ebs_direct_rps = float(perf.ebs_direct_session_rps)
     ebs = None
     for vp in plan.volumes:
         member = next(m for m in snapshot_set.members if m.volume_id == vp.source_volume_id)

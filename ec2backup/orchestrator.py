@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities import archive as archive_activities
+from activities import budget as budget_activities
 from activities import janitor as janitor_activities
 from activities import policy as policy_activities
 from activities import restore as restore_activities
@@ -39,6 +40,7 @@ from workflows.archive_policy import ArchivePolicy
 from workflows.backup_policy import BackupPolicy
 from workflows.backup_session import BackupSession
 from workflows.janitor import Janitor
+from workflows.rate_budget import RateBudget
 from workflows.restore import Restore
 from workflows.retention import PolicyRetention
 
@@ -139,11 +141,13 @@ async def run_worker(
                 PolicyRetention,
                 Archive,
                 ArchivePolicy,
+                RateBudget,
             ],
             activities=[
                 *session_activities.ALL,
                 *restore_activities.ALL,
                 *archive_activities.ALL,
+                *budget_activities.ALL,
                 janitor_activities.janitor_sweep,
                 policy_activities.discover_instances,
                 policy_activities.apply_retention,

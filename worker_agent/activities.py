@@ -74,6 +74,29 @@ AGENT_LOOP: Any = None
 PAUSE_POLL_SECONDS = 2.0
 
 
+# How often a range paced by its account's budget asks for its share again (others come and go).
+BUDGET_POLL_SECONDS = 2.0
+
+
+def _budget_share(budget_workflow_id: str, holder: str) -> float | None:
+    """The session's current share of the budget (None: unknown now, keep the last one)."""
+    if AGENT_CLIENT is None or AGENT_LOOP is None:
+        return None
+    import asyncio
+
+    from ec2backup.models.budget import BudgetState, BudgetStateInput
+
+    async def ask() -> float | None:
+        handle = AGENT_CLIENT.get_workflow_handle(budget_workflow_id)
+        state = await handle.query("state", BudgetStateInput(), result_type=BudgetState)
+        return state.shares.get(holder)
+
+    try:
+        return asyncio.run_coroutine_threadsafe(ask(), AGENT_LOOP).result(timeout=10)
+    except Exception:  # the budget may be moving (continue-as-new): keep the last share
+        return None
+
+
 def _session_paused(workflow_id: str) -> bool:
     if AGENT_CLIENT is None or AGENT_LOOP is None:
         return False
@@ -115,10 +138,20 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
         last_poll[0] = time.monotonic()
         return _session_paused(workflow_id)
 
+    last_share = [time.monotonic()]
+
+    def share() -> float | None:
+        """This range's part of its session's share, when it is time to ask again."""
+        if req.budget_id is None or time.monotonic() - last_share[0] < BUDGET_POLL_SECONDS:
+            return None
+        last_share[0] = time.monotonic()
+        whole = _budget_share(req.budget_id, workflow_id)
+        return None if whole is None else whole * req.budget_fraction
+
     started = time.monotonic()
     try:
         with role_session():
-            result = transfer.transfer_range(req, heartbeat, should_stop)
+            result = transfer.transfer_range(req, heartbeat, should_stop, share)
     except Exception as exc:
         raise classify(exc) from exc
     observability.record_transfer(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ec2backup import aws
+from ec2backup.budget import RateLimiter
 from ec2backup.ebs import LIST_PAGE_SIZE, BlockRef, get_block
 from ec2backup.imagebackup import checkpoint_key
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput, VolumePlan
@@ -175,8 +176,13 @@ def open_writer(repo: Repository, req: TransferRangeInput) -> BackupWriter:
 
 
 def transfer_range(
-    req: TransferRangeInput, heartbeat: Callable[[Progress], None], should_stop: Callable[[], bool]
+    req: TransferRangeInput,
+    heartbeat: Callable[[Progress], None],
+    should_stop: Callable[[], bool],
+    share: Callable[[], float | None] = lambda: None,
 ) -> TransferRangeOutput:
+    """`share` (EBS direct): the range's current GetSnapshotBlock rate when it changed, asked
+    about once a second."""
     secret = read_session_secret(req.secret_name, req.secret_region)
     repo = Repository.open(req.repository, secret_password(secret))
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
@@ -199,10 +205,13 @@ def transfer_range(
                 if direct
                 else DeviceReader(req.worker_device, req.worker_volume_id, size)
             ) as device:
+                pace = RateLimiter(req.get_rps) if direct and req.get_rps else None
 
                 def read(index: int, token: str | None) -> bytes:
                     if device is None:  # EBS direct: the snapshot's block, checksum verified
                         assert token is not None
+                        if pace is not None:  # the session's share of the account's quota
+                            pace.acquire()
                         return get_block(ebs, req.volume.snapshot_id, BlockRef(index, token))
                     return device.read_block(index)
 
@@ -226,6 +235,8 @@ def transfer_range(
                         ):
                             continue
                         stop = should_stop()
+                        if pace is not None and (rate := share()) is not None:
+                            pace.set_rate(rate)
                         if stop or (
                             progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
                             or now - last_cp_time > CHECKPOINT_EVERY_SECONDS

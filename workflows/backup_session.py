@@ -34,8 +34,11 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
+    from activities import budget as budget_activities
     from activities import session as session_activities
+    from ec2backup.budget import GET_SNAPSHOT_BLOCK, budget_id
     from ec2backup.models.authorization import AuthorizeInput
+    from ec2backup.models.budget import BudgetLease, BudgetReleaseRequest, BudgetRequest
     from ec2backup.models.session import (
         BackupSessionInput,
         BackupSessionOutput,
@@ -75,6 +78,10 @@ RANGE_TIMEOUT = timedelta(hours=6)
 MAX_RANGE_ERRORS = 5
 MAX_WORKERS = 4
 CLEANUP_TIMEOUT = timedelta(minutes=15)
+# Sessions that read with EBS direct ask their account's budget for a share (ec2backup.budget):
+# one update of a workflow, retried by CONTROL_RETRY when Temporal is slow to answer.
+BUDGET_PATCH = "rate-budget-v1"
+BUDGET_TIMEOUT = timedelta(minutes=2)
 
 
 @workflow.defn(name="BackupSession")
@@ -210,6 +217,7 @@ class BackupSession(Pausable):
             if req.image_backup and not self._continuing:
                 ended_in = self._phase  # what the memo keeps: "completed" or where it failed
                 self._phase = "cleaning up"
+                await run_to_completion(self._release_budget(session_id))
                 await run_to_completion(self._release(session_id, None))
                 self._phase = ended_in
 
@@ -335,8 +343,30 @@ class BackupSession(Pausable):
                 raise_if_cancelled()
             self._phase = "transferring"
             worker = self._carry.worker
+            direct = sum(vp.read == "ebs-direct" for vp, _s in todo)
+            get_rps = None
+            if direct and workflow.patched(BUDGET_PATCH):
+                # This round's share of the account's GetSnapshotBlock budget, split between
+                # its direct streams (renewed each round: others come and go).
+                lease: BudgetLease = await workflow.execute_activity(
+                    budget_activities.acquire_budget,
+                    BudgetRequest(
+                        account=snapshot_set.account,
+                        region=plan.region,
+                        api=GET_SNAPSHOT_BLOCK,
+                        holder=session_id,
+                        want_rps=plan.ebs_direct_rps,
+                    ),
+                    start_to_close_timeout=BUDGET_TIMEOUT,
+                    retry_policy=CONTROL_RETRY,
+                )
+                self._carry.budget_account = snapshot_set.account
+                get_rps = lease.rps / direct
             results = await asyncio.gather(
-                *(self._range(session_id, plan, worker, vp, s) for vp, s in todo),
+                *(
+                    self._range(session_id, plan, worker, vp, s, get_rps, 1 / max(1, direct))
+                    for vp, s in todo
+                ),
                 return_exceptions=True,
             )
             raise_if_cancelled()
@@ -349,6 +379,7 @@ class BackupSession(Pausable):
                 )
                 await run_to_completion(self._release(session_id, worker.instance_id))
                 self._carry.worker = None
+        await self._release_budget(session_id)
         self._phase = "committing"
         out: CommitRestorePointOutput = await workflow.execute_activity(
             session_activities.commit_restore_point,
@@ -373,8 +404,17 @@ class BackupSession(Pausable):
         return out
 
     async def _range(
-        self, session_id: str, plan: ImagePlan, worker: WorkerHandle, vp: VolumePlan, s: Stream
+        self,
+        session_id: str,
+        plan: ImagePlan,
+        worker: WorkerHandle,
+        vp: VolumePlan,
+        s: Stream,
+        get_rps: float | None = None,
+        fraction: float = 1.0,
     ) -> TransferRangeOutput:
+        paced = get_rps is not None and vp.read == "ebs-direct"
+        account = self._carry.budget_account
         cursor = self._carry.cursors.get(s.key, s.start)
         start = s.start + (cursor - s.start) // plan.range_blocks * plan.range_blocks
         end = min(s.end, start + plan.range_blocks)
@@ -412,6 +452,11 @@ class BackupSession(Pausable):
                 last_range=end >= vp.blocks_total,
                 stream=None if s.key == vp.source_volume_id else s.key,
                 span_end=None if s.key == vp.source_volume_id else s.end,
+                get_rps=get_rps if paced else None,
+                budget_id=budget_id(account, plan.region, GET_SNAPSHOT_BLOCK)
+                if paced and account
+                else None,
+                budget_fraction=fraction,
             ),
             task_queue=worker.task_queue,
             start_to_close_timeout=RANGE_TIMEOUT,
@@ -430,6 +475,21 @@ class BackupSession(Pausable):
                 c.blocks_read += result.blocks_read
                 c.bytes_read += result.bytes_read
                 c.bytes_stored += result.bytes_stored
+
+    async def _release_budget(self, session_id: str) -> None:
+        """Give back the share of the EBS direct budget (once the reads are over)."""
+        plan, account = self._carry.plan, self._carry.budget_account
+        if plan is None or account is None:
+            return
+        await workflow.execute_activity(
+            budget_activities.release_budget,
+            BudgetReleaseRequest(
+                account=account, region=plan.region, api=GET_SNAPSHOT_BLOCK, holder=session_id
+            ),
+            start_to_close_timeout=BUDGET_TIMEOUT,
+            retry_policy=CONTROL_RETRY,
+        )
+        self._carry.budget_account = None
 
     async def _release(self, session_id: str, only_instance_id: str | None) -> None:
         plan = self._carry.plan

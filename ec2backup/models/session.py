@@ -85,6 +85,8 @@ class SessionCarry(BaseModel):
     cursors: dict[str, int] = Field(default_factory=dict)  # source volume id -> next block
     volumes: list[VolumeCounters] = Field(default_factory=list)
     workers_provisioned: int = 0
+    # The account whose EBS direct budget this session holds a share of (ec2backup.budget).
+    budget_account: str | None = None
 
 
 class BackupSessionInput(BaseModel):
@@ -247,6 +249,9 @@ class ImagePlan(BaseModel):
     volumes: list[VolumePlan]
     secret_name: str
     keep_days: int | None = None  # ImageBackupSpec.keep_days
+    # GetSnapshotBlock calls per second the session asks of its account's budget for EBS
+    # direct reads ([performance] ebs_direct_session_rps).
+    ebs_direct_rps: float = 500.0
     # Dead-host detection for transfer ranges (set by the orchestrator's configuration).
     heartbeat_timeout_seconds: float = 60.0
     boot_timeout_seconds: float = 600.0
@@ -314,6 +319,13 @@ class TransferRangeInput(BaseModel):
     # is one stream (its key is the volume id, its span the whole volume).
     stream: str | None = None
     span_end: int | None = None
+    # EBS direct reads: GetSnapshotBlock calls per second this range may make (its session's
+    # share of the account's budget, ec2backup.budget); None: unpaced. While it runs the agent
+    # follows the share as it changes: `budget_fraction` of the session's share in the budget
+    # workflow `budget_id`.
+    get_rps: float | None = None
+    budget_id: str | None = None
+    budget_fraction: float = 1.0
     last_range: bool
 
 

@@ -1,0 +1,76 @@
+"""One request budget per account, Region and API, shared by every session of the installation.
+
+EBS direct quotas are per account and Region (GetSnapshotBlock: 1,000 requests/s by default,
+shared by every reader; the per-snapshot 1,000/s is per volume). Sessions that each read at
+their own pace throttle one another: past the quota AWS answers `RequestThrottledException`
+and retries pile up. Here each (account, Region, API) has one `RateBudget` workflow (id
+`budget_id`): a session asks it for a share before each round of EBS direct reads (`acquire`,
+with how much it wants and for how long) and gets `shares`' max-min fair split of the quota
+(`[performance] ebs_get_block_rps_account`); its agent then paces its GetSnapshotBlock calls to
+that share (`RateLimiter`). A session that ends releases its share; one that died is dropped
+when its lease runs out. More sessions: each reads slower, none fails.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+GET_SNAPSHOT_BLOCK = "GetSnapshotBlock"
+
+
+def budget_id(account: str, region: str, api: str) -> str:
+    return f"ec2backup-budget:{account}:{region}:{api}"
+
+
+def shares(quota: float, wants: dict[str, float]) -> dict[str, float]:
+    """Max-min fair: everyone gets an equal part of what is left, nobody more than it wants;
+    what a modest holder leaves goes to the others."""
+    out: dict[str, float] = {}
+    left, todo = quota, dict(wants)
+    while todo:
+        part = left / len(todo)
+        modest = {h: w for h, w in todo.items() if w <= part}
+        if not modest:
+            out.update({h: part for h in todo})
+            return out
+        for holder, want in modest.items():
+            out[holder] = want
+            left -= want
+            del todo[holder]
+    return out
+
+
+# The token bucket holds this much of a second's worth: a burst after a pause exceeds the rate
+# in a one-second window by at most a tenth (the quota is judged per second).
+BURST_SECONDS = 0.1
+
+
+class RateLimiter:
+    """At most about `rate` calls per second from any number of threads."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = max(rate, 0.001)
+        self.capacity = max(1.0, self.rate * BURST_SECONDS)
+        self.tokens = 0.0  # start empty: a session's first second is paced too
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def set_rate(self, rate: float) -> None:
+        """A new share (others came or went): from now on."""
+        with self.lock:
+            self.rate = max(rate, 0.001)
+            self.capacity = max(1.0, self.rate * BURST_SECONDS)
+            self.tokens = min(self.tokens, self.capacity)
+
+    def acquire(self) -> None:
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+                self.last = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                wait = (1.0 - self.tokens) / self.rate
+            time.sleep(wait)

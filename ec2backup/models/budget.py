@@ -1,0 +1,70 @@
+"""RateBudget: the account-wide request budget shared by every session (ec2backup.budget)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class BudgetHolder(BaseModel):
+    want_rps: float
+    expires: datetime  # dropped unless renewed by then (a session that died without releasing)
+
+
+class BudgetInput(BaseModel):
+    """The workflow's start (and its continue-as-new): the quota, and who holds a share."""
+
+    account: str
+    region: str
+    api: str
+    quota_rps: float
+    holders: dict[str, BudgetHolder] = Field(default_factory=dict)
+
+
+class AcquireBudgetInput(BaseModel):
+    holder: str  # a session id
+    want_rps: float
+    ttl_seconds: float
+    quota_rps: float  # the account's quota as configured now
+
+
+class BudgetLease(BaseModel):
+    rps: float  # this holder's share now
+    quota_rps: float
+    holders: int
+
+
+class ReleaseBudgetInput(BaseModel):
+    holder: str
+
+
+class ReleaseBudgetOutput(BaseModel):
+    released: bool
+
+
+class BudgetState(BaseModel):
+    quota_rps: float
+    shares: dict[str, float]
+
+
+class BudgetStateInput(BaseModel):
+    pass
+
+
+# ---- the orchestrator's activities ---------------------------------------------------------
+class BudgetRequest(BaseModel):
+    """acquire_budget: a share of one API's budget in one account and Region."""
+
+    account: str
+    region: str
+    api: str
+    holder: str
+    want_rps: float
+
+
+class BudgetReleaseRequest(BaseModel):
+    account: str
+    region: str
+    api: str
+    holder: str

@@ -1,0 +1,55 @@
+"""The shared request budget's split and pacing (ec2backup.budget)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ec2backup.budget import RateLimiter, budget_id, shares
+
+
+def test_shares_are_max_min_fair() -> None:
+    assert shares(200, {"a": 500, "b": 500, "c": 500, "d": 500}) == {
+        "a": 50, "b": 50, "c": 50, "d": 50,
+    }  # fmt: skip
+    # a modest holder keeps what it wants; the rest is split between the others
+    out = shares(1000, {"small": 100, "x": 800, "y": 800})
+    assert out == {"small": 100, "x": 450, "y": 450}
+    assert shares(1000, {"only": 500}) == {"only": 500}
+    assert shares(1000, {}) == {}
+    assert budget_id("123456789012", "us-east-1", "GetSnapshotBlock") == (
+        "ec2backup-budget:123456789012:us-east-1:GetSnapshotBlock"
+    )
+
+
+def test_the_limiter_paces_threads_to_its_rate() -> None:
+    limiter = RateLimiter(100)
+    stamps: list[float] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(25):
+            limiter.acquire()
+            with lock:
+                stamps.append(time.monotonic())
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert len(stamps) == 200
+    assert elapsed >= 1.8  # 200 calls at 100/s (a tenth of a second of burst at most)
+    # no one-second window holds much more than the rate
+    stamps.sort()
+    most = max(sum(1 for s in stamps if t0 <= s < t0 + 1.0) for t0 in stamps)
+    assert most <= 100 * 1.1 + 1, most
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0])
+def test_a_zero_rate_does_not_divide_by_zero(rate: float) -> None:
+    assert RateLimiter(rate).rate > 0

@@ -1,0 +1,60 @@
+"""One GetSnapshotBlock budget per account and Region shared by every session (issue 18,
+ec2backup.budget): four sessions reading with EBS direct at once, under a lab account quota of
+200 GetSnapshotBlock/s that the installation's configuration also names, all complete; the
+lab's counters show the peak rate held under the quota with (next to) no throttled request,
+where four sessions each asking for 500/s would have been throttled most of the time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from session_helpers import ACCOUNT_A, REGION, Workbench
+
+from ec2backup.budget import budget_id
+from ec2backup.models.budget import BudgetState, BudgetStateInput
+
+QUOTA = 200
+ORCHESTRATOR_ENV: dict[str, str | None] = {
+    "EC2BACKUP_PERFORMANCE__EBS_GET_BLOCK_RPS_ACCOUNT": str(QUOTA),
+}
+
+
+def _ebs_direct(wb: Workbench) -> dict[str, Any]:
+    return dict(wb.metrics()["ebs_direct"]["GetSnapshotBlock"])
+
+
+def test_four_sessions_share_the_accounts_quota(wb: Workbench) -> None:
+    instances = [
+        wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.25", "--seed", str(90 + n))
+        for n in range(4)
+    ]
+    repo = wb.new_repo()
+    wb.lab_call("POST", "config", {"ebs_get_block_rps_account": QUOTA})
+    try:
+        wb.lab_call("POST", "metrics", {"reset": True})
+        sessions = [
+            wb.start_backup(i["instance_id"], "--repo", repo, "--read", "ebs-direct")
+            for i in instances
+        ]
+        results = [wb.session_result(s, timeout=600) for s in sessions]
+        counted = _ebs_direct(wb)
+    finally:
+        wb.lab_call("POST", "config", {"ebs_get_block_rps_account": 0})
+    for session_id, result in zip(sessions, results, strict=True):
+        assert result["status"] == "completed", (session_id, result)
+    read = sum(v["blocks_read"] for r in results for v in r["volumes"])
+    print(f"GetSnapshotBlock: {counted}; blocks read {read}")
+    assert counted["requests"] >= read > 4 * 400
+    assert counted["peak_rps_account"] <= QUOTA
+    # Paced to their shares, the sessions stay under the quota: a throttled request is rare
+    # (measured: 0 of 2,048; unpaced, 46 of 2,094 here, where the lab itself is slow).
+    assert counted["throttled"] <= 0.005 * counted["requests"], counted
+
+    # Every session gave its share back when its reads were over.
+    async def state(client: Any) -> BudgetState:
+        handle = client.get_workflow_handle(budget_id(ACCOUNT_A, REGION, "GetSnapshotBlock"))
+        out: BudgetState = await handle.query("state", BudgetStateInput(), result_type=BudgetState)
+        return out
+
+    left = wb.temporal(state)
+    assert left.quota_rps == QUOTA and left.shares == {}, left
