@@ -23,6 +23,7 @@ from moto.ec2.models import EC2Backend
 from moto.ec2.models.amis import Ami
 from moto.ec2.models.elastic_block_store import Snapshot as MotoSnapshot
 from moto.ec2.models.elastic_block_store import Volume, VolumeAttachment
+from moto.ec2.models.iam_instance_profile import IamInstanceProfileAssociation
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.utils import random_snapshot_id
@@ -750,10 +751,20 @@ class LabEC2Backend(EC2Backend):
             reservation = super().run_instances(
                 image_id, count, user_data, security_group_names, **kwargs
             )
+        profile = {
+            k: kwargs[k]
+            for k in ("iam_instance_profile_name", "iam_instance_profile_arn")
+            if kwargs.get(k)
+        }
         for instance in reservation.instances:  # the shape the image gives the instance
             instance.architecture = architecture
             instance.boot_mode = boot_mode  # type: ignore[attr-defined]
             instance.ena_support = ena  # type: ignore[attr-defined]
+            if profile:
+                # AWS launches with the profile: no DescribeInstances (nor the instance's own
+                # metadata) sees it without. moto associated it after the call returned, and
+                # only for the first instance.
+                self.associate_iam_instance_profile(instance_id=instance.id, **profile)
         if token and token != MOTO_DEFAULT_CLIENT_TOKEN:
             self.client_tokens[token] = reservation.id
         from ec2backup_lab import agents
@@ -765,6 +776,27 @@ class LabEC2Backend(EC2Backend):
                 _boot_pending(instance, boot * PENDING_SHARE_OF_BOOT)
             agents.maybe_start(self, instance, boot_seconds=boot)
         return reservation
+
+    def associate_iam_instance_profile(
+        self,
+        instance_id: str,
+        iam_instance_profile_name: str | None = None,
+        iam_instance_profile_arn: str | None = None,
+    ) -> IamInstanceProfileAssociation:
+        """Idempotent for the profile an instance was launched with (moto's RunInstances
+        response associates it once more; a ClientToken retry a third time)."""
+        existing = self.iam_instance_profile_associations.get(instance_id)
+        if existing is not None:
+            arn = existing.iam_instance_profile.arn
+            if arn == iam_instance_profile_arn or arn.rsplit("/", 1)[-1] == (
+                iam_instance_profile_name
+            ):
+                return existing
+        return super().associate_iam_instance_profile(
+            instance_id=instance_id,
+            iam_instance_profile_name=iam_instance_profile_name,
+            iam_instance_profile_arn=iam_instance_profile_arn,
+        )
 
     def terminate_instances(self, instance_ids: list[str]) -> Any:
         from ec2backup_lab import agents

@@ -90,6 +90,38 @@ def test_the_kits_worker_instance_profile_exists_in_every_lab_account(lab: Any) 
         )
 
 
+def test_instances_are_launched_with_their_instance_profile(lab: Any) -> None:
+    """AWS launches every instance of a RunInstances with the profile: DescribeInstances shows
+    it from the start, and a ClientToken retry returns the same instances. moto associated the
+    profile after its launch (a window without it), for the first instance only, and a retry
+    failed on the association it had made."""
+    ec2 = client(lab, "ec2")
+    token = f"lab-profile-{uuid.uuid4().hex}"
+
+    def launch() -> list[str]:
+        out = ec2.run_instances(
+            ImageId="ami-0ec2backup0lab001",
+            InstanceType="t3.micro",
+            MinCount=2,
+            MaxCount=2,
+            ClientToken=token,
+            IamInstanceProfile={"Name": WORKER_INSTANCE_PROFILE},
+        )
+        return sorted(i["InstanceId"] for i in out["Instances"])
+
+    ids = launch()
+    try:
+        found = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+        profiles = [
+            i.get("IamInstanceProfile", {}).get("Arn", "") for r in found for i in r["Instances"]
+        ]
+        assert len(profiles) == 2
+        assert all(p.endswith(f":instance-profile/{WORKER_INSTANCE_PROFILE}") for p in profiles)
+        assert launch() == ids  # the retry: the same instances, nothing refused
+    finally:
+        ec2.terminate_instances(InstanceIds=ids)
+
+
 def test_lab_up_writes_its_configuration_and_runs_setup(lab: Any) -> None:
     path = Path(lab.dir) / "ec2backup.toml"
     parsed = config.parse(tomllib.loads(path.read_text()), str(path))
