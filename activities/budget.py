@@ -28,14 +28,10 @@ from ec2backup.temporal import TASK_QUEUE
 LEASE_SECONDS = 30 * 60.0
 
 
-def _quota(api: str) -> float:
-    perf = config.load().performance
-    return float(perf.ebs_get_block_rps_account)
-
-
 @activity.defn(name="acquire_budget")
 async def acquire_budget(req: BudgetRequest) -> BudgetLease:
-    quota = _quota(req.api)
+    # The only budgeted API so far: GetSnapshotBlock (ec2backup.budget.GET_SNAPSHOT_BLOCK).
+    quota = float(config.load().performance.ebs_get_block_rps_account)
     start: WithStartWorkflowOperation[Any, None] = WithStartWorkflowOperation(
         "RateBudget",
         BudgetInput(account=req.account, region=req.region, api=req.api, quota_rps=quota),

@@ -144,6 +144,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     return time.monotonic()
 
 
+def launch(ec2: Any, **extra: Any) -> str:
+    """One small instance in the lab's zone (its agent too, given the agent's user-data)."""
+    return str(
+        ec2.run_instances(
+            ImageId=LAB_AMI,
+            MinCount=1,
+            MaxCount=1,
+            InstanceType="t3.micro",
+            Placement={"AvailabilityZone": ZONE},
+            **extra,
+        )["Instances"][0]["InstanceId"]
+    )
+
+
 def test_volumes_are_creating_then_attaching_for_the_scaled_times(
     lab: Any, configure: Configure
 ) -> None:
@@ -154,13 +168,7 @@ def test_volumes_are_creating_then_attaching_for_the_scaled_times(
         timing_scale=0.2,
         **{**NO_DELAYS, "volume_create_seconds": 10, "volume_attach_seconds": 10},
     )
-    instance_id = ec2.run_instances(
-        ImageId=LAB_AMI,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        Placement={"AvailabilityZone": ZONE},
-    )["Instances"][0]["InstanceId"]
+    instance_id = launch(ec2)
 
     def volume() -> dict[str, Any]:
         return ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"][0]  # type: ignore[no-any-return]
@@ -287,14 +295,7 @@ async def test_first_reads_of_a_volume_from_a_snapshot_are_slow_then_fast(
     held = [b["BlockIndex"] for b in snapshots.blocks[snapshots.first]]
     assert len(held) >= 32
     holes = [i for i in range(max(held)) if i not in set(held)][:4]  # nothing to fetch there
-    instance_id = ec2.run_instances(
-        ImageId=LAB_AMI,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        Placement={"AvailabilityZone": ZONE},
-        UserData=render_agent_user_data(lab.temporal_address),
-    )["Instances"][0]["InstanceId"]
+    instance_id = launch(ec2, UserData=render_agent_user_data(lab.temporal_address))
     try:
         volume_id = restore(ec2, snapshots.first)
 
@@ -339,13 +340,7 @@ def test_a_pending_instance_refuses_attach_volume_as_aws(lab: Any, configure: Co
     booting one)."""
     ec2 = client(lab, "ec2")
     configure(timing=True, timing_scale=1.0, **{**NO_DELAYS, "worker_boot_seconds": 20})
-    instance_id = ec2.run_instances(
-        ImageId=LAB_AMI,
-        MinCount=1,
-        MaxCount=1,
-        InstanceType="t3.micro",
-        Placement={"AvailabilityZone": ZONE},
-    )["Instances"][0]["InstanceId"]
+    instance_id = launch(ec2)
     try:
         volume_id = ec2.create_volume(Size=1, AvailabilityZone=ZONE)["VolumeId"]
         state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][
