@@ -83,6 +83,7 @@ def release_restore_worker(req: ReleaseRestoreWorkerInput) -> ReleaseRestoreWork
         req.secret_name,
         req.only_instance_id,
         heartbeat=heartbeat,
+        keep_volumes=req.keep_volumes,
     )
 
 

@@ -195,6 +195,12 @@ class PerformanceSettings(_Section):
         description="the account's GetSnapshotBlock quota per Region (1,000/s unless raised): "
         "every session's EBS direct reads share it (ec2backup.budget)",
     )
+    restore_checkpoint_mib: int = Field(
+        default=256,
+        ge=1,
+        description="how much a restore worker writes between durable checkpoints (an fsync "
+        "each): what a lost worker's replacement may write again",
+    )
 
 
 class JanitorSettings(_Section):

@@ -711,8 +711,10 @@ def release(
     secret_name: str | None = None,
     only_instance_id: str | None = None,
     heartbeat: Callable[[str], None] = lambda _: None,
+    keep_volumes: bool = False,
 ) -> ReleaseWorkerOutput:
-    """Terminate the session's workers and delete their volumes (and the session secret).
+    """Terminate the session's workers and delete their volumes (and the session secret);
+    with `keep_volumes` (one lost instance) its volumes stay, for the next worker to attach.
     Idempotent: what is already gone is skipped."""
     ec2 = aws.client("ec2", region, role_arn)
     out = ReleaseWorkerOutput()
@@ -726,7 +728,7 @@ def release(
         ec2.terminate_instances(InstanceIds=ids)
         log.info("worker instances terminated: %s", ", ".join(ids))
         out.instances_terminated = ids
-    for volume in _session_volumes(ec2, session_id):
+    for volume in [] if keep_volumes and only_instance_id else _session_volumes(ec2, session_id):
         attached = [a.get("InstanceId") for a in volume.get("Attachments", [])]
         if only_instance_id is not None and only_instance_id not in attached:
             continue

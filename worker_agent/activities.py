@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from ec2backup import observability
 from ec2backup.activity_support import role_session
@@ -24,7 +24,12 @@ from ec2backup.models.agent import (
     HostDevice,
 )
 from ec2backup.models.archive import ArchiveCopyInput, ArchiveCopyOutput
-from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
+from ec2backup.models.restore import (
+    RestoreCheckpoint,
+    WriteVolumeInput,
+    WriteVolumeOutput,
+    WriteVolumeProgress,
+)
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
 
@@ -222,12 +227,15 @@ ALL.append(archive_copy)
 @activity.defn(name="agent_write_volume")
 def write_volume(req: WriteVolumeInput) -> WriteVolumeOutput:
     """Write one volume of a restore point onto this host's empty volume; heartbeats blocks
-    written; a cancel stops it (the restore's cleanup then deletes the volume)."""
+    written and the last durable checkpoint (a failure carries it too, so the next attempt
+    resumes there); a cancel stops it (the restore's cleanup then deletes the volume)."""
     from ec2backup.activity_support import classify
     from worker_agent import restore
 
-    def progress(blocks: int, nbytes: int) -> None:
-        activity.heartbeat({"blocks_written": blocks, "bytes_written": nbytes})
+    def progress(blocks: int, nbytes: int, checkpoint: RestoreCheckpoint | None) -> None:
+        activity.heartbeat(
+            WriteVolumeProgress(blocks_written=blocks, bytes_written=nbytes, checkpoint=checkpoint)
+        )
         if activity.is_cancelled():
             raise CancelledError("restore write cancelled")
 
@@ -236,6 +244,16 @@ def write_volume(req: WriteVolumeInput) -> WriteVolumeOutput:
             return restore.write_volume(req, progress)
     except CancelledError:
         raise
+    except restore.WriteFailed as exc:
+        if isinstance(exc.cause, CancelledError):
+            raise exc.cause from None
+        err = classify(exc.cause)
+        raise ApplicationError(
+            err.message,
+            WriteVolumeProgress(checkpoint=exc.checkpoint),
+            type=err.type,
+            non_retryable=err.non_retryable,
+        ) from exc.cause
     except Exception as exc:
         raise classify(exc) from exc
 

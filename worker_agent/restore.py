@@ -2,16 +2,22 @@
 
 The device is a volume created empty for this restore, so it reads as zeros wherever nothing
 is written: holes are skipped, data blocks and written zero blocks are written (the snapshot
-taken afterwards then lists what the source's did). A retried write starts over: rewriting a
-block with the same bytes is harmless, and the blocks come from the repository, not the device.
+taken afterwards then lists what the source's did).
+
+Checkpoints: every `checkpoint_mib` written (or CHECKPOINT_SECONDS) the device is fsynced and the
+point below which every block is written is reported (`RestoreCheckpoint`, in heartbeats and
+in a failure). A retried write of the same volume, on this worker or on a new one the volume
+was re-attached to, goes on from there; blocks past the checkpoint are written again, which is
+harmless: the bytes come from the repository, not from the device.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
-from ec2backup.models.restore import WriteVolumeInput, WriteVolumeOutput
+from ec2backup.models.restore import RestoreCheckpoint, WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.reader import restore_volume
 from ec2backup.repository.repo import Repository
@@ -21,6 +27,15 @@ from worker_agent.devices import DeviceMismatch, find_volume
 GIB = 1024**3
 # How long a restore waits for a running prune (exclusive lock) before it fails.
 LOCK_WAIT_SECONDS = 600.0
+# A checkpoint costs an fsync of the device; a lost worker costs at most `checkpoint_mib`
+# ([performance] restore_checkpoint_mib, 256 by default: at EBS's 125-1,000 MiB/s a few
+# seconds) of rewriting, or this long.
+MIB = 1024**2
+CHECKPOINT_SECONDS = 30.0
+# Decoding (AES-GCM, zstd) releases the GIL: a thread per core, at least two per volume.
+MIN_THREADS = 2
+
+Progress = Callable[[int, int, RestoreCheckpoint | None], None]
 
 
 def open_device(req: WriteVolumeInput) -> int:
@@ -37,9 +52,20 @@ def open_device(req: WriteVolumeInput) -> int:
     return fd
 
 
-def write_volume(req: WriteVolumeInput, progress: Callable[[int, int], None]) -> WriteVolumeOutput:
-    """Write the volume record; `progress(blocks, bytes)` after each run of blocks (it may
-    raise to stop the write, e.g. on cancellation)."""
+class WriteFailed(Exception):
+    """The write stopped; `checkpoint` is how far it durably got (None: nothing durable)."""
+
+    def __init__(self, cause: BaseException, checkpoint: RestoreCheckpoint | None) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.checkpoint = checkpoint
+
+
+def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput:
+    """Write the volume record, from `req.resume` on if it is a checkpoint of this volume;
+    `progress(blocks, bytes, last checkpoint)` after each run of blocks (it may raise to stop
+    the write, e.g. on cancellation). A failure after the device was opened is raised as
+    `WriteFailed` with the last checkpoint."""
     secret = read_session_secret(req.secret_name, req.secret_region)
     repo = Repository.open(req.repository, secret_password(secret))
     _, rp = repo.load_restore_point(req.backup_id)
@@ -49,24 +75,56 @@ def write_volume(req: WriteVolumeInput, progress: Callable[[int, int], None]) ->
             f"{req.device}: the backup's volume holds {record.size} bytes, more than "
             f"{req.size_gib} GiB"
         )
+    resume = req.resume if req.resume and req.resume.volume_id == req.volume_id else None
     fd = open_device(req)
-    counts = [0, 0]
+    counts = [resume.blocks_written, resume.bytes_written] if resume else [0, 0]
+    durable: list[RestoreCheckpoint | None] = [resume]
+    last = [counts[1], time.monotonic()]  # bytes and time at the last checkpoint
+
+    def write(offset: int, data: bytes | memoryview) -> None:
+        os.pwrite(fd, data, offset)
+
+    def advance(nbytes: int) -> None:
+        counts[0] += -(-nbytes // EBS_BLOCK_SIZE)
+        counts[1] += nbytes
+        progress(counts[0], counts[1], durable[0])
+
+    def done_below(next_block: int) -> None:
+        if counts[1] - last[0] < req.checkpoint_mib * MIB and time.monotonic() - last[1] < (
+            CHECKPOINT_SECONDS
+        ):
+            return
+        os.fsync(fd)  # what the checkpoint claims is on the volume, whatever happens next
+        durable[0] = RestoreCheckpoint(
+            volume_id=req.volume_id,
+            next_block=next_block,
+            blocks_written=counts[0],
+            bytes_written=counts[1],
+        )
+        last[:] = [counts[1], time.monotonic()]
+
     try:
-
-        def write(offset: int, data: bytes | memoryview) -> None:
-            os.pwrite(fd, data, offset)
-
-        def advance(nbytes: int) -> None:
-            counts[0] += -(-nbytes // EBS_BLOCK_SIZE)
-            counts[1] += nbytes
-            progress(counts[0], counts[1])
-
         # A shared lock for as long as packs are read: a prune cannot delete them under us.
         with repo.lock(
             exclusive=False, purpose=f"restore {req.restore_id}", wait=LOCK_WAIT_SECONDS
         ):
-            restore_volume(repo, record, write, progress=advance, write_zeros=True)
+            restore_volume(
+                repo,
+                record,
+                write,
+                progress=advance,
+                write_zeros=True,
+                workers=max(MIN_THREADS, os.cpu_count() or 1),
+                from_block=resume.next_block if resume else 0,
+                done_below=done_below,
+            )
         os.fsync(fd)  # durable before the orchestrator snapshots the volume
+    except Exception as exc:
+        raise WriteFailed(exc, durable[0]) from exc
     finally:
         os.close(fd)
-    return WriteVolumeOutput(blocks_written=counts[0], bytes_written=counts[1])
+    return WriteVolumeOutput(
+        blocks_written=counts[0],
+        bytes_written=counts[1],
+        resumed_from_block=resume.next_block if resume else 0,
+    )

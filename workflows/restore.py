@@ -9,8 +9,11 @@
 
 A backup is written by a worker in the target onto volumes created empty (they read as zeros
 where nothing is written, encrypted or not), never through the orchestrator: see
-`ec2backup.restore.worker` for why not EBS-direct writes. A lost worker (heartbeat or
-schedule-to-start timeout) is replaced and the volumes are written again from the start.
+`ec2backup.restore.worker` for why not EBS-direct writes. Each volume's write reports durable
+checkpoints (in its heartbeats and its failure). A lost worker (heartbeat or schedule-to-start
+timeout) is replaced, its volumes kept and attached to the new one: volumes already written
+are not written again, the others go on from their last checkpoint (as does a write retried
+on the same worker after a transient error).
 
 `dry_run` stops after planning: the plan's checks (restore point readable, keys, snapshots,
 subnet, zone, instance type, KMS key) are the result; nothing is created.
@@ -23,7 +26,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 from workflows.common import (
     CONTROL_RETRY,
@@ -49,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         PlanRestoreInput,
         ProvisionRestoreWorkerInput,
         ReleaseRestoreWorkerInput,
+        RestoreCheckpoint,
         RestoreInput,
         RestoreOutput,
         RestorePlan,
@@ -60,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
         SnapshotWorkerVolumesOutput,
         WriteVolumeInput,
         WriteVolumeOutput,
+        WriteVolumeProgress,
     )
     from worker_agent import activities as agent_activities
 
@@ -79,6 +84,24 @@ CLEANUP_TIMEOUT = timedelta(minutes=15)
 # worker is tried again this many times, before the restore fails.
 MAX_WORKERS = 4
 MAX_WRITE_ERRORS = 3
+# Histories from before checkpoints (a lost worker took its volumes with it; every volume was
+# written again from the start) replay as they ran.
+RESUME_PATCH = "restore-resume-v1"
+
+
+def checkpoint_of(exc: ActivityError) -> RestoreCheckpoint | None:
+    """The last durable checkpoint a failed write reported: in its last heartbeat (a timeout)
+    or in its failure's details."""
+    cause = exc.cause
+    if isinstance(cause, TimeoutError):
+        details = list(cause.last_heartbeat_details)
+    elif isinstance(cause, ApplicationError):
+        details = list(cause.details)
+    else:
+        return None
+    if not details or not isinstance(details[0], dict):
+        return None
+    return WriteVolumeProgress.model_validate(details[0]).checkpoint
 
 
 @workflow.defn(name="Restore")
@@ -88,6 +111,9 @@ class Restore:
         self._retrieval: RetrievalOutput | None = None
         self._worker: RestoreWorker | None = None
         self._written: dict[str, WriteVolumeOutput] = {}
+        self._checkpoints: dict[str, RestoreCheckpoint] = {}
+        self._resumed: dict[str, int] = {}
+        self._workers_used = 0
 
     @workflow.query(name="phase")
     def phase(self) -> str:
@@ -121,6 +147,7 @@ class Restore:
                     cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
                 attempts += 1
+                self._workers_used = attempts
                 raise_if_cancelled()
             worker = self._worker
             todo = [v for v in worker.volumes if v.device not in self._written]
@@ -136,14 +163,21 @@ class Restore:
             done, lost, errors = settle_round(todo, results, errors, MAX_WRITE_ERRORS)
             for volume, written in done:
                 self._written[volume.device] = written
+                if written.resumed_from_block:
+                    self._resumed[volume.device] = written.resumed_from_block
             if lost:
                 workflow.logger.warning(
                     "restore worker %s lost; provisioning a new one", worker.instance_id
                 )
-                # Its volumes go with it: the next worker writes every volume again.
-                await run_to_completion(self._release(plan, worker.instance_id))
+                if workflow.patched(RESUME_PATCH):
+                    # Its volumes stay: the next worker gets them attached and goes on.
+                    await run_to_completion(
+                        self._release(plan, worker.instance_id, keep_volumes=True)
+                    )
+                else:
+                    await run_to_completion(self._release(plan, worker.instance_id))
+                    self._written = {}
                 self._worker = None
-                self._written = {}
         self._phase = "snapshotting"
         snapped: SnapshotWorkerVolumesOutput = await workflow.execute_activity(
             restore_activities.snapshot_restore_volumes,
@@ -163,6 +197,27 @@ class Restore:
         vp = next(v for v in plan.volumes if v.device == volume.device)
         assert plan.repository and plan.backup_id and plan.secret_name
         assert vp.record_index is not None
+        resume = self._checkpoints.get(volume.device)
+        try:
+            return await self._write_from(
+                plan, worker, volume, vp.size_gib, vp.record_index, resume
+            )
+        except ActivityError as exc:
+            checkpoint = checkpoint_of(exc)
+            if checkpoint is not None:
+                self._checkpoints[volume.device] = checkpoint
+            raise
+
+    async def _write_from(
+        self,
+        plan: RestorePlan,
+        worker: RestoreWorker,
+        volume: RestoreWorkerVolume,
+        size_gib: int,
+        record_index: int,
+        resume: RestoreCheckpoint | None,
+    ) -> WriteVolumeOutput:
+        assert plan.repository and plan.backup_id and plan.secret_name
         result: WriteVolumeOutput = await workflow.execute_activity(
             agent_activities.write_volume,
             WriteVolumeInput(
@@ -171,11 +226,13 @@ class Restore:
                 secret_name=plan.secret_name,
                 secret_region=plan.region,
                 backup_id=plan.backup_id,
-                record_index=vp.record_index,
+                record_index=record_index,
                 device=volume.device,
                 worker_device=volume.worker_device,
                 volume_id=volume.volume_id,
-                size_gib=vp.size_gib,
+                size_gib=size_gib,
+                resume=resume if resume and resume.volume_id == volume.volume_id else None,
+                checkpoint_mib=plan.checkpoint_mib,
             ),
             task_queue=worker.task_queue,
             start_to_close_timeout=DATA_TIMEOUT,
@@ -187,7 +244,9 @@ class Restore:
         )
         return result
 
-    async def _release(self, plan: RestorePlan, only_instance_id: str | None) -> None:
+    async def _release(
+        self, plan: RestorePlan, only_instance_id: str | None, keep_volumes: bool = False
+    ) -> None:
         await workflow.execute_activity(
             restore_activities.release_restore_worker,
             ReleaseRestoreWorkerInput(
@@ -196,6 +255,7 @@ class Restore:
                 role_arn=plan.role_arn,
                 secret_name=plan.secret_name,
                 only_instance_id=only_instance_id,
+                keep_volumes=keep_volumes,
             ),
             start_to_close_timeout=CLEANUP_TIMEOUT,
             heartbeat_timeout=LIVENESS_TIMEOUT,
@@ -297,6 +357,8 @@ class Restore:
                 source_reason=plan.source_reason,
                 bytes_written=written,
                 retrieval_seconds=retrieval_seconds,
+                workers_used=self._workers_used,
+                resumed_from_blocks=self._resumed,
             )
         except ActivityError as exc:
             if cancel_requested():

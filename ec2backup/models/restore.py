@@ -80,6 +80,8 @@ class RestorePlan(BaseModel):
     worker_subnet_id: str | None = None
     heartbeat_timeout_seconds: float = 60.0
     boot_timeout_seconds: float = 600.0
+    # How much a restore worker writes between durable checkpoints ([performance]).
+    checkpoint_mib: int = 256
 
 
 class RetrievalInput(BaseModel):
@@ -120,6 +122,18 @@ class RestoreWorker(BaseModel):
     volumes: list[RestoreWorkerVolume]
 
 
+class RestoreCheckpoint(BaseModel):
+    """How far a volume's write got, durably (fsynced before it was reported): every stored
+    block below `next_block` is on the volume. In the agent's heartbeats and in its failures,
+    so the workflow can hand it to the next attempt (on this worker or a new one the volume
+    is re-attached to)."""
+
+    volume_id: str
+    next_block: int
+    blocks_written: int
+    bytes_written: int
+
+
 class WriteVolumeInput(BaseModel):
     """Agent: write one volume record of a restore point onto an attached device."""
 
@@ -133,11 +147,23 @@ class WriteVolumeInput(BaseModel):
     worker_device: str
     volume_id: str  # the worker volume the device must be
     size_gib: int
+    # Where an earlier write of this very volume got to (durably): this one goes on from there.
+    resume: RestoreCheckpoint | None = None
+    checkpoint_mib: int = 256
+
+
+class WriteVolumeProgress(BaseModel):
+    """The agent's heartbeat details, and the details of its failure (checkpoint only)."""
+
+    blocks_written: int = 0
+    bytes_written: int = 0
+    checkpoint: RestoreCheckpoint | None = None
 
 
 class WriteVolumeOutput(BaseModel):
     blocks_written: int
     bytes_written: int
+    resumed_from_block: int = 0  # 0: written from the start
 
 
 class SnapshotWorkerVolumesInput(BaseModel):
@@ -155,6 +181,9 @@ class ReleaseRestoreWorkerInput(BaseModel):
     role_arn: str | None = None
     secret_name: str | None = None
     only_instance_id: str | None = None
+    # Let only the instance go (a lost worker): its volumes stay for the next worker, which
+    # goes on writing them from their checkpoints.
+    keep_volumes: bool = False
 
 
 class ReleaseRestoreWorkerOutput(BaseModel):
@@ -205,3 +234,7 @@ class RestoreOutput(BaseModel):
     source_reason: str | None = None  # when the catalog chose the source: which and why
     bytes_written: int = 0
     retrieval_seconds: float | None = None  # source archive: how long the packs took to return
+    # Backup sources: the restore workers provisioned (more than 1: lost ones were replaced),
+    # and the devices whose write went on from a checkpoint (device -> first block written).
+    workers_used: int = 0
+    resumed_from_blocks: dict[str, int] = Field(default_factory=dict)

@@ -58,9 +58,10 @@ class ZeroRun:
 
 
 def plan_runs(
-    repo: Repository, volume: VolumeRecord, *, zeros: bool = False
+    repo: Repository, volume: VolumeRecord, *, zeros: bool = False, from_block: int = 0
 ) -> Iterator[Run | ZeroRun]:
-    """Runs of blobs to fetch, in block order; raises if the map names an unknown blob.
+    """Runs of blobs to fetch, in block order, of the blocks from `from_block` on; raises if
+    the map names an unknown blob.
 
     With `zeros`, written zero blocks come as `ZeroRun`s too (in block order among the runs);
     holes never do."""
@@ -69,12 +70,12 @@ def plan_runs(
     run: Run | None = None
     zero_run: ZeroRun | None = None
     for p, page_id in enumerate(volume.pages):
-        if page_id is None:
+        base = p * PAGE_BLOCKS
+        if page_id is None or base + PAGE_BLOCKS <= from_block:
             continue
         page = repo.load_page(page_id)
-        base = p * PAGE_BLOCKS
         limit = min(PAGE_BLOCKS, n_blocks - base)
-        for slot in range(limit):
+        for slot in range(max(0, from_block - base), limit):
             bid = page[slot * ID_SIZE : (slot + 1) * ID_SIZE]
             if bid == ZERO_ID:
                 continue
@@ -162,36 +163,51 @@ def restore_volume(
     progress: Callable[[int], None] | None = None,
     workers: int = RESTORE_WORKERS,
     write_zeros: bool = False,
+    from_block: int = 0,
+    done_below: Callable[[int], None] | None = None,
 ) -> int:
-    """Write every stored block of `volume` through `write(offset, data)`; returns bytes.
+    """Write every stored block of `volume` from block `from_block` on through
+    `write(offset, data)`; returns bytes.
 
     Holes are never written: the target must read as zeros already (a fresh sparse file, a new
     EBS volume created empty). Written zero blocks are written too when `write_zeros` (so the
     target lists them as written, as the source did); else they are left like holes. `write`
-    is called from worker threads (os.pwrite is fine).
+    is called from worker threads (os.pwrite is fine). `done_below(n)` is called (from this
+    thread) whenever every block below n has been handed to `write`: the caller may make that
+    durable and checkpoint it (runs finish out of order; n only ever grows).
     """
     codec = BlobCodec(repo.data_key, repo.config.compression_level)
     total = 0
-    inflight: collections.deque[Future[int]] = collections.deque()
+    inflight: collections.deque[tuple[Future[int], int]] = collections.deque()
+
+    def settle() -> None:
+        nonlocal total
+        future, end = inflight.popleft()
+        n = future.result()
+        total += n
+        if progress is not None:
+            progress(n)
+        if done_below is not None:
+            done_below(end)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
         try:
-            for run in plan_runs(repo, volume, zeros=write_zeros):
+            for run in plan_runs(repo, volume, zeros=write_zeros, from_block=from_block):
                 if isinstance(run, ZeroRun):
-                    inflight.append(pool.submit(write_zero_run, run, volume.size, write))
+                    future = pool.submit(write_zero_run, run, volume.size, write)
+                    end = run.start + run.count
                 else:
-                    inflight.append(pool.submit(_fetch_run, repo, codec, run, volume.size, write))
+                    future = pool.submit(_fetch_run, repo, codec, run, volume.size, write)
+                    end = run.items[-1][0] + 1
+                inflight.append((future, end))
                 while len(inflight) > MAX_INFLIGHT_RUNS:
-                    n = inflight.popleft().result()
-                    total += n
-                    if progress is not None:
-                        progress(n)
+                    settle()
             while inflight:
-                n = inflight.popleft().result()
-                total += n
-                if progress is not None:
-                    progress(n)
+                settle()
+            if done_below is not None:
+                done_below(-(-volume.size // EBS_BLOCK_SIZE))
         except BaseException:
-            for f in inflight:
+            for f, _ in inflight:
                 f.cancel()
             raise
     return total

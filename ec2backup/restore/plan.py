@@ -394,6 +394,7 @@ def _worker_fields(
         "worker_subnet_id": req.worker_subnet_id or req.subnet_id,
         "heartbeat_timeout_seconds": workers.heartbeat_timeout(),
         "boot_timeout_seconds": workers.boot_timeout(),
+        "checkpoint_mib": config.load().performance.restore_checkpoint_mib,
     }
 
 

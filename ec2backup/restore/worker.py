@@ -160,11 +160,19 @@ def release(
     secret_name: str | None,
     only_instance_id: str | None = None,
     heartbeat: Callable[[str], None] = lambda _: None,
+    keep_volumes: bool = False,
 ) -> ReleaseRestoreWorkerOutput:
-    """Terminate the restore's workers, delete their volumes and (unless only one instance is
-    let go) its secret. Idempotent."""
+    """Terminate the restore's workers, delete their volumes (unless `keep_volumes`, for one
+    lost instance: the next worker attaches them) and (unless only one instance is let go) its
+    secret. Idempotent."""
     out = workers.release(
-        restore_id, region, role_arn, secret_name, only_instance_id, heartbeat=heartbeat
+        restore_id,
+        region,
+        role_arn,
+        secret_name,
+        only_instance_id,
+        heartbeat=heartbeat,
+        keep_volumes=keep_volumes,
     )
     return ReleaseRestoreWorkerOutput(
         instances_terminated=out.instances_terminated, volumes_deleted=out.volumes_deleted
