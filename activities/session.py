@@ -72,6 +72,7 @@ def replicate_snapshots(req: ReplicateInput) -> ReplicateOutput:
         target=req.target,
         installation_key=installation.installation_key(),
         heartbeat=heartbeat,
+        max_concurrent=req.max_concurrent,
     )
 
 

@@ -9,6 +9,11 @@ with how much it wants and for how long) and gets `shares`' max-min fair split o
 (`[performance] ebs_get_block_rps_account`); its agent then paces its GetSnapshotBlock calls to
 that share (`RateLimiter`). A session that ends releases its share; one that died is dropped
 when its lease runs out. More sessions: each reads slower, none fails.
+
+CopySnapshot is a budget of slots, not of a rate: at most 20 copies in progress per destination
+Region and account (`[performance] copy_snapshot_concurrency`). A session's replication asks
+for as many slots as it has snapshots and gets `slot_grant`'s part: never a slot another
+session was granted and may be using; with none free it waits on a timer and asks again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import threading
 import time
 
 GET_SNAPSHOT_BLOCK = "GetSnapshotBlock"
+# Not a rate: snapshot copies in progress at once per destination Region (AWS: 20), shared the
+# same way; a session copies at most its share at once (ec2backup.replication).
+COPY_SNAPSHOT = "CopySnapshot"
 
 
 def budget_id(account: str, region: str, api: str) -> str:
@@ -39,6 +47,14 @@ def shares(quota: float, wants: dict[str, float]) -> dict[str, float]:
             left -= want
             del todo[holder]
     return out
+
+
+def slot_grant(quota: float, want: float, others_granted: float, holders: int) -> int:
+    """Slots for one holder of a slot budget: its fair part (at least one), no more than it
+    wants, and never what the others were granted (they may be using it: a rate share can be
+    taken back at the next call, a copy in progress cannot). 0: wait and ask again."""
+    fair = max(1, int(quota // max(1, holders)))
+    return max(0, min(int(want), fair, int(quota - others_granted)))
 
 
 # The token bucket holds this much of a second's worth: a burst after a pause exceeds the rate

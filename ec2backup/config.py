@@ -195,6 +195,12 @@ class PerformanceSettings(_Section):
         description="the account's GetSnapshotBlock quota per Region (1,000/s unless raised): "
         "every session's EBS direct reads share it (ec2backup.budget)",
     )
+    copy_snapshot_concurrency: int = Field(
+        default=20,
+        ge=1,
+        description="snapshot copies in progress at once per destination Region and account "
+        "(AWS: 20): every session's replication shares them (ec2backup.budget)",
+    )
     restore_checkpoint_mib: int = Field(
         default=256,
         ge=1,

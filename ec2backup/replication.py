@@ -21,10 +21,15 @@ from ec2backup.models.snapshots import SnapshotSet
 
 log = logging.getLogger("ec2backup.replication")
 
-# AWS: at most 20 concurrent snapshot copies per destination Region (ResourceLimitExceeded).
+# AWS: at most 20 concurrent snapshot copies per destination Region (ResourceLimitExceeded),
+# for every session of the account together: a session copies at most its share of them
+# (`max_concurrent`, from the CopySnapshot budget, ec2backup.budget).
 MAX_CONCURRENT_COPIES = 20
 SOURCE_KEY = "ec2backup:source-snapshot"
 COPY_POLL_SECONDS = 1.0
+# A copy refused for the Region's limit (others' copies hold it: another installation, a
+# console user, a share that went out of date) waits for a slot instead of failing the session.
+LIMIT_WAIT_SECONDS = 5.0
 
 
 class ReplicationError(UserError):
@@ -46,6 +51,7 @@ def replicate_set(
     target: ReplicationSpec,
     installation_key: bytes,
     heartbeat: Callable[[str], None] = lambda _: None,
+    max_concurrent: int = MAX_CONCURRENT_COPIES,
 ) -> ReplicateOutput:
     src_ec2 = aws.client("ec2", snapshot_set.region, snapshot_set.account_role_arn)
     dst_ec2 = aws.client("ec2", target.region, target.account_role_arn)
@@ -62,11 +68,14 @@ def replicate_set(
     pending = list(snapshot_set.members)
     copies: dict[str, str] = {}
     in_flight: dict[str, str] = {}  # copy id -> source snapshot id
+    limit = max(1, min(max_concurrent, MAX_CONCURRENT_COPIES))
+    refused = 0  # copies refused for the Region's limit since the last one started
     while pending or in_flight:
-        while pending and len(in_flight) < MAX_CONCURRENT_COPIES:
-            member = pending.pop(0)
+        while pending and len(in_flight) < limit:
+            member = pending[0]
             existing = _find_copy(dst_ec2, member.snapshot_id)
             if existing is not None:
+                pending.pop(0)
                 in_flight[existing["SnapshotId"]] = member.snapshot_id
                 continue
             if cross_account:
@@ -93,9 +102,28 @@ def replicate_set(
                 params["Encrypted"] = True
             if target.kms_key_id:
                 params["KmsKeyId"] = target.kms_key_id
-            copy_id = dst_ec2.copy_snapshot(**params)["SnapshotId"]
+            try:
+                copy_id = dst_ec2.copy_snapshot(**params)["SnapshotId"]
+            except Exception as exc:
+                if aws.error_code(exc) != "ResourceLimitExceeded":
+                    raise
+                refused += 1
+                log.info(
+                    "copy of %s to %s waits for a slot: %s", member.snapshot_id, target.region, exc
+                )
+                break  # after the next poll (one of ours may complete), or a pause
+            pending.pop(0)
+            refused = 0
             log.info("snapshot %s copied to %s (%s)", member.snapshot_id, copy_id, target.region)
             in_flight[copy_id] = member.snapshot_id
+        if not in_flight:
+            # Every slot of the Region is someone else's: look again in a while.
+            heartbeat(
+                f"{len(copies)}/{len(snapshot_set.members)} copies completed; "
+                f"waiting for a copy slot in {target.region} ({refused} refused)"
+            )
+            time.sleep(LIMIT_WAIT_SECONDS)
+            continue
         states = {
             s["SnapshotId"]: s
             for s in dst_ec2.describe_snapshots(SnapshotIds=list(in_flight))["Snapshots"]

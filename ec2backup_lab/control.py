@@ -361,6 +361,8 @@ def metrics(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, 
         # per EBS direct API: requests, throttled ones, the most admitted in any 1-second
         # window (per account and Region, and the most for one snapshot), the limits in effect
         "ebs_direct": timing.ebs_metrics(runtime.timing, runtime.ebs_meter),
+        # the most snapshot copies in progress at once, per "account/Region" (destination)
+        "copies_in_progress_peak": dict(runtime.copies_peak),
     }
 
 
@@ -370,6 +372,7 @@ def reset_counters() -> None:
     with runtime.lock:
         runtime.api_calls.clear()
         runtime.blocks_served = 0
+        runtime.copies_peak.clear()
     runtime.ebs_meter.reset()
 
 

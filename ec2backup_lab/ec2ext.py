@@ -111,6 +111,7 @@ class Snapshot(MotoSnapshot):
         # read as this seed's random bytes, not zeros (blockstore.noise_digest).
         self.lab_noise: str | None = None
         self.lab_put_blocks: set[int] = set()
+        self.lab_copy = False  # made by CopySnapshot
 
     @property  # type: ignore[override]
     def status(self) -> str:
@@ -603,6 +604,18 @@ class LabEC2Backend(EC2Backend):
             )
         if kms_key_id:
             self._check_kms_key(kms_key_id)
+        runtime = get_runtime()
+        in_progress = sum(
+            1
+            for s in self.snapshots.values()
+            if getattr(s, "lab_copy", False) and s.status == "pending"
+        )
+        if in_progress >= runtime.copy_snapshot_concurrency:
+            raise LabClientError(
+                "ResourceLimitExceeded",
+                f"You have reached the limit of {runtime.copy_snapshot_concurrency} concurrent "
+                f"snapshot copies in progress to {self.region_name}.",
+            )
         encrypted = encrypted or source.encrypted or bool(kms_key_id)
         if encrypted and not kms_key_id:
             # AWS: an encrypted copy without KmsKeyId uses the destination's default EBS key.
@@ -620,7 +633,11 @@ class LabEC2Backend(EC2Backend):
         # A copy carries the source's content, random holes included (re-keying decrypts
         # and re-encrypts whatever the blocks hold).
         snapshot.lab_noise = getattr(source, "lab_noise", None)
+        snapshot.lab_copy = True  # counted against the copies in progress while pending
         self.snapshots[snapshot.id] = snapshot
+        with runtime.lock:
+            key = f"{self.account_id}/{self.region_name}"
+            runtime.copies_peak[key] = max(runtime.copies_peak.get(key, 0), in_progress + 1)
         return snapshot
 
     def visible_snapshots(self, owner_ids: list[str], restorable_by: list[str]) -> list[Any]:

@@ -24,6 +24,9 @@ DEFAULT_ROLE_SESSION_SECONDS = 3600.0
 # After StartSnapshot, PutSnapshotBlock can answer "does not exist" for a while on AWS (up to
 # about 2 minutes, coldsnap PR #56); the lab's window is short but never zero.
 DEFAULT_START_SNAPSHOT_UNKNOWN_SECONDS = 2.0
+# AWS: at most 20 snapshot copies in progress per destination Region (per account); the next
+# CopySnapshot answers ResourceLimitExceeded (EBS user guide, "Copy an Amazon EBS snapshot").
+DEFAULT_COPY_SNAPSHOT_CONCURRENCY = 20
 
 
 @dataclass
@@ -64,6 +67,9 @@ class LabRuntime:
         # AWS's default role session (AssumeRole without DurationSeconds): 1 hour.
         self.role_session_seconds = DEFAULT_ROLE_SESSION_SECONDS
         self.start_snapshot_unknown_seconds = DEFAULT_START_SNAPSHOT_UNKNOWN_SECONDS
+        self.copy_snapshot_concurrency = DEFAULT_COPY_SNAPSHOT_CONCURRENCY
+        # The most snapshot copies seen in progress at once, per "account/Region" (metrics).
+        self.copies_peak: dict[str, int] = {}
         self.s3_restore_reads = DEFAULT_S3_RESTORE_READS
         # `lab up --enforce-iam`: assumed roles get only what their policies allow (iam.py)
         self.enforce_iam = False
@@ -108,6 +114,11 @@ class LabRuntime:
                 if window < 0:
                     raise ValueError("start_snapshot_unknown_seconds must be >= 0")
                 self.start_snapshot_unknown_seconds = window
+            if "copy_snapshot_concurrency" in data:
+                copies = int(data["copy_snapshot_concurrency"])
+                if copies < 1:
+                    raise ValueError("copy_snapshot_concurrency must be >= 1")
+                self.copy_snapshot_concurrency = copies
             if "s3_restore_reads" in data:
                 reads = int(data["s3_restore_reads"])
                 if reads < 0:
@@ -131,6 +142,7 @@ class LabRuntime:
             "snapshot_pending_seconds": self.snapshot_pending_seconds,
             "role_session_seconds": self.role_session_seconds,
             "start_snapshot_unknown_seconds": self.start_snapshot_unknown_seconds,
+            "copy_snapshot_concurrency": self.copy_snapshot_concurrency,
             "s3_restore_reads": self.s3_restore_reads,
             "temporal_address": self.temporal_address,
             "enforce_iam": self.enforce_iam,

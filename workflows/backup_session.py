@@ -36,7 +36,7 @@ from workflows.common import (
 with workflow.unsafe.imports_passed_through():
     from activities import budget as budget_activities
     from activities import session as session_activities
-    from ec2backup.budget import GET_SNAPSHOT_BLOCK, budget_id
+    from ec2backup.budget import COPY_SNAPSHOT, GET_SNAPSHOT_BLOCK, budget_id
     from ec2backup.models.authorization import AuthorizeInput
     from ec2backup.models.budget import BudgetLease, BudgetReleaseRequest, BudgetRequest
     from ec2backup.models.session import (
@@ -81,6 +81,10 @@ CLEANUP_TIMEOUT = timedelta(minutes=15)
 # Sessions that read with EBS direct ask their account's budget for a share (ec2backup.budget):
 # one update of a workflow, retried by CONTROL_RETRY when Temporal is slow to answer.
 BUDGET_PATCH = "rate-budget-v1"
+# Replications ask for a share of the destination's copy slots (ec2backup.budget.COPY_SNAPSHOT).
+COPY_BUDGET_PATCH = "copy-budget-v1"
+# How often a session whose replication waits for a copy slot asks again (copies take minutes).
+COPY_SLOT_WAIT = timedelta(seconds=10)
 BUDGET_TIMEOUT = timedelta(minutes=2)
 
 
@@ -231,15 +235,63 @@ class BackupSession(Pausable):
         for target in targets[len(self._carry.replicas) :]:
             self._phase = "replicating"
             raise_if_cancelled()
-            replicas: ReplicateOutput = await workflow.execute_activity(
-                session_activities.replicate_snapshots,
-                ReplicateInput(session_id=session_id, snapshot_set=snapshot_set, target=target),
-                start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
-                heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
-                retry_policy=CONTROL_RETRY,
-            )
+            lease: BudgetLease | None = None
+            if workflow.patched(COPY_BUDGET_PATCH):
+                lease = await self._copy_slots(session_id, target, len(snapshot_set.members))
+            try:
+                replicas: ReplicateOutput = await workflow.execute_activity(
+                    session_activities.replicate_snapshots,
+                    ReplicateInput(
+                        session_id=session_id,
+                        snapshot_set=snapshot_set,
+                        target=target,
+                        max_concurrent=max(1, int(lease.rps)) if lease else 20,
+                    ),
+                    start_to_close_timeout=SNAPSHOT_WAIT_TIMEOUT,
+                    heartbeat_timeout=SNAPSHOT_HEARTBEAT_TIMEOUT,
+                    retry_policy=CONTROL_RETRY,
+                )
+            finally:
+                if lease is not None:
+                    await run_to_completion(
+                        workflow.execute_activity(
+                            budget_activities.release_budget,
+                            BudgetReleaseRequest(
+                                account=lease.account,
+                                region=target.region,
+                                api=COPY_SNAPSHOT,
+                                holder=session_id,
+                            ),
+                            start_to_close_timeout=BUDGET_TIMEOUT,
+                            retry_policy=CONTROL_RETRY,
+                        )
+                    )
             self._carry.replicas.append(replicas)
             self._carry.replica_ids += replicas.replica_ids
+
+    async def _copy_slots(self, session_id: str, target: ReplicationSpec, want: int) -> BudgetLease:
+        """Slots of the destination's copy budget (ec2backup.budget.COPY_SNAPSHOT): waits
+        (a durable timer) while every slot is in use by other sessions."""
+        while True:
+            lease: BudgetLease = await workflow.execute_activity(
+                budget_activities.acquire_budget,
+                BudgetRequest(
+                    account="",
+                    account_role_arn=target.account_role_arn,
+                    region=target.region,
+                    api=COPY_SNAPSHOT,
+                    holder=session_id,
+                    want_rps=want,
+                ),
+                start_to_close_timeout=BUDGET_TIMEOUT,
+                retry_policy=CONTROL_RETRY,
+            )
+            if lease.rps >= 1:
+                self._phase = "replicating"
+                return lease
+            self._phase = f"replicating (waiting for a copy slot in {target.region})"
+            await workflow.sleep(COPY_SLOT_WAIT)
+            raise_if_cancelled()
 
     async def _snapshots(self, session_id: str) -> SnapshotSet:
         if self._carry.snapshot_set is not None:

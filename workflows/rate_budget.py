@@ -10,7 +10,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from ec2backup.budget import shares
+    from ec2backup.budget import shares, slot_grant
     from ec2backup.models.budget import (
         AcquireBudgetInput,
         BudgetHolder,
@@ -24,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
 
 # With nobody holding a share for this long, the workflow ends (a new acquire restarts it).
 IDLE_END = timedelta(minutes=10)
+# A holder of a slot budget that got nothing asks again within this (else it is gone).
+WAITER_TTL = timedelta(minutes=2)
 
 
 @workflow.defn(name="RateBudget")
@@ -64,11 +66,24 @@ class RateBudget:
         assert self._state is not None
         self._prune()
         self._state.quota_rps = req.quota_rps  # the configuration as the orchestrator reads it
-        self._state.holders[req.holder] = BudgetHolder(
+        holder = BudgetHolder(
             want_rps=req.want_rps,
             expires=workflow.now() + timedelta(seconds=req.ttl_seconds),
         )
+        self._state.holders[req.holder] = holder
         self._changed = True
+        if req.slots:
+            others = sum(v.granted for h, v in self._state.holders.items() if h != req.holder)
+            holder.granted = slot_grant(
+                req.quota_rps, req.want_rps, others, len(self._state.holders)
+            )
+            if not holder.granted:  # it asks again soon; one that went away stops counting
+                holder.expires = min(holder.expires, workflow.now() + WAITER_TTL)
+            return BudgetLease(
+                rps=holder.granted,
+                quota_rps=self._state.quota_rps,
+                holders=len(self._state.holders),
+            )
         return BudgetLease(
             rps=self._shares()[req.holder],
             quota_rps=self._state.quota_rps,

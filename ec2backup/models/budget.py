@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 class BudgetHolder(BaseModel):
     want_rps: float
     expires: datetime  # dropped unless renewed by then (a session that died without releasing)
+    granted: float = 0.0  # slot budgets: what this holder was given and may be using
 
 
 class BudgetInput(BaseModel):
@@ -27,12 +28,16 @@ class AcquireBudgetInput(BaseModel):
     want_rps: float
     ttl_seconds: float
     quota_rps: float  # the account's quota as configured now
+    # A budget of slots (things in progress at once), not of a rate: a grant never lends what
+    # another holder was granted and may still be using (ec2backup.budget.slot_grant).
+    slots: bool = False
 
 
 class BudgetLease(BaseModel):
-    rps: float  # this holder's share now
+    rps: float  # this holder's share now (CopySnapshot: copies in progress at once)
     quota_rps: float
     holders: int
+    account: str = ""  # the account the budget is of (resolved when the request named a role)
 
 
 class ReleaseBudgetInput(BaseModel):
@@ -56,11 +61,12 @@ class BudgetStateInput(BaseModel):
 class BudgetRequest(BaseModel):
     """acquire_budget: a share of one API's budget in one account and Region."""
 
-    account: str
+    account: str  # "": the account of `account_role_arn` (or the orchestrator's own)
     region: str
     api: str
     holder: str
     want_rps: float
+    account_role_arn: str | None = None
 
 
 class BudgetReleaseRequest(BaseModel):

@@ -166,6 +166,8 @@ class ReplicateInput(BaseModel):
     session_id: str
     snapshot_set: SnapshotSet
     target: ReplicationSpec
+    # This session's share of the destination's copy slots (the CopySnapshot budget).
+    max_concurrent: int = Field(default=20, ge=1)
 
 
 class ReplicateOutput(BaseModel):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ec2backup.budget import RateLimiter, budget_id, shares
+from ec2backup.budget import RateLimiter, budget_id, shares, slot_grant
 
 
 def test_shares_are_max_min_fair() -> None:
@@ -53,3 +53,15 @@ def test_the_limiter_paces_threads_to_its_rate() -> None:
 @pytest.mark.parametrize("rate", [0.0, -1.0])
 def test_a_zero_rate_does_not_divide_by_zero(rate: float) -> None:
     assert RateLimiter(rate).rate > 0
+
+
+def test_slot_grants_never_lend_what_others_hold() -> None:
+    # Alone: what it wants, up to the quota.
+    assert slot_grant(20, 3, 0, 1) == 3 and slot_grant(20, 30, 0, 1) == 20
+    # Three holders of 2 slots: the first two get one each, the third waits (0), never 3 in use.
+    assert slot_grant(2, 3, 0, 1) == 2  # the first, alone when it asked
+    assert slot_grant(2, 3, 2, 2) == 0  # the second: the first holds both
+    assert slot_grant(2, 3, 0, 3) == 1  # the first again, after the others came: its fair part
+    assert slot_grant(2, 3, 1, 3) == 1 and slot_grant(2, 3, 2, 3) == 0
+    # Fair part at least one; never a fraction.
+    assert slot_grant(20, 10, 0, 3) == 6 and slot_grant(20, 10, 18, 3) == 2

@@ -14,9 +14,14 @@ from ec2backup.budget import budget_id
 from ec2backup.models.budget import BudgetState, BudgetStateInput
 
 QUOTA = 200
+# Snapshot copies in progress at once to one destination (AWS: 20), for the lab and for the
+# installation's configuration alike.
+COPY_SLOTS = 2
 ORCHESTRATOR_ENV: dict[str, str | None] = {
     "EC2BACKUP_PERFORMANCE__EBS_GET_BLOCK_RPS_ACCOUNT": str(QUOTA),
+    "EC2BACKUP_PERFORMANCE__COPY_SNAPSHOT_CONCURRENCY": str(COPY_SLOTS),
 }
+REPLICA_REGION = "us-west-2"
 
 
 def _ebs_direct(wb: Workbench) -> dict[str, Any]:
@@ -58,3 +63,36 @@ def test_four_sessions_share_the_accounts_quota(wb: Workbench) -> None:
 
     left = wb.temporal(state)
     assert left.quota_rps == QUOTA and left.shares == {}, left
+
+
+def test_replications_share_the_destinations_copy_slots(wb: Workbench) -> None:
+    """Three snapshot-only sessions replicate two volumes each to one Region at once, where
+    only two copies may be in progress (lab and configuration): each gets its share of the
+    slots, so every copy is asked for exactly once (none refused with ResourceLimitExceeded)
+    and all complete; the lab never saw more than two copies in progress."""
+    instances = [
+        wb.seed("--volumes", "2", "--size-gib", "1", "--fill", "0.01", "--seed", str(60 + n))
+        for n in range(3)
+    ]
+    saved = wb.lab_call("GET", "config")
+    wb.lab_call("POST", "config", {"copy_snapshot_concurrency": COPY_SLOTS,
+                                   "snapshot_pending_seconds": 3})  # fmt: skip
+    try:
+        wb.lab_call("POST", "metrics", {"reset": True})
+        sessions = [
+            wb.start_backup(i["instance_id"], "--replicate-to", REPLICA_REGION) for i in instances
+        ]
+        results = [wb.session_result(s, timeout=300) for s in sessions]
+        metrics = wb.metrics()
+    finally:
+        wb.lab_call("POST", "config", {k: saved[k] for k in (
+            "copy_snapshot_concurrency", "snapshot_pending_seconds")})  # fmt: skip
+    for session_id, result in zip(sessions, results, strict=True):
+        assert result["status"] == "completed", (session_id, result)
+        assert len(result["replica_ids"]) == len(result["snapshot_ids"]) == 3, result
+    copies = sum(len(r["replica_ids"]) for r in results)
+    print(f"copies {copies}; CopySnapshot calls {metrics['api_calls'].get('CopySnapshot')}; "
+          f"peak in progress {metrics['copies_in_progress_peak']}")  # fmt: skip
+    assert metrics["api_calls"].get("CopySnapshot") == copies, metrics["api_calls"]
+    peak = metrics["copies_in_progress_peak"]
+    assert peak.get(f"{ACCOUNT_A}/{REPLICA_REGION}", 0) <= COPY_SLOTS, peak
