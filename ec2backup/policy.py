@@ -270,7 +270,7 @@ class WorkerConfig(_Strict):
         "(default: 1, 2 above 2 TiB)",
     )
     read: Literal["auto", "attached", "ebs-direct"] = Field(
-        default="attached",
+        default="auto",
         description="how volumes are read: auto (per volume, the faster of EBS direct and "
         "attached copies), attached, ebs-direct",
     )

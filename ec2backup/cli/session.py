@@ -129,10 +129,10 @@ def register(app: typer.Typer) -> None:
             help="Copies of each volume the worker reads in parallel (default: by size)",
         ),
         read: ReadOption = typer.Option(
-            ReadOption.attached,
+            ReadOption.auto,
             "--read",
-            help="How volumes are read: auto (per volume, the faster), attached copies, or "
-            "ebs-direct (GetSnapshotBlock, no copy)",
+            help="How volumes are read: auto (per volume, the faster; the default), attached "
+            "copies, or ebs-direct (GetSnapshotBlock, no copy)",
         ),
         wait: bool = typer.Option(False, "--wait", help="Show progress until it ends"),
     ) -> None:

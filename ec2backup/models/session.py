@@ -37,9 +37,8 @@ class WorkerSpec(BaseModel):
     # Copies of each volume the worker reads at once, one writer each (None: by size,
     # ec2backup.workers.plan_volume).
     copies: int | None = Field(default=None, ge=1, le=MAX_COPIES)
-    # How volumes are read (ec2backup.readplan): `auto` chooses per volume. The default stays
-    # `attached` until the whole suite has run with `auto` (issue 18, not finished).
-    read: Literal["auto", "attached", "ebs-direct"] = "attached"
+    # How volumes are read (ec2backup.readplan): `auto` chooses per volume.
+    read: Literal["auto", "attached", "ebs-direct"] = "auto"
 
 
 class ImageBackupSpec(BaseModel):

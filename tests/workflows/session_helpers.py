@@ -313,7 +313,9 @@ class Workbench:
         return dict(self.lab_call("GET", "metrics"))
 
     def agent_bytes(self) -> int:
-        return int(self.metrics()["agent_bytes_read_total"])
+        """What agents read, either way: from worker volumes, and as EBS direct blocks."""
+        m = self.metrics()
+        return int(m["agent_bytes_read_total"]) + int(m["blocks_served"]) * BLOCK
 
     def written_bytes(self, volume_id: str) -> int:
         return int(self.lab_call("GET", f"volumes/{volume_id}")["blocks_written"]) * BLOCK
