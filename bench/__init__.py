@@ -24,6 +24,34 @@ Methodology
   the 1% incremental of the same image through the CLI. `index_rss_mib_<n>` is the peak RSS of
   that incremental, against the same incremental in the main run's small repository; the bound
   is an absolute 512 MiB.
+- Lab sessions (`bench.sessions`, `--sessions ROW,...`, default all; `none` skips them): the
+  product's BackupSession and Restore workflows, run by a Temporal dev server, `ec2backup
+  worker` and the lab's worker agents against a lab of the bench's own under `--out` (removed
+  afterwards unless `--keep`), on one instance whose data volume is `--session-volume-gib`
+  (64) holding `--session-data-gib` (8) of lab content (55% text, 40% random, 5% zeros).
+  Times come from each workflow's history: wall = started to closed; a session's transfer =
+  first `agent_transfer_range` started to the last one closed; a restore's write likewise for
+  `agent_write_volume`. Each figure is measured once, whatever `--runs`.
+  - timing model off: `session_vs_data_path` is a full session's transfer (MiB of the volume's
+    data it read / transfer s) against `image backup` of that volume's file into the same lab
+    S3 (same data / process wall), >= 0.7x; `restore_from_backup_mb_s` is `restore volume
+    --source backup` of that session's restore point (data / write s; the new volume must hash
+    like the source) against `image restore` of the same restore point, >= 0.7x.
+  - timing model on (`--session-timing-scale`, default 0.1, multiplies its delays;
+    `--session-first-read-mib-s`, default 20, is a copy's first-read rate, below this VM's
+    ~80-100 MiB/s data path as AWS's 100 MiB/s is below a worker's; the orchestrator's
+    `[performance]` gets the same figures): `copies_speedup` is the transfer time of a full
+    with `--read attached --copies 1` over `--copies 2`, >= 1.7x; `read_strategy_full` and
+    `read_strategy_incremental` are the session time of the strategy `--read auto` did not
+    pick over the one it picked (recorded with its reason), >= 1x; `session_incremental_s` is
+    the `--read auto` full's session time over that of the incremental after 1% of the data
+    changed, >= 3x. Fulls go to repositories of their own; each incremental's parent is a full
+    of the same data.
+  - `shared_budget`: four instances (`--session-budget-mib`, default 1024, each), four sessions
+    at once with `--read ebs-direct` under a lab account quota of 200 GetSnapshotBlock/s that
+    the orchestrator's `[performance] ebs_get_block_rps_account` names too (timing model on):
+    the peak rate the lab admitted in any second against the quota; passes with no request
+    throttled and every session completed.
 - The VM is shared and has 2 vCPUs: expect +/-10-25% noise between runs (see
   /work/shared/research/performance-facts.md).
 """

@@ -1,4 +1,5 @@
-"""`python -m bench` (`make bench`): ec2backup against restic on a generated disk image.
+"""`python -m bench` (`make bench`): ec2backup against restic on a generated disk image, the
+index memory at scale, and real sessions on the lab (bench.sessions).
 
 Run `python -m bench --help` for the options; see bench/__init__.py for the methodology.
 """
@@ -15,7 +16,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import index_scale
+from bench import index_scale, sessions
 from bench.measure import StepFailed, drop_page_cache
 from bench.report import format_table, summarize
 from bench.run import RunResult, run_once
@@ -27,7 +28,8 @@ OUT = Path(__file__).resolve().parent / "out"  # gitignored
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Full, 1% incremental (changed-block list) and restore: ec2backup vs restic.",
+        description="Full, 1% incremental (changed-block list) and restore: ec2backup vs restic; "
+        "index memory at scale; the product's sessions and restores on the lab.",
     )
     p.add_argument("--size-gib", type=float, default=2.0, help="image size (default 2)")
     p.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported")
@@ -39,9 +41,56 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="repository index sizes for the index-memory rows, comma-separated, from "
         f"{', '.join(index_scale.SCALES)} (default all; 'none' skips them)",
     )
+    p.add_argument(
+        "--sessions",
+        default=",".join(sessions.ROWS),
+        help="lab-session rows (real sessions on the lab, bench.sessions), comma-separated, "
+        f"from {', '.join(sessions.ROWS)} (default all; 'none' skips them)",
+    )
+    p.add_argument(
+        "--session-volume-gib",
+        type=int,
+        default=sessions.DEFAULT_VOLUME_GIB,
+        help=f"the lab sessions' data volume (default {sessions.DEFAULT_VOLUME_GIB})",
+    )
+    p.add_argument(
+        "--session-data-gib",
+        type=float,
+        default=sessions.DEFAULT_DATA_GIB,
+        help=f"data written on it (default {sessions.DEFAULT_DATA_GIB:g})",
+    )
+    p.add_argument(
+        "--session-timing-scale",
+        type=float,
+        default=sessions.DEFAULT_TIMING_SCALE,
+        help="the lab timing model's timing_scale, for the rows measured with it (default "
+        f"{sessions.DEFAULT_TIMING_SCALE:g})",
+    )
+    p.add_argument(
+        "--session-first-read-mib-s",
+        type=float,
+        default=sessions.DEFAULT_FIRST_READ_MIB_S,
+        help="the timing model's first-read rate of a volume copy (default "
+        f"{sessions.DEFAULT_FIRST_READ_MIB_S:g}; see bench/sessions.py)",
+    )
+    p.add_argument(
+        "--session-budget-mib",
+        type=int,
+        default=sessions.DEFAULT_BUDGET_DATA_MIB,
+        help="data per session of the shared_budget row's four sessions (default "
+        f"{sessions.DEFAULT_BUDGET_DATA_MIB})",
+    )
     a = p.parse_args(argv)
     if a.runs < 1 or a.size_gib <= 0:
         p.error("--runs must be >= 1 and --size-gib > 0")
+    if not 0 < a.session_data_gib <= a.session_volume_gib:
+        p.error("--session-data-gib must be > 0 and at most --session-volume-gib")
+    if a.session_timing_scale < 0 or a.session_first_read_mib_s <= 0 or a.session_budget_mib < 1:
+        p.error("--session-timing-scale >= 0, --session-first-read-mib-s > 0, budget >= 1 MiB")
+    a.sessions = [] if a.sessions == "none" else a.sessions.split(",")
+    unknown_rows = [s for s in a.sessions if s not in sessions.ROWS]
+    if unknown_rows:
+        p.error(f"--sessions: unknown row {unknown_rows[0]!r}")
     a.index_scales = [] if a.index_scales == "none" else a.index_scales.split(",")
     unknown = [s for s in a.index_scales if s not in index_scale.SCALES]
     if unknown:
@@ -74,6 +123,17 @@ def main(argv: list[str] | None = None) -> int:
             )
         print("index memory at scale", file=sys.stderr)
         scale_runs = index_scale.run_scales(work, ec2backup_exe, args.size_gib, args.index_scales)
+        session_settings = sessions.Settings(
+            volume_gib=args.session_volume_gib,
+            data_gib=args.session_data_gib,
+            timing_scale=args.session_timing_scale,
+            first_read_mib_s=args.session_first_read_mib_s,
+            budget_data_mib=args.session_budget_mib,
+            rows=args.sessions,
+        )
+        measured, session_info = sessions.run_sessions(
+            args.out / "lab", ec2backup_exe, session_settings, args.keep
+        )
     except (StepFailed, SetupError) as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
@@ -94,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = summary["figures"]
     assert isinstance(figures, dict)
     figures.update(index_rows)
+    session_rows = sessions.figures(measured)
+    figures.update(session_rows)
     first = results[0]
     doc = {
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -118,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         **summary,
         "per_run": [r.as_dict() for r in results],
         "index_scale": {k: r.as_dict() for k, r in scale_runs.items()},
+        "lab_sessions": {**session_info, "measured": measured.as_dict()},
         "total_s": round(time.perf_counter() - t0, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -127,6 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     if index_rows:
         print("\nindex memory: peak RSS of a 1% incremental into a repository of N blobs")
         print(index_scale.format_rows(index_rows))
+    if args.sessions:
+        volume = (
+            f"{args.session_volume_gib} GiB volume holding {args.session_data_gib:g} GiB; "
+            if set(args.sessions) - {"shared_budget"}
+            else ""
+        )
+        print(
+            f"\nlab sessions ({volume}timing model where on: scale "
+            f"{args.session_timing_scale:g}, first reads {args.session_first_read_mib_s:g} "
+            "MiB/s per copy)"
+        )
+        if session_rows:
+            print(sessions.format_rows(session_rows))
+        for row, why in measured.missing.items():
+            print(f"{row:<26}not measured: {why.splitlines()[0] if why else ''}")
     print(f"\n(results: {args.out / 'results.json'}; total {doc['total_s']}s)")
     return 0
 
