@@ -123,12 +123,12 @@ def test_default_key_volumes_back_up_in_production_account(wb: Workbench, tmp_pa
 
 
 def test_cross_account_session_and_restore_outlive_their_role_sessions(wb: Workbench) -> None:
-    """Role sessions of 30 s (what `lab up --role-session-seconds 30` sets, here at run time)
-    and snapshots that stay pending 32 s: every wait holds its account's client longer than one
+    """Role sessions of 15 s (what `lab up --role-session-seconds 15` sets, here at run time)
+    and snapshots that stay pending 17 s: every wait holds its account's client longer than one
     role session. A cross-account backup session and a restore from its backup into that
     account both complete (botocore refreshes the credentials; ExpiredToken is not final)."""
     before = wb.lab_call("GET", "config")
-    wb.lab_call("POST", "config", {"role_session_seconds": 30, "snapshot_pending_seconds": 32})
+    wb.lab_call("POST", "config", {"role_session_seconds": 15, "snapshot_pending_seconds": 17})
     try:
         inst = wb.seed(
             "--account", ACCOUNT_B, "--volumes", "1", "--size-gib", "1", "--fill", "0.02"
