@@ -646,11 +646,13 @@ def test_crash_between_image_registration_and_launch_leaves_nothing(
         )["Images"]
         return [i["ImageId"] for i in found]
 
-    def snapshotting() -> bool:
+    def launched_its_worker() -> bool:
+        # From the writing phase on, the next RunInstances is the restored instance's (waiting
+        # for "snapshotting" could miss a restore that is done with it a second later).
         phase = wb.temporal(lambda c: c.get_workflow_handle(rid).query("phase", result_type=str))
-        return phase in ("snapshotting", "restoring")
+        return phase.startswith("writing") or phase in ("snapshotting", "restoring")
 
-    wait_for(snapshotting, 120, f"{rid} to be past its restore worker", interval=0.3)
+    wait_for(launched_its_worker, 120, f"{rid} to have its restore worker", interval=0.3)
     wb.cli("lab", "fault", "--throttle", "0.2", "--api", "RunInstances")
     try:
         registered = wait_for(images, 60, f"{rid} to register its image", interval=0.2)
