@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -252,6 +253,8 @@ class Workbench:
     def cli(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
+        if check and args[:1] == ("lab",) and (direct := _lab_direct(self, args, timeout)):
+            return direct
         result = subprocess.run(
             [sys.executable, "-m", "ec2backup.cli", *args],
             env=self.env,
@@ -662,6 +665,128 @@ class Workbench:
         if running_agents:
             out["agents"] = sorted(running_agents)
         return out
+
+
+# ---- `lab` commands without a CLI process -----------------------------------------------
+# The lab's control commands are test tooling: Workbench.cli runs them (check=True) as the CLI
+# would, parsed by the CLI's own definitions, but as one HTTP call from this process instead of
+# a Python process that imports moto and temporalio first (a second or more each, hundreds of
+# times a run). The `lab` CLI itself is tested through real processes (tests/ec2backup/lab,
+# `Lab.cli`). EC2BACKUP_TESTS_LAB_CLI=1 runs them as processes here too.
+LAB_DIRECT_COMMANDS = (
+    "seed", "churn", "encrypt-attack", "checksum", "fault", "kill-instance", "metrics",
+)  # fmt: skip
+
+_LAB_GROUP: Any = None
+
+
+def _lab_group() -> Any:
+    """The `lab` command group as click sees it (its options, types and defaults)."""
+    import typer
+
+    from ec2backup_lab.cli import lab_app
+
+    global _LAB_GROUP
+    if _LAB_GROUP is None:
+        _LAB_GROUP = typer.main.get_command(lab_app)
+    return _LAB_GROUP
+
+
+def _lab_request(args: tuple[str, ...]) -> tuple[str, str, Any, bool] | None:
+    """(method, path, body, prints JSON) of a `lab` command, as ec2backup_lab.cli builds it;
+    None when it must run as a process (another --dir, an unknown command)."""
+    import click
+
+    from ec2backup_lab.cli import _parse_tags
+
+    name, argv = args[1], list(args[2:])
+    if name not in LAB_DIRECT_COMMANDS:
+        return None
+    command = _lab_group().commands[name]
+    try:
+        p = command.make_context(f"ec2backup lab {name}", argv).params
+    except click.ClickException as exc:
+        raise AssertionError(f"ec2backup {' '.join(args)}: {exc.format_message()}") from None
+    if p.get("lab_dir") is not None:
+        return None
+    if name == "seed":
+        body = {
+            "instances": p["instances"],
+            "volumes": p["volumes"],
+            "size_gib": p["size_gib"],
+            "region": p["region"],
+            "account": p["account"],
+            "tags": _parse_tags(list(p["tag"] or [])),
+            "encryption": p["encryption"],
+            "fill": p["fill"],
+            "seed": p["seed_value"],
+            "arch": p["arch"],
+            "boot_mode": p["boot_mode"],
+            "instance_type": p["instance_type"],
+        }
+        return "POST", "seed", body, True
+    if name == "churn":
+        body = {
+            "volume_id": p["volume_id"],
+            "fraction": p["fraction"],
+            "seed": p["seed_value"],
+            "zeros": p["zeros"],
+        }
+        return "POST", "churn", body, True
+    if name == "encrypt-attack":
+        body = {"volume_id": p["volume_id"], "fraction": p["fraction"], "seed": p["seed_value"]}
+        return "POST", "encrypt-attack", body, True
+    if name == "checksum":
+        return "GET", f"checksum/{p['resource_id']}", None, False
+    if name == "kill-instance":
+        return "POST", "kill-instance", {"instance_id": p["instance_id"]}, True
+    if name == "metrics":
+        return "GET", "metrics", None, True
+    # fault
+    if p["clear"]:
+        body = {"clear": True}
+    elif p["throttle"] is not None:
+        body = {"throttle": p["throttle"], "api": p["api"]}
+    elif p["api"] and p["error"]:
+        body = {"api": p["api"], "error": p["error"], "times": p["times"]}
+    else:
+        raise AssertionError(f"ec2backup {' '.join(args)}: give --api and --error, or --throttle")
+    return "POST", "fault", body, True
+
+
+def _lab_direct(
+    wb: Workbench, args: tuple[str, ...], timeout: float
+) -> subprocess.CompletedProcess[str] | None:
+    """`ec2backup lab ARGS` (check=True) as the CLI's one control call, or None to run it as a
+    process. The output is the CLI's: its JSON (indent 2), or the checksum alone."""
+    if os.environ.get("EC2BACKUP_TESTS_LAB_CLI") == "1" or len(args) < 2:
+        return None
+    request = _lab_request(args)
+    if request is None:
+        return None
+    method, path, body, prints_json = request
+    url = wb.env.get("EC2BACKUP_LAB_URL") or wb.lab.aws_url
+    req = urllib.request.Request(
+        f"{url.rstrip('/')}/_lab/{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            data = json.load(r)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise AssertionError(f"ec2backup {' '.join(args)} failed: {message}") from None
+    except OSError as exc:  # URLError, a timeout: the CLI's "cannot reach the lab"
+        raise AssertionError(f"ec2backup {' '.join(args)}: cannot reach the lab: {exc}") from None
+    stdout = (json.dumps(data, indent=2) if prints_json else str(data["sha256"])) + "\n"
+    return subprocess.CompletedProcess(
+        [sys.executable, "-m", "ec2backup.cli", *args], 0, stdout=stdout, stderr=""
+    )
 
 
 def env_for(lab: Any, overrides: dict[str, str | None]) -> dict[str, str]:
