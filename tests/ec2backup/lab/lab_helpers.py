@@ -151,6 +151,18 @@ def control_get(lab: Any, path: str) -> Any:
         return json.load(response)
 
 
+def control_post(lab: Any, path: str, body: dict[str, Any]) -> Any:
+    """POST JSON to `/_lab/<path>`; the JSON answer."""
+    req = urllib.request.Request(
+        f"{lab.aws_url}/_lab/{path}",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
 def one_line_error(stderr: str) -> str:
     """Assert the CLI reported exactly one line `error: ...` on stderr and return it."""
     lines = [line for line in stderr.splitlines() if line.strip()]

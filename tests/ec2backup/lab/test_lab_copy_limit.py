@@ -5,36 +5,32 @@ paces its copies passes there and fails on AWS with a policy of many instances).
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from lab_helpers import REGION, client, control_get, error_of, metrics, seed, snapshot
+from lab_helpers import (
+    REGION,
+    client,
+    control_get,
+    control_post,
+    error_of,
+    metrics,
+    seed,
+    snapshot,
+)
 
 DESTINATION = "us-west-2"
-
-
-def post(lab: Any, path: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        f"{lab.aws_url}/_lab/{path}",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
 
 
 @pytest.fixture
 def slow_copies(lab: Any) -> Iterator[None]:
     """Two copies at once, each pending 3 s; the lab's settings come back afterwards."""
     saved = control_get(lab, "config")
-    post(lab, "config", {"copy_snapshot_concurrency": 2, "snapshot_pending_seconds": 3})
+    control_post(lab, "config", {"copy_snapshot_concurrency": 2, "snapshot_pending_seconds": 3})
     yield
-    post(
+    control_post(
         lab,
         "config",
         {k: saved[k] for k in ("copy_snapshot_concurrency", "snapshot_pending_seconds")},
@@ -51,7 +47,7 @@ def test_a_copy_past_the_limit_is_refused_until_one_completes(lab: Any, slow_cop
     volume = seed(lab, volumes=1, fill=0.01, seed_value=77)["instances"][0]["volumes"][0]
     source = snapshot(client(lab, "ec2"), volume["volume_id"])
     dst = client(lab, "ec2", region=DESTINATION)
-    post(lab, "metrics", {"reset": True})
+    control_post(lab, "metrics", {"reset": True})
 
     def copy() -> str:
         return str(dst.copy_snapshot(SourceSnapshotId=source, SourceRegion=REGION)["SnapshotId"])

@@ -8,9 +8,7 @@ adds time); upper bounds only where the model itself promises one (admitted requ
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ from lab_helpers import (
     DigestProbeInput,
     client,
     control_get,
+    control_post,
     error_of,
     list_blocks,
     restore,
@@ -67,17 +66,6 @@ NO_DELAYS = {
 }
 
 
-def post(lab: Any, path: str, body: dict[str, Any]) -> Any:
-    req = urllib.request.Request(
-        f"{lab.aws_url}/_lab/{path}",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.load(r)
-
-
 Configure = Callable[..., dict[str, Any]]
 
 
@@ -87,12 +75,12 @@ def configure(lab: Any) -> Iterator[Configure]:
     saved = {k: v for k, v in control_get(lab, "config").items() if k in TIMING_KEYS}
 
     def _set(**knobs: Any) -> dict[str, Any]:
-        out: dict[str, Any] = post(lab, "config", knobs)
+        out: dict[str, Any] = control_post(lab, "config", knobs)
         assert all(out[k] == v for k, v in knobs.items()), out
         return out
 
     yield _set
-    post(lab, "config", saved)
+    control_post(lab, "config", saved)
 
 
 @dataclass
@@ -206,7 +194,7 @@ def test_get_snapshot_block_over_the_account_limit_is_throttled_as_aws(
     rest are refused with AWS's error and reason, and no 1-second window admitted more."""
     ebs = client(lab, "ebs")
     configure(timing=False, ebs_get_block_rps_account=20)
-    post(lab, "metrics", {"reset": True})
+    control_post(lab, "metrics", {"reset": True})
     blocks = snapshots.blocks[snapshots.first][:60]
     started = time.monotonic()
     outcomes = get_blocks(ebs, snapshots.first, blocks)
@@ -227,7 +215,7 @@ def test_the_per_snapshot_limit_throttles_that_snapshot_only(
 ) -> None:
     ebs = client(lab, "ebs")
     configure(timing=False, ebs_get_block_rps_account=0, ebs_get_block_rps_snapshot=10)
-    post(lab, "metrics", {"reset": True})
+    control_post(lab, "metrics", {"reset": True})
     started = time.monotonic()
     first = get_blocks(ebs, snapshots.first, snapshots.blocks[snapshots.first][:30])
     elapsed = time.monotonic() - started
