@@ -110,12 +110,12 @@ def test_an_attack_is_flagged_the_policy_reacts_and_the_last_clean_point_restore
     held_ids = {ordinary["restore_point_id"], attacked["restore_point_id"]}
     assert set(retention["held_restore_points"]) == held_ids, retention
     assert held_ids <= set(retention["kept_restore_points"])
+    points = _points(wb, instance_id)
     assert first["restore_point_id"] in retention["forgotten_restore_points"] or (
-        first["restore_point_id"] not in _points(wb, instance_id)
+        first["restore_point_id"] not in points
     )  # the first point went in the second run already
     assert after["last_clean_restore_point_id"] == ordinary["restore_point_id"]
 
-    points = _points(wb, instance_id)
     assert points[ordinary["restore_point_id"]]["anomaly"] == "clean"
     assert points[attacked["restore_point_id"]]["anomaly"] == "anomaly"
     assert points[after["restore_point_id"]]["anomaly"] == "clean"
