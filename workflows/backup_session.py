@@ -88,6 +88,26 @@ COPY_SLOT_WAIT = timedelta(seconds=10)
 BUDGET_TIMEOUT = timedelta(minutes=2)
 
 
+async def _share_of(req: BudgetRequest) -> BudgetLease:
+    """This session's share of one API's budget (ec2backup.budget)."""
+    lease: BudgetLease = await workflow.execute_activity(
+        budget_activities.acquire_budget,
+        req,
+        start_to_close_timeout=BUDGET_TIMEOUT,
+        retry_policy=CONTROL_RETRY,
+    )
+    return lease
+
+
+async def _give_back(req: BudgetReleaseRequest) -> None:
+    await workflow.execute_activity(
+        budget_activities.release_budget,
+        req,
+        start_to_close_timeout=BUDGET_TIMEOUT,
+        retry_policy=CONTROL_RETRY,
+    )
+
+
 @workflow.defn(name="BackupSession")
 class BackupSession(Pausable):
     @workflow.init
@@ -254,16 +274,13 @@ class BackupSession(Pausable):
             finally:
                 if lease is not None:
                     await run_to_completion(
-                        workflow.execute_activity(
-                            budget_activities.release_budget,
+                        _give_back(
                             BudgetReleaseRequest(
                                 account=lease.account,
                                 region=target.region,
                                 api=COPY_SNAPSHOT,
                                 holder=session_id,
-                            ),
-                            start_to_close_timeout=BUDGET_TIMEOUT,
-                            retry_policy=CONTROL_RETRY,
+                            )
                         )
                     )
             self._carry.replicas.append(replicas)
@@ -273,8 +290,7 @@ class BackupSession(Pausable):
         """Slots of the destination's copy budget (ec2backup.budget.COPY_SNAPSHOT): waits
         (a durable timer) while every slot is in use by other sessions."""
         while True:
-            lease: BudgetLease = await workflow.execute_activity(
-                budget_activities.acquire_budget,
+            lease = await _share_of(
                 BudgetRequest(
                     account="",
                     account_role_arn=target.account_role_arn,
@@ -282,9 +298,7 @@ class BackupSession(Pausable):
                     api=COPY_SNAPSHOT,
                     holder=session_id,
                     want_rps=want,
-                ),
-                start_to_close_timeout=BUDGET_TIMEOUT,
-                retry_policy=CONTROL_RETRY,
+                )
             )
             if lease.rps >= 1:
                 self._phase = "replicating"
@@ -400,17 +414,14 @@ class BackupSession(Pausable):
             if direct and workflow.patched(BUDGET_PATCH):
                 # This round's share of the account's GetSnapshotBlock budget, split between
                 # its direct streams (renewed each round: others come and go).
-                lease: BudgetLease = await workflow.execute_activity(
-                    budget_activities.acquire_budget,
+                lease = await _share_of(
                     BudgetRequest(
                         account=snapshot_set.account,
                         region=plan.region,
                         api=GET_SNAPSHOT_BLOCK,
                         holder=session_id,
                         want_rps=plan.ebs_direct_rps,
-                    ),
-                    start_to_close_timeout=BUDGET_TIMEOUT,
-                    retry_policy=CONTROL_RETRY,
+                    )
                 )
                 self._carry.budget_account = snapshot_set.account
                 get_rps = lease.rps / direct
@@ -533,13 +544,10 @@ class BackupSession(Pausable):
         plan, account = self._carry.plan, self._carry.budget_account
         if plan is None or account is None:
             return
-        await workflow.execute_activity(
-            budget_activities.release_budget,
+        await _give_back(
             BudgetReleaseRequest(
                 account=account, region=plan.region, api=GET_SNAPSHOT_BLOCK, holder=session_id
-            ),
-            start_to_close_timeout=BUDGET_TIMEOUT,
-            retry_policy=CONTROL_RETRY,
+            )
         )
         self._carry.budget_account = None
 
