@@ -94,7 +94,8 @@ def test_a_device_changed_under_a_running_range_fails_naming_the_volume(
     repo = wb.new_repo()
     wb.cli("lab", "fault", "--throttle", "2", "--api", "PutObject")
     try:
-        session_id = wb.start_backup(inst["instance_id"], "--repo", repo)
+        # Read from the worker's copy of the volume (what changes under the agent).
+        session_id = wb.start_backup(inst["instance_id"], "--repo", repo, "--read", "attached")
         wb.wait_transferring(session_id, min_bytes=4 * 1024**2)
         data_volume = inst["volumes"][0]["volume_id"]
         copies = [

@@ -158,7 +158,8 @@ def test_orchestrator_restart_mid_session(wb: Workbench, big: dict[str, Any]) ->
 
 def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, Any]) -> None:
     repo = wb.new_repo()
-    sid = wb.start_backup(big["instance_id"], "--repo", repo)
+    # Attached copies: the sweep must find the worker's volumes too.
+    sid = wb.start_backup(big["instance_id"], "--repo", repo, "--read", "attached")
     wb.wait_transferring(sid, min_bytes=32 * MIB)
     bucket, _, prefix = repo.removeprefix("s3://").partition("/")
     s3 = wb.client("s3")
