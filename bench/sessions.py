@@ -502,6 +502,7 @@ class LabBench:
         self.orchestrator: subprocess.Popen[bytes] | None = None
         self.orchestrator_log = self.logs / "orchestrator.log"
         self.sessions: list[SessionRun] = []
+        self.dropped: set[str] = set()
         self._n = 0
 
     # -- start and stop ---------------------------------------------------------------------
@@ -511,7 +512,19 @@ class LabBench:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.logs.mkdir(parents=True)
-        state, _ = manager.up(self.root, _free_port(), _free_port(), _free_port())
+        # The lab's S3 keeps objects over 5 MiB in temporary files (moto), its agents theirs:
+        # under the bench's directory too, not the system's /tmp.
+        tmp = self.root / "tmp"
+        tmp.mkdir()
+        saved = os.environ.get("TMPDIR")
+        os.environ["TMPDIR"] = str(tmp)
+        try:
+            state, _ = manager.up(self.root, _free_port(), _free_port(), _free_port())
+        finally:
+            if saved is None:
+                del os.environ["TMPDIR"]
+            else:
+                os.environ["TMPDIR"] = saved
         self.temporal_binary = manager.temporal_binary()
         base = {
             k: v
@@ -523,10 +536,14 @@ class LabBench:
             **state.env(),
             "EC2BACKUP_REPO_PASSWORD": PASSWORD,
             "PYTHONUNBUFFERED": "1",
+            "TMPDIR": str(tmp),
         }
         self.aws_url = state.aws_url
         self.temporal_address = state.temporal_address
-        self._bucket()
+        self.client("s3").create_bucket(Bucket=BUCKET)
+        self.client("s3").put_bucket_versioning(
+            Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"}
+        )
 
     def stop(self) -> None:
         from ec2backup_lab import manager
@@ -534,18 +551,39 @@ class LabBench:
         self.stop_orchestrator()
         manager.down(self.root)
 
-    def _bucket(self) -> None:
+    def client(self, service: str) -> Any:
         import boto3
 
-        s3 = boto3.client(
-            "s3",
+        return boto3.client(  # type: ignore[call-overload]
+            service,
             endpoint_url=self.aws_url,
             region_name=self.env["AWS_DEFAULT_REGION"],
             aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
         )
-        s3.create_bucket(Bucket=BUCKET)
-        s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+
+    def drop_repo(self, url: str) -> None:
+        """Delete every version of every object of a repository no step needs any more (a
+        full of 8 GiB stores ~5 GiB on the lab's disk). Best effort: only disk is at stake."""
+        if url in self.dropped:
+            return
+        s3 = self.client("s3")
+        prefix = url.removeprefix(f"s3://{BUCKET}/") + "/"
+        try:
+            # Listed whole first: deleting between pages moves the lab's (moto's) markers.
+            gone = [
+                {"Key": v["Key"], "VersionId": v["VersionId"]}
+                for page in s3.get_paginator("list_object_versions").paginate(
+                    Bucket=BUCKET, Prefix=prefix
+                )
+                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+            ]
+            for i in range(0, len(gone), 1000):
+                s3.delete_objects(Bucket=BUCKET, Delete={"Objects": gone[i : i + 1000]})
+        except Exception as exc:  # botocore's errors: the repository stays, the run goes on
+            _say(f"  warning: could not delete {url}: {exc}")
+            return
+        self.dropped.add(url)
 
     def start_orchestrator(self, extra_env: dict[str, str]) -> None:
         """`ec2backup worker` with `extra_env` (its [performance] settings), ready to poll."""
@@ -733,6 +771,7 @@ def _phase_a(lab: LabBench, s: Settings, inst: str, vol: str, m: Measurements) -
             lab, "image-backup", "image", "backup", volume_file, "--repo", image_repo
         )
         _say(f"  image backup: {sample.wall_s:.1f}s ({data / MIB / sample.wall_s:.0f} MiB/s)")
+        lab.drop_repo(image_repo)
         m.data_path = DataPath(data, full.transfer_s, full.timeline.wall_s, sample.wall_s)
 
     if "restore_from_backup_mb_s" in s.rows:
@@ -753,6 +792,7 @@ def _phase_a(lab: LabBench, s: Settings, inst: str, vol: str, m: Measurements) -
             lab.lab_call("GET", f"checksum/{new_volume}")["sha256"]
             == lab.lab_call("GET", f"checksum/{vol}")["sha256"]
         )
+        lab.client("ec2").delete_volume(VolumeId=new_volume)
         target = lab.root / "image-restore.img"
         _say("  image restore of the same restore point ...")
         sample, _ = _measured(
@@ -765,6 +805,7 @@ def _phase_a(lab: LabBench, s: Settings, inst: str, vol: str, m: Measurements) -
             f"{sample.wall_s:.1f}s"
         )
         m.restore = RestoreRun(data, write_s, tl.wall_s, sample.wall_s, verified)
+    lab.drop_repo(repo)
 
 
 def _measured(lab: LabBench, step: str, *args: str) -> tuple[Sample, str]:
@@ -814,6 +855,8 @@ def _phase_b(lab: LabBench, s: Settings, inst: str, vol: str, m: Measurements) -
     if "copies_speedup" in s.rows:
         one, two = full("attached", 1), full("attached", 2)
         m.copies = Copies(_data_bytes(one, vol), one.transfer_s, two.transfer_s)
+        if default_copies != 2:
+            lab.drop_repo(two.repo)  # never a parent below
     wants_auto = {"session_incremental_s", "read_strategy"} & set(s.rows)
     if wants_auto:
         auto_full = full("auto", None)
@@ -919,6 +962,10 @@ def _lab(root: Path, exe: str, keep: bool) -> Iterator[LabBench]:
                 shutil.rmtree(root, ignore_errors=True)
 
 
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, SessionStepFailed) else f"{type(exc).__name__}: {exc}"
+
+
 def _fail(m: Measurements, rows: set[str], why: str) -> None:
     for row in rows:
         m.missing.setdefault(row, why)
@@ -927,15 +974,12 @@ def _fail(m: Measurements, rows: set[str], why: str) -> None:
 
 def run_sessions(root: Path, exe: str, s: Settings, keep: bool) -> tuple[Measurements, Any]:
     """Every selected row's measurements (those that failed are in `missing`), and what ran."""
-    from ec2backup.errors import UserError
-
     m = Measurements()
     info: dict[str, Any] = {"settings": asdict(s), "sessions": []}
     if not s.rows:
         return m, info
     t0 = time.monotonic()
     wanted = set(s.rows)
-    failures = (SessionStepFailed, UserError, OSError, ValueError, subprocess.SubprocessError)
     try:
         with _lab(root, exe, keep) as lab:
             _say(f"lab: {lab.aws_url}, Temporal {lab.temporal_address}, in {root}")
@@ -943,7 +987,7 @@ def run_sessions(root: Path, exe: str, s: Settings, keep: bool) -> tuple[Measure
                 _phases(lab, s, wanted, m, info)
             finally:
                 info["sessions"] = [r.as_dict() for r in lab.sessions]
-    except failures as exc:
+    except Exception as exc:  # the lab did not start (or stop): the rows say why
         _fail(m, wanted - _measured_rows(m), f"{type(exc).__name__}: {exc}")
     info["total_s"] = round(time.monotonic() - t0, 1)
     return m, info
@@ -952,7 +996,8 @@ def run_sessions(root: Path, exe: str, s: Settings, keep: bool) -> tuple[Measure
 def _phases(
     lab: LabBench, s: Settings, wanted: set[str], m: Measurements, info: dict[str, Any]
 ) -> None:
-    failures = (SessionStepFailed, OSError, ValueError, KeyError, subprocess.SubprocessError)
+    # A phase that fails leaves its rows out with the reason and the others still run: any
+    # exception (a failed session, a lab error, an unexpected answer) is such a reason.
     inst = vol = None
     if wanted & (PHASE_A | PHASE_B):
         t1 = time.monotonic()
@@ -964,8 +1009,8 @@ def _phases(
     if inst and vol and wanted & PHASE_A:
         try:
             _phase_a(lab, s, inst, vol, m)
-        except failures as exc:
-            _fail(m, wanted & PHASE_A - _measured_rows(m), str(exc))
+        except Exception as exc:
+            _fail(m, wanted & PHASE_A - _measured_rows(m), _why(exc))
     if wanted & (PHASE_B | {"shared_budget"}):
         knobs = {
             "timing": True,
@@ -978,13 +1023,15 @@ def _phases(
         try:
             lab.start_orchestrator(_timed_env(lab))
             _phase_b(lab, s, inst, vol, m)
-        except failures as exc:
-            _fail(m, wanted & PHASE_B - _measured_rows(m), str(exc))
+        except Exception as exc:
+            _fail(m, wanted & PHASE_B - _measured_rows(m), _why(exc))
+        for repo in sorted({r.repo for r in lab.sessions}):
+            lab.drop_repo(repo)  # room on the lab's disk for phase C
     if "shared_budget" in wanted:
         try:
             _phase_c(lab, s, m)
-        except failures as exc:
-            _fail(m, {"shared_budget"}, str(exc))
+        except Exception as exc:
+            _fail(m, {"shared_budget"}, _why(exc))
 
 
 def _measured_rows(m: Measurements) -> set[str]:
