@@ -61,8 +61,10 @@ def test_four_sessions_share_the_accounts_quota(wb: Workbench) -> None:
         out: BudgetState = await handle.query("state", BudgetStateInput(), result_type=BudgetState)
         return out
 
+    # (Sessions of other modules that were terminated mid-read may still hold theirs until
+    # their lease runs out: the lab's Temporal serves the whole test run.)
     left = wb.temporal(state)
-    assert left.quota_rps == QUOTA and left.shares == {}, left
+    assert left.quota_rps == QUOTA and not set(sessions) & set(left.shares), left
 
 
 def test_replications_share_the_destinations_copy_slots(wb: Workbench) -> None:
