@@ -484,6 +484,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _failure_line(text: str) -> str:
+    """The line of a command's stderr that says why it failed (a workflow's failure, the CLI's
+    error), for the one-line reason of a row not measured."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if " FAILED" in line or " failed" in line or line.startswith(("Error", "error")):
+            return line
+    return ""
+
+
 def _tail(path: Path, chars: int = 1500) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
@@ -647,9 +657,11 @@ class LabBench:
             )
         out = proc.stdout.decode(errors="replace")
         if proc.returncode != 0 and not (proc.returncode in EXIT_CRASH_CODES and out.strip()):
+            said = _tail(log)
             raise SessionStepFailed(
-                f"ec2backup {' '.join(args)} exited {proc.returncode}:\n{out[-1000:]}"
-                f"{_tail(log)}\n--- orchestrator log ---\n{_tail(self.orchestrator_log)}"
+                f"{_failure_line(said) or 'ec2backup ' + args[0]}: `ec2backup {' '.join(args)}`"
+                f" exited {proc.returncode}:\n{out[-1000:]}{said}\n--- orchestrator log ---\n"
+                f"{_tail(self.orchestrator_log)}"
             )
         return out
 

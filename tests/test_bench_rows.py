@@ -162,3 +162,18 @@ def test_a_zero_time_gives_no_ratio_and_no_pass() -> None:
 def test_rows_names_the_selection_of_main() -> None:
     assert "read_strategy" in sessions.ROWS and "shared_budget" in sessions.ROWS
     assert sessions.PHASE_A | sessions.PHASE_B | {"shared_budget"} == set(sessions.ROWS)
+
+
+def test_the_reason_of_a_failed_command_is_its_failure_line() -> None:
+    said = (
+        "backup-cf617c0be2f84a91\nphase: transferring  0/? bytes\n"
+        "session backup-cf617c0be2f84a91 FAILED: DeviceMismatch: volume vol-9: no device found\n"
+        "watched for 20.1s\n"
+    )
+    assert sessions._failure_line(said).endswith(
+        "FAILED: DeviceMismatch: volume vol-9: no device found"
+    )
+    assert (
+        sessions._failure_line("Error: no such restore point\n") == "Error: no such restore point"
+    )
+    assert sessions._failure_line("all fine\n") == ""
