@@ -660,7 +660,22 @@ def attach_volume(
         )
         ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
         log.info("volume %s attached to %s at %s", volume_id, instance_id, device)
+    # AttachVolume returns while the attachment is `attaching`: the device appears on the
+    # instance only once it is `attached`, and the agent opens it right after this returns.
+    _wait(
+        functools.partial(_attached, ec2, volume_id, instance_id),
+        f"attachment of {volume_id} to {instance_id}",
+        heartbeat=heartbeat,
+    )
     return str(volume_id)
+
+
+def _attached(ec2: Any, volume_id: str, instance_id: str) -> bool:
+    vols = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
+    attachments = vols[0].get("Attachments", []) if vols else []
+    return any(
+        a.get("InstanceId") == instance_id and a.get("State") == "attached" for a in attachments
+    )
 
 
 def _instance_running(ec2: Any, instance_id: str) -> bool:

@@ -341,3 +341,33 @@ def test_a_pending_instance_refuses_attach_volume_as_aws(lab: Any, configure: Co
         assert "is not 'running'" in str(exc.value)
     finally:
         ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+def test_the_product_attaches_a_volume_only_once_the_instance_sees_it(
+    lab: Any, configure: Configure
+) -> None:
+    """`workers.attach_volume` returns once the attachment is `attached` (AttachVolume itself
+    returns while it is `attaching`, and the agent opens the device right after): the NVMe
+    device is there when it returns (it failed with DeviceMismatch under the timing model)."""
+    from ec2backup import workers
+
+    ec2 = client(lab, "ec2")
+    configure(timing=True, timing_scale=0.2, **{**NO_DELAYS, "volume_attach_seconds": 10})
+    instance_id = launch(ec2)
+    created = ec2.create_volume(Size=1, AvailabilityZone=ZONE)
+    found = ec2.describe_volumes(VolumeIds=[created["VolumeId"]])["Volumes"][0]
+    started = time.monotonic()
+    volume_id = workers.attach_volume(
+        ec2,
+        "attach-test",
+        instance_id,
+        {("vol-source", "/dev/sdf"): found},
+        source_volume_id="vol-source",
+        device="/dev/sdf",
+        availability_zone=ZONE,
+        create={},
+    )
+    assert volume_id == created["VolumeId"] and time.monotonic() - started >= 2.0 * EARLY
+    devices = control_get(lab, f"instances/{instance_id}/devices")["devices"]
+    assert devices["/dev/sdf"]["nvme"] is not None, devices
+    ec2.terminate_instances(InstanceIds=[instance_id])
