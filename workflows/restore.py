@@ -195,7 +195,6 @@ class Restore:
         self, plan: RestorePlan, worker: RestoreWorker, volume: RestoreWorkerVolume
     ) -> WriteVolumeOutput:
         vp = next(v for v in plan.volumes if v.device == volume.device)
-        assert plan.repository and plan.backup_id and plan.secret_name
         assert vp.record_index is not None
         resume = self._checkpoints.get(volume.device)
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from lab_helpers import ACCOUNT_B, REGION, client, error_of
+from lab_helpers import ACCOUNT_B, REGION, client, control_post, error_of
 
 from ec2backup import aws
 
@@ -25,14 +25,7 @@ ROLE_B = f"arn:aws:iam::{ACCOUNT_B}:role/ec2backup-test"
 
 
 def _config(lab: Any, **settings: Any) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"{lab.aws_url}/_lab/config",
-        data=json.dumps(settings).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return dict(json.load(response))
+    return dict(control_post(lab, "config", settings))
 
 
 @pytest.fixture
