@@ -38,6 +38,8 @@ def _quota(api: str) -> float:
         return float(performance.copy_snapshot_concurrency)
     if api == budget.GET_SNAPSHOT_BLOCK:
         return float(performance.ebs_get_block_rps_account)
+    if api in budget.LIST_APIS:
+        return float(performance.ebs_list_rps_account)
     raise ValueError(f"no budget for API {api!r}")
 
 

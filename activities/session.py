@@ -82,7 +82,11 @@ def prepare_image_backup(req: PrepareImageInput) -> ImagePlan:
     # Before any data moves: a repository the catalog does not know would hide its backups.
     installation.remember_repository(req.spec.repository)
     return imagebackup.prepare(
-        req.session_id, req.snapshot_set, req.spec, repository_password(req.spec.repository)
+        req.session_id,
+        req.snapshot_set,
+        req.spec,
+        repository_password(req.spec.repository),
+        req.list_rps,
     )
 
 

@@ -10,6 +10,12 @@ with how much it wants and for how long) and gets `shares`' max-min fair split o
 that share (`RateLimiter`). A session that ends releases its share; one that died is dropped
 when its lease runs out. More sessions: each reads slower, none fails.
 
+ListChangedBlocks and ListSnapshotBlocks have a budget each (50 requests/s per account, not
+adjustable: `[performance] ebs_list_rps_account`). A session takes a share of both before it
+plans (counting the blocks to read lists whole volumes) and renews the one its ranges use each
+round, `LIST_WANT_RPS_PER_STREAM` per stream; every list call of the plan and of the ranges is
+paced to it.
+
 CopySnapshot is a budget of slots, not of a rate: at most 20 copies in progress per destination
 Region and account (`[performance] copy_snapshot_concurrency`). A session's replication asks
 for as many slots as it has snapshots and gets `slot_grant`'s part: never a slot another
@@ -25,6 +31,20 @@ GET_SNAPSHOT_BLOCK = "GetSnapshotBlock"
 # Not a rate: snapshot copies in progress at once per destination Region (AWS: 20), shared the
 # same way; a session copies at most its share at once (ec2backup.replication).
 COPY_SNAPSHOT = "CopySnapshot"
+
+
+LIST_CHANGED_BLOCKS = "ListChangedBlocks"
+LIST_SNAPSHOT_BLOCKS = "ListSnapshotBlocks"
+LIST_APIS = (LIST_CHANGED_BLOCKS, LIST_SNAPSHOT_BLOCKS)
+# What one stream asks of a list budget: it lists a page per range and per 10,000 blocks (one
+# every 20 s or so at EBS speeds), so 5/s lets a range start without waiting, and 10 sessions
+# of one stream each fit in the 50/s; more sessions get less and start their ranges later.
+LIST_WANT_RPS_PER_STREAM = 5.0
+
+
+def list_api(parent_snapshot_id: str | None) -> str:
+    """The list call a volume's reads make: changed blocks against a CBT base, else all."""
+    return LIST_CHANGED_BLOCKS if parent_snapshot_id else LIST_SNAPSHOT_BLOCKS
 
 
 def budget_id(account: str, region: str, api: str) -> str:

@@ -195,6 +195,13 @@ class PerformanceSettings(_Section):
         description="the account's GetSnapshotBlock quota per Region (1,000/s unless raised): "
         "every session's EBS direct reads share it (ec2backup.budget)",
     )
+    ebs_list_rps_account: int = Field(
+        default=50,
+        ge=1,
+        description="the account's ListChangedBlocks and ListSnapshotBlocks quota per Region, "
+        "each (AWS: 50/s, not adjustable): every session's list calls share it "
+        "(ec2backup.budget)",
+    )
     copy_snapshot_concurrency: int = Field(
         default=20,
         ge=1,

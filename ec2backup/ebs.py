@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,17 @@ class BlockRef:
     token: str
 
 
-def list_snapshot_blocks(ebs: Any, snapshot_id: str) -> Iterator[BlockRef]:
+def no_pace() -> None:
+    pass
+
+
+def list_snapshot_blocks(
+    ebs: Any, snapshot_id: str, pace: Callable[[], None] = no_pace
+) -> Iterator[BlockRef]:
+    """Every written block; `pace` is called before each page (the session's list budget)."""
     kwargs: dict[str, Any] = {"SnapshotId": snapshot_id, "MaxResults": LIST_PAGE_SIZE}
     while True:
+        pace()
         page = ebs.list_snapshot_blocks(**kwargs)
         for block in page.get("Blocks", []):
             yield BlockRef(block["BlockIndex"], block["BlockToken"])
@@ -41,7 +49,10 @@ def list_snapshot_blocks(ebs: Any, snapshot_id: str) -> Iterator[BlockRef]:
 
 
 def list_changed_blocks(
-    ebs: Any, first_snapshot_id: str, second_snapshot_id: str
+    ebs: Any,
+    first_snapshot_id: str,
+    second_snapshot_id: str,
+    pace: Callable[[], None] = no_pace,
 ) -> Iterator[BlockRef | int]:
     """Changed blocks: a BlockRef into the second snapshot, or a bare index when the block
     exists only in the first (it reads as zeros in the second)."""
@@ -51,6 +62,7 @@ def list_changed_blocks(
         "MaxResults": LIST_PAGE_SIZE,
     }
     while True:
+        pace()
         page = ebs.list_changed_blocks(**kwargs)
         for block in page.get("ChangedBlocks", []):
             if "SecondBlockToken" in block:

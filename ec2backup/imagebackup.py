@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ec2backup import anomaly, aws, config, readplan, workers
+from ec2backup import anomaly, aws, budget, config, readplan, workers
 from ec2backup import ebs as ebs_api
 from ec2backup.errors import UserError
 from ec2backup.models.session import ImageBackupSpec, ImagePlan, Stream, VolumePlan
@@ -183,16 +183,24 @@ def require_object_lock(repo: Repository, spec: ImageBackupSpec) -> None:
         )
 
 
-def blocks_to_read(ebs: Any, vp: VolumePlan) -> int:
+def blocks_to_read(ebs: Any, vp: VolumePlan, list_rps: dict[str, float] | None = None) -> int:
     """The blocks a session reads of this volume: what changed since its CBT base, else every
-    written block (list calls only: 1 per 10,000 blocks)."""
+    written block (list calls only: 1 per 10,000 blocks, paced to the session's share of the
+    list budget in `list_rps` when it has one)."""
+    rps = (list_rps or {}).get(budget.list_api(vp.parent_snapshot_id))
+    pace = budget.RateLimiter(rps).acquire if rps else ebs_api.no_pace
     if vp.parent_snapshot_id:
-        listed = ebs_api.list_changed_blocks(ebs, vp.parent_snapshot_id, vp.snapshot_id)
+        listed = ebs_api.list_changed_blocks(ebs, vp.parent_snapshot_id, vp.snapshot_id, pace)
         return sum(1 for ref in listed if isinstance(ref, ebs_api.BlockRef))
-    return sum(1 for _ in ebs_api.list_snapshot_blocks(ebs, vp.snapshot_id))
+    return sum(1 for _ in ebs_api.list_snapshot_blocks(ebs, vp.snapshot_id, pace))
 
 
-def choose_reads(plan: ImagePlan, snapshot_set: SnapshotSet, spec: ImageBackupSpec) -> None:
+def choose_reads(
+    plan: ImagePlan,
+    snapshot_set: SnapshotSet,
+    spec: ImageBackupSpec,
+    list_rps: dict[str, float] | None = None,
+) -> None:
     """Each volume's read strategy (ec2backup.readplan), said in `read_reason`; a volume read
     directly gets no copies."""
     asked = spec.worker.read
@@ -211,7 +219,7 @@ def choose_reads(plan: ImagePlan, snapshot_set: SnapshotSet, spec: ImageBackupSp
             continue
         if ebs is None:
             ebs = aws.client("ebs", plan.region)
-        vp.blocks_to_read = blocks_to_read(ebs, vp)
+        vp.blocks_to_read = blocks_to_read(ebs, vp, list_rps)
         choice = readplan.choose(vp.blocks_to_read, vp.copies, member.encrypted, perf, asked)
         vp.read, vp.read_reason = choice.read, choice.reason
         if vp.read == "ebs-direct":
@@ -219,7 +227,11 @@ def choose_reads(plan: ImagePlan, snapshot_set: SnapshotSet, spec: ImageBackupSp
 
 
 def prepare(
-    session_id: str, snapshot_set: SnapshotSet, spec: ImageBackupSpec, password: str | None
+    session_id: str,
+    snapshot_set: SnapshotSet,
+    spec: ImageBackupSpec,
+    password: str | None,
+    list_rps: dict[str, float] | None = None,
 ) -> ImagePlan:
     backup_account = aws.caller_account(snapshot_set.region)
     plan = workers.build_plan(session_id, snapshot_set, spec, backup_account)
@@ -246,7 +258,7 @@ def prepare(
                 f"CBT base {base or '(none)'} is gone: reading every written "
                 "block, dedup against the repository"
             )
-    choose_reads(plan, snapshot_set, spec)
+    choose_reads(plan, snapshot_set, spec, list_rps)
     workers.share_snapshots(plan, snapshot_set, backup_account)
     workers.put_session_secret(session_id, plan, password)
     return plan

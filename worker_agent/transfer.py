@@ -1,8 +1,9 @@
 """Move one range of one volume's blocks from the attached device into the repository.
 
 Which blocks: `ListChangedBlocks(parent snapshot, snapshot)` when the plan has a usable CBT
-base, else `ListSnapshotBlocks(snapshot)` (only written blocks). Blocks are read from the
-worker's copy of the volume (the attached device), not through GetSnapshotBlock, and fed to the
+base, else `ListSnapshotBlocks(snapshot)` (only written blocks). Blocks are read as the plan
+chose (`VolumePlan.read`): from the worker's copy of the volume (the attached device) or with
+EBS direct `GetSnapshotBlock`, several in flight either way (`with_data`), and fed to the
 repository's `BackupWriter` in increasing order. A volume read by several streams at once
 (`VolumePlan.spans`) has one writer and checkpoint per stream, each confined to its span of
 whole map pages; the commit merges them (`ec2backup.imagebackup.merge_streams`). The writer's
@@ -23,7 +24,7 @@ from typing import Any
 
 from ec2backup import aws
 from ec2backup.budget import RateLimiter
-from ec2backup.ebs import LIST_PAGE_SIZE, BlockRef, get_block
+from ec2backup.ebs import LIST_PAGE_SIZE, BlockRef, get_block, no_pace
 from ec2backup.imagebackup import checkpoint_key
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput, VolumePlan
 from ec2backup.repository.backend import ObjectMissing
@@ -45,6 +46,12 @@ EBS_LIST_MIN_RESULTS = 100
 # GetSnapshotBlock calls in flight for an EBS direct read: about 30 ms-100 ms each, so 32 reach
 # the few hundred blocks/s a session may take of the account's 1,000/s (ec2backup.readplan).
 EBS_DIRECT_IN_FLIGHT = 32
+# Device reads in flight for an attached volume copy. A volume created from a snapshot loads
+# each block from S3 on its first read, so one read at a time leaves the volume idle while this
+# thread hands the block to the encoders: AWS's own initialization recipe reads with a queue
+# depth of 32 x 1 MiB (`fio --iodepth=32`, "Initialize Amazon EBS volumes"); 16 x 512 KiB is the
+# same bytes in flight, and the read-ahead window (twice that) holds 16 MiB.
+ATTACHED_READ_AHEAD = 16
 
 
 @dataclass
@@ -57,11 +64,15 @@ class Progress:
 
 
 def changed_blocks(
-    ebs: Any, volume: VolumePlan, start: int, end: int
+    ebs: Any,
+    volume: VolumePlan,
+    start: int,
+    end: int,
+    pace: Callable[[], None] = no_pace,
 ) -> Iterator[tuple[int, bool | None, str | None]]:
     """(block index, present in the new snapshot, its block token) for blocks to (re)write in
     [start, end), then `(first index >= end, None, None)` if the list goes on: empty ranges can
-    be skipped."""
+    be skipped. `pace` is called before each page (the range's part of the list budget)."""
     if volume.parent_snapshot_id:
         kwargs: dict[str, Any] = {
             "FirstSnapshotId": volume.parent_snapshot_id,
@@ -78,6 +89,7 @@ def changed_blocks(
         StartingBlockIndex=start,
     )
     while True:
+        pace()
         page = call(**kwargs)
         for block in page.get(key, []):
             index = block["BlockIndex"]
@@ -99,8 +111,9 @@ def with_data(
     in_flight: int,
 ) -> Generator[tuple[int, bool | None, bytes | None]]:
     """The listed blocks with their data, in list order, reading up to `in_flight` ahead in a
-    thread pool (EBS direct: each GetSnapshotBlock waits on the network; one at a time would
-    read a few MiB/s). in_flight 1: read in this thread (a local device)."""
+    thread pool (EBS direct: each GetSnapshotBlock waits on the network, one at a time would
+    read a few MiB/s; an attached copy: its first reads wait on S3). in_flight 1: read in this
+    thread."""
     if in_flight <= 1:
         for index, present, token in listed:
             yield index, present, read(index, token) if present else None
@@ -215,8 +228,9 @@ def transfer_range(
                         return get_block(ebs, req.volume.snapshot_id, BlockRef(index, token))
                     return device.read_block(index)
 
-                listed = changed_blocks(ebs, req.volume, start, req.end_block)
-                in_flight = EBS_DIRECT_IN_FLIGHT if direct else 1
+                list_pace = RateLimiter(req.list_rps).acquire if req.list_rps else no_pace
+                listed = changed_blocks(ebs, req.volume, start, req.end_block, list_pace)
+                in_flight = EBS_DIRECT_IN_FLIGHT if direct else ATTACHED_READ_AHEAD
                 with contextlib.closing(with_data(listed, read, in_flight)) as blocks:
                     for index, present, data in blocks:
                         if present is None:

@@ -13,6 +13,7 @@ repository checkpoint) and where continue-as-new happens when the server suggest
 from __future__ import annotations
 
 import asyncio
+import collections
 from datetime import timedelta
 
 from temporalio import workflow
@@ -36,7 +37,14 @@ from workflows.common import (
 with workflow.unsafe.imports_passed_through():
     from activities import budget as budget_activities
     from activities import session as session_activities
-    from ec2backup.budget import COPY_SNAPSHOT, GET_SNAPSHOT_BLOCK, budget_id
+    from ec2backup.budget import (
+        COPY_SNAPSHOT,
+        GET_SNAPSHOT_BLOCK,
+        LIST_APIS,
+        LIST_WANT_RPS_PER_STREAM,
+        budget_id,
+        list_api,
+    )
     from ec2backup.models.authorization import AuthorizeInput
     from ec2backup.models.budget import BudgetLease, BudgetReleaseRequest, BudgetRequest
     from ec2backup.models.session import (
@@ -83,6 +91,9 @@ CLEANUP_TIMEOUT = timedelta(minutes=15)
 BUDGET_PATCH = "rate-budget-v1"
 # Replications ask for a share of the destination's copy slots (ec2backup.budget.COPY_SNAPSHOT).
 COPY_BUDGET_PATCH = "copy-budget-v1"
+# Sessions pace their ListChangedBlocks/ListSnapshotBlocks calls to a share of the account's
+# list budgets (ec2backup.budget.LIST_APIS), from the plan on.
+LIST_BUDGET_PATCH = "list-budget-v1"
 # How often a session whose replication waits for a copy slot asks again (copies take minutes).
 COPY_SLOT_WAIT = timedelta(seconds=10)
 BUDGET_TIMEOUT = timedelta(minutes=2)
@@ -349,9 +360,20 @@ class BackupSession(Pausable):
         assert spec is not None
         if self._carry.plan is None:
             self._phase = "planning"
+            list_rps: dict[str, float] = {}
+            if workflow.patched(LIST_BUDGET_PATCH):
+                # The plan counts each volume's blocks to read (whole-volume lists).
+                list_rps = await self._list_shares(
+                    session_id, snapshot_set, dict.fromkeys(LIST_APIS, 1)
+                )
             self._carry.plan = await workflow.execute_activity(
                 session_activities.prepare_image_backup,
-                PrepareImageInput(session_id=session_id, snapshot_set=snapshot_set, spec=spec),
+                PrepareImageInput(
+                    session_id=session_id,
+                    snapshot_set=snapshot_set,
+                    spec=spec,
+                    list_rps=list_rps,
+                ),
                 start_to_close_timeout=CONTROL_TIMEOUT,
                 heartbeat_timeout=LIVENESS_TIMEOUT,
                 retry_policy=CONTROL_RETRY,
@@ -425,9 +447,24 @@ class BackupSession(Pausable):
                 )
                 self._carry.budget_account = snapshot_set.account
                 get_rps = lease.rps / direct
+            # Every stream lists; each gets its part of its list API's share (renewed here).
+            list_streams = collections.Counter(list_api(vp.parent_snapshot_id) for vp, _s in todo)
+            per_stream: dict[str, float] = {}
+            if workflow.patched(LIST_BUDGET_PATCH):
+                shares = await self._list_shares(session_id, snapshot_set, dict(list_streams))
+                per_stream = {api: rps / list_streams[api] for api, rps in shares.items()}
             results = await asyncio.gather(
                 *(
-                    self._range(session_id, plan, worker, vp, s, get_rps, 1 / max(1, direct))
+                    self._range(
+                        session_id,
+                        plan,
+                        worker,
+                        vp,
+                        s,
+                        get_rps,
+                        1 / max(1, direct),
+                        per_stream.get(list_api(vp.parent_snapshot_id)),
+                    )
                     for vp, s in todo
                 ),
                 return_exceptions=True,
@@ -475,6 +512,7 @@ class BackupSession(Pausable):
         s: Stream,
         get_rps: float | None = None,
         fraction: float = 1.0,
+        list_rps: float | None = None,
     ) -> TransferRangeOutput:
         paced = get_rps is not None and vp.read == "ebs-direct"
         account = self._carry.budget_account
@@ -520,6 +558,7 @@ class BackupSession(Pausable):
                 if paced and account
                 else None,
                 budget_fraction=fraction,
+                list_rps=list_rps,
             ),
             task_queue=worker.task_queue,
             start_to_close_timeout=RANGE_TIMEOUT,
@@ -539,17 +578,48 @@ class BackupSession(Pausable):
                 c.bytes_read += result.bytes_read
                 c.bytes_stored += result.bytes_stored
 
+    async def _list_shares(
+        self, session_id: str, snapshot_set: SnapshotSet, streams: dict[str, int]
+    ) -> dict[str, float]:
+        """This session's share of each list API's budget, for `streams` streams calling it."""
+        leases = await asyncio.gather(
+            *(
+                _share_of(
+                    BudgetRequest(
+                        account=snapshot_set.account,
+                        region=snapshot_set.region,
+                        api=api,
+                        holder=session_id,
+                        want_rps=n * LIST_WANT_RPS_PER_STREAM,
+                    )
+                )
+                for api, n in streams.items()
+            )
+        )
+        for api, lease in zip(streams, leases, strict=True):
+            self._carry.list_budgets[api] = lease.account or snapshot_set.account
+        return {api: lease.rps for api, lease in zip(streams, leases, strict=True)}
+
     async def _release_budget(self, session_id: str) -> None:
-        """Give back the share of the EBS direct budget (once the reads are over)."""
+        """Give back the shares of the EBS direct budgets (once the reads are over)."""
         plan, account = self._carry.plan, self._carry.budget_account
-        if plan is None or account is None:
+        held = dict(self._carry.list_budgets)
+        if account is not None and plan is not None:
+            held[GET_SNAPSHOT_BLOCK] = account
+        snapshot_set = self._carry.snapshot_set
+        if not held or snapshot_set is None:
             return
-        await _give_back(
-            BudgetReleaseRequest(
-                account=account, region=plan.region, api=GET_SNAPSHOT_BLOCK, holder=session_id
+        region = plan.region if plan is not None else snapshot_set.region
+        await asyncio.gather(
+            *(
+                _give_back(
+                    BudgetReleaseRequest(account=a, region=region, api=api, holder=session_id)
+                )
+                for api, a in held.items()
             )
         )
         self._carry.budget_account = None
+        self._carry.list_budgets = {}
 
     async def _release(self, session_id: str, only_instance_id: str | None) -> None:
         plan = self._carry.plan

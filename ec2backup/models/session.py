@@ -86,6 +86,9 @@ class SessionCarry(BaseModel):
     workers_provisioned: int = 0
     # The account whose EBS direct budget this session holds a share of (ec2backup.budget).
     budget_account: str | None = None
+    # The list APIs (ec2backup.budget.LIST_APIS) whose budgets this session holds a share of,
+    # and in which account: given back with the GetSnapshotBlock share.
+    list_budgets: dict[str, str] = Field(default_factory=dict)  # API -> account
 
 
 class BackupSessionInput(BaseModel):
@@ -262,6 +265,9 @@ class PrepareImageInput(BaseModel):
     session_id: str
     snapshot_set: SnapshotSet
     spec: ImageBackupSpec
+    # The session's share of each list API's budget (ec2backup.budget), list calls per
+    # second; an API not named here is not paced.
+    list_rps: dict[str, float] = Field(default_factory=dict)
 
 
 class WorkerVolume(BaseModel):
@@ -327,6 +333,9 @@ class TransferRangeInput(BaseModel):
     get_rps: float | None = None
     budget_id: str | None = None
     budget_fraction: float = 1.0
+    # This range's part of the session's share of its list API's budget (ListChangedBlocks
+    # or ListSnapshotBlocks, ec2backup.budget), calls per second; None: unpaced.
+    list_rps: float | None = None
     last_range: bool
 
 
