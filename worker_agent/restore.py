@@ -20,9 +20,9 @@ from collections.abc import Callable
 from ec2backup.models.restore import RestoreCheckpoint, WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 from ec2backup.repository.reader import restore_volume
-from ec2backup.repository.repo import Repository
 from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceMismatch, find_volume
+from worker_agent.repositories import open_repository
 
 GIB = 1024**3
 # How long a restore waits for a running prune (exclusive lock) before it fails.
@@ -67,7 +67,7 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
     the write, e.g. on cancellation). A failure after the device was opened is raised as
     `WriteFailed` with the last checkpoint."""
     secret = read_session_secret(req.secret_name, req.secret_region)
-    repo = Repository.open(req.repository, secret_password(secret))
+    repo = open_repository(req.repository, secret_password(secret))
     _, rp = repo.load_restore_point(req.backup_id)
     record = rp.volumes[req.record_index]
     if record.size > req.size_gib * GIB:
@@ -108,6 +108,7 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
         with repo.lock(
             exclusive=False, purpose=f"restore {req.restore_id}", wait=LOCK_WAIT_SECONDS
         ):
+            repo.refresh_index()  # kept from an earlier volume: brought up to date
             restore_volume(
                 repo,
                 record,

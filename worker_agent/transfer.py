@@ -34,6 +34,7 @@ from ec2backup.repository.restorepoint import VolumeMetadata
 from ec2backup.repository.writer import BackupWriter, Checkpoint, checkpoint_name
 from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceReader
+from worker_agent.repositories import open_repository
 
 # Make progress durable (checkpoint + heartbeat) at least this often: bounds what a lost host
 # re-reads (256 blocks = 128 MiB) and how stale the cursor in the workflow can be.
@@ -197,9 +198,10 @@ def transfer_range(
     """`share` (EBS direct): the range's current GetSnapshotBlock rate when it changed, asked
     about once a second."""
     secret = read_session_secret(req.secret_name, req.secret_region)
-    repo = Repository.open(req.repository, secret_password(secret))
+    repo = open_repository(req.repository, secret_password(secret))
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
     with repo.lock(exclusive=False, purpose=f"backup {req.session_id}", wait=300):
+        repo.refresh_index()  # under the lock: a prune cannot change it until we are done
         writer = open_writer(repo, req)
         try:
             start = max(req.start_block, req.cursor, writer.position)

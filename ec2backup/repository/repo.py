@@ -510,6 +510,22 @@ class Repository:
         self._marked = None  # loaded again when a blob is in no index
         return self._index
 
+    def refresh_index(self) -> Index:
+        """The index loaded before, brought up to date for a holder of a lock that reuses this
+        object (the worker agent, one range after another): index files written since are
+        added; if a file loaded before is gone, a prune or repair rewrote the index while no
+        lock was held, and everything is loaded again (a blob it dropped must not be taken
+        for stored). Call it with the lock held, so no prune can run until the lock goes."""
+        if self._index is None:
+            return self.load_index()
+        listed = self.list_ids("index")
+        loaded = set(self._index.files)
+        if loaded - set(listed):
+            return self.load_index(refresh=True)
+        for oid, table in self.iter_index_tables([i for i in listed if i not in loaded]):
+            self._index.add_table(oid, table)
+        return self._index
+
     def marked_index(self, refresh: bool = False) -> Index:
         """The index entries of packs a prune marked for deletion (see marks.py)."""
         from ec2backup.repository.marks import list_marks
