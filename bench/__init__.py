@@ -10,14 +10,17 @@ Methodology
   backup of the mutated image, restore of that incremental (checked by sha256 against the
   mutated image), repository size (apparent bytes of every file in the repository directory).
 - Peer settings: restic from Debian (0.14), repository v2, `--compression auto`, encryption on
-  (always); ec2backup with its defaults (zstd-3, AES-256-GCM, 32 MiB packs). Both repositories
+  (always); ec2backup with its defaults (zstd-3, AES-256-GCM, 16 MiB packs). Both repositories
   are local directories on the same disk.
 - Each step runs as its own process after `sync` and `echo 3 > /proc/sys/vm/drop_caches` (when
   permitted), so both read the image and the repository cold. Wall time is measured around the
   process; user/system CPU and peak RSS come from `wait4()` of that process (what
   `/usr/bin/time -v` reports). Process start-up and imports count: that is what a user waits for.
-- Figures: full and restore as logical MB/s (image size / wall, 10^6 bytes), incremental as wall
-  seconds, repository size after both backups, peak RSS over the three steps. With `--runs N`
+- Figures: full and restore as logical MB/s (image size / wall, 10^6 bytes; a restore's wall
+  includes a `sync` right after it, so both tools' writes are durable: restic leaves them in the
+  page cache, ec2backup fsyncs before it exits), incremental as wall seconds, repository size
+  after both backups, peak RSS over the three steps. Targets (issue 18): full >= 3.5x,
+  incremental >= 25x, restore >= 1.5x, repository <= 1.02x, peak RSS < 1x restic's. With `--runs N`
   every figure is the median of the N runs, and the first tool alternates between runs.
 - Index memory at scale (`bench.index_scale`, `--index-scales 1m,10m`): for 1 and 10 million
   blobs, a repository whose index files name that many synthetic blobs, then a full backup and

@@ -49,7 +49,7 @@ TARGETS = [
         lambda r, size: size / r.samples["full"].wall_s / MB,
         lambda ours, theirs: ours / theirs,
         "ours/restic",
-        3.0,
+        3.5,  # issue 18's acceptance
         at_least=True,
     ),
     Target(
@@ -59,14 +59,16 @@ TARGETS = [
         lambda r, _size: r.samples["incremental"].wall_s,
         lambda ours, theirs: theirs / ours,
         "restic/ours",
-        20.0,
+        25.0,
         at_least=True,
     ),
     Target(
         "restore_mb_s",
         "restore",
         "MB/s",
-        lambda r, size: size / r.samples["restore"].wall_s / MB,
+        # "with both sides' writes durable": restic leaves its writes in the page cache, so
+        # the `sync` right after it counts (ec2backup fsyncs inside; its sync is ~0)
+        lambda r, size: size / (r.samples["restore"].wall_s + r.restore_sync_s) / MB,
         lambda ours, theirs: ours / theirs,
         "ours/restic",
         1.5,
@@ -202,8 +204,8 @@ def format_table(summary: dict[str, object], runs: int) -> str:
     syncs = summary["sync_after_restore_s"]
     assert isinstance(syncs, dict)
     lines.append(
-        "sync right after the restore (not in the figures; ec2backup fsyncs inside its restore): "
-        + ", ".join(f"{tool} {syncs[tool]:.2f}s" for tool in TOOLS)
+        "sync right after the restore (in the restore figure; ec2backup fsyncs inside its "
+        "restore): " + ", ".join(f"{tool} {syncs[tool]:.2f}s" for tool in TOOLS)
     )
     after_full, growth = summary["repo_mib_after_full"], summary["repo_growth_mib"]
     assert isinstance(after_full, dict) and isinstance(growth, dict)

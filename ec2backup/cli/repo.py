@@ -61,7 +61,7 @@ def _open(repo: str, password_file: str | None) -> Repository:
 
 
 def _say(msg: str) -> None:
-    stderr_console.print(msg, highlight=False, soft_wrap=True)
+    stderr_console().print(msg, highlight=False, soft_wrap=True)
 
 
 # ---- repo ----------------------------------------------------------------------------------
