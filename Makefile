@@ -17,8 +17,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ec2backup_lab.demo
 
+# Test files run on TEST_WORKERS processes, each with its own lab and Temporal dev server (a file
+# stays on one: its module fixtures start an orchestrator); most of a test waits on polls and
+# timers, so two share the 2 cores of CI well.
+TEST_WORKERS ?= 2
+
 test: lint
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x --durations=15 -m "not fault"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/pytest -q -x -n $(TEST_WORKERS) --dist loadfile --durations=15 -m "not fault"
 
 # The long fault runs (marker `fault`); `make test` runs a short form of each.
 faults: $(STAMP)
