@@ -1,4 +1,5 @@
-"""The janitor: remove worker instances, volumes and session secrets whose session has closed.
+"""The janitor: remove worker instances, volumes and session secrets whose session has closed,
+and give back the budget shares (ec2backup.budget) such sessions still hold.
 
 A terminated workflow runs no cleanup code; this sweep (the `Janitor` workflow, on a schedule)
 finds what sessions left by tag and asks Temporal whether each session is still running. It
@@ -11,11 +12,17 @@ from __future__ import annotations
 import asyncio
 
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from ec2backup import aws, imagebackup, installation, workers
 from ec2backup.activity_support import repository_password, role_session
+from ec2backup.models.budget import (
+    BudgetState,
+    BudgetStateInput,
+    ReleaseBudgetInput,
+    ReleaseBudgetOutput,
+)
 from ec2backup.models.janitor import JanitorInput, JanitorOutput
 from ec2backup.restore import launch as restore_launch
 from ec2backup.restore import plan as restore_plan
@@ -172,6 +179,37 @@ async def _sweep_checkpoints(out: JanitorOutput) -> None:
         out.repositories_swept += 1
 
 
+# The budgets with holders: every RateBudget that is running (it ends when nobody holds a share).
+RUNNING_BUDGETS = "WorkflowType = 'RateBudget' AND ExecutionStatus = 'Running'"
+
+
+async def _sweep_budgets(out: JanitorOutput) -> None:
+    """Shares of budgets held by workflows that are no longer running: a terminated session
+    gives nothing back, and its share would shrink everyone else's until its lease ran out
+    (30 minutes for a rate, hours for copy slots)."""
+    client = activity.client()
+    try:
+        budgets = [b.id async for b in client.list_workflows(RUNNING_BUDGETS)]
+    except RPCError as exc:
+        out.failures.append(_failure("budgets not listed", exc))
+        return
+    for budget_wid in budgets:
+        activity.heartbeat(budget_wid)
+        handle = client.get_workflow_handle(budget_wid)
+        try:
+            state = await handle.query("state", BudgetStateInput(), result_type=BudgetState)
+            for holder in sorted(state.shares):
+                if await _status(holder) == WorkflowExecutionStatus.RUNNING:
+                    continue
+                released = await handle.execute_update(
+                    "release", ReleaseBudgetInput(holder=holder), result_type=ReleaseBudgetOutput
+                )
+                out.budget_shares_released += released.released
+        except (RPCError, WorkflowUpdateFailedError) as exc:  # it ended meanwhile, or Temporal
+            # is busy: the next sweep tries again
+            out.failures.append(_failure(f"budget {budget_wid}", exc))
+
+
 @activity.defn(name="janitor_sweep")
 async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
     """Sweep every place; what fails is listed in `failures` (the sweep does not stop there)
@@ -187,4 +225,5 @@ async def janitor_sweep(req: JanitorInput) -> JanitorOutput:
         out.places_swept = len(places)
         if req.known_places:
             await _sweep_checkpoints(out)
+        await _sweep_budgets(out)
     return out

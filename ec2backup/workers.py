@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -440,8 +441,7 @@ def provision(
     heartbeat(f"instance {instance_id} launched")
     if plan.worker_role_arn is not None:
         authorize_worker(plan.region, plan.worker_role_arn, plan.secret_name, instance_id)
-    volumes: list[WorkerVolume] = []
-    existing = existing_volumes(ec2, session_id)
+    wanted: list[VolumeWant] = []
     for vp in plan.volumes:
         for device in vp.worker_devices:
             create: dict[str, Any] = {"SnapshotId": vp.snapshot_id, "VolumeType": vp.volume_type}
@@ -449,22 +449,20 @@ def provision(
                 create["Iops"] = vp.iops
             if vp.throughput:
                 create["Throughput"] = vp.throughput
-            volume_id = attach_volume(
-                ec2,
-                session_id,
-                instance_id,
-                existing,
-                source_volume_id=vp.source_volume_id,
-                device=device,
-                availability_zone=plan.availability_zone,
-                create=create,
-                heartbeat=heartbeat,
-            )
-            volumes.append(
-                WorkerVolume(
-                    source_volume_id=vp.source_volume_id, volume_id=volume_id, device=device
-                )
-            )
+            wanted.append(VolumeWant(vp.source_volume_id, device, create))
+    volume_ids = attach_volumes(
+        ec2,
+        session_id,
+        instance_id,
+        existing_volumes(ec2, session_id),
+        wanted,
+        availability_zone=plan.availability_zone,
+        heartbeat=heartbeat,
+    )
+    volumes = [
+        WorkerVolume(source_volume_id=w.source_volume_id, volume_id=v, device=w.device)
+        for w, v in zip(wanted, volume_ids, strict=True)
+    ]
     return WorkerHandle(
         instance_id=instance_id,
         task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id),
@@ -607,6 +605,95 @@ def existing_volumes(ec2: Any, session_id: str) -> dict[tuple[str | None, str | 
     }
 
 
+@dataclass(frozen=True)
+class VolumeWant:
+    """One worker volume: a copy of `source_volume_id` at `device`, made with `create`'s
+    CreateVolume parameters (a snapshot, or a size for an empty one)."""
+
+    source_volume_id: str
+    device: str
+    create: dict[str, Any]
+
+
+def attach_volumes(
+    ec2: Any,
+    session_id: str,
+    instance_id: str,
+    existing: dict[tuple[str | None, str | None], Any],
+    wanted: list[VolumeWant],
+    *,
+    availability_zone: str,
+    heartbeat: Callable[[str], None] = lambda _: None,
+) -> list[str]:
+    """The worker volumes `wanted`, each created if it does not exist yet (found in
+    `existing` by source volume and device) and attached to the instance at its device; their
+    ids, in order. Every volume is asked for before any is waited for: volumes are created,
+    and attachments complete, side by side (about a volume's time, not one per volume)."""
+    volume_ids: list[str] = []
+    attached_to: list[str | None] = []
+    states: list[str] = []
+    for want in wanted:
+        heartbeat(f"volume for {want.source_volume_id} at {want.device}")  # a cancel stops here
+        found = existing.get((want.source_volume_id, want.device))
+        if found is None:
+            tags = _session_tags(
+                session_id,
+                {SOURCE_VOLUME_KEY: want.source_volume_id, "ec2backup:device": want.device},
+            )
+            volume_id = ec2.create_volume(
+                AvailabilityZone=availability_zone,
+                TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
+                **want.create,
+            )["VolumeId"]
+            log.info(
+                "volume %s created from %s for %s", volume_id, want.source_volume_id, want.device
+            )
+            volume_ids.append(str(volume_id))
+            states.append("creating")
+            attached_to.append(None)
+        else:
+            volume_ids.append(str(found["VolumeId"]))
+            states.append(found["State"])
+            attached_to.append((found.get("Attachments") or [{}])[0].get("InstanceId"))
+    for volume_id in volume_ids:
+        _wait(
+            functools.partial(_volume_in, ec2, volume_id, ("available", "in-use")),
+            f"volume {volume_id}",
+            heartbeat=heartbeat,
+        )
+    to_attach = [i for i, owner in enumerate(attached_to) if owner != instance_id]
+    for i in to_attach:
+        if states[i] == "in-use" and attached_to[i]:
+            ec2.detach_volume(VolumeId=volume_ids[i], Force=True)
+    for i in to_attach:
+        if states[i] == "in-use" and attached_to[i]:
+            _wait(
+                functools.partial(_volume_in, ec2, volume_ids[i], ("available",)),
+                f"detach of {volume_ids[i]}",
+                heartbeat=heartbeat,
+            )
+    if to_attach:
+        # AttachVolume refuses a pending instance ("IncorrectState: Instance '...' is not
+        # 'running'."): the volumes are created while it boots, attached once it runs.
+        _wait(
+            functools.partial(_instance_running, ec2, instance_id),
+            f"instance {instance_id} running",
+            heartbeat=heartbeat,
+        )
+    for i in to_attach:
+        ec2.attach_volume(VolumeId=volume_ids[i], InstanceId=instance_id, Device=wanted[i].device)
+        log.info("volume %s attached to %s at %s", volume_ids[i], instance_id, wanted[i].device)
+    # AttachVolume returns while the attachment is `attaching`: the device appears on the
+    # instance only once it is `attached`, and the agent opens it right after this returns.
+    for volume_id in volume_ids:
+        _wait(
+            functools.partial(_attached, ec2, volume_id, instance_id),
+            f"attachment of {volume_id} to {instance_id}",
+            heartbeat=heartbeat,
+        )
+    return volume_ids
+
+
 def attach_volume(
     ec2: Any,
     session_id: str,
@@ -619,55 +706,17 @@ def attach_volume(
     create: dict[str, Any],
     heartbeat: Callable[[str], None] = lambda _: None,
 ) -> str:
-    """The worker volume for (source volume, device), created with `create`'s parameters if
-    it does not exist yet, attached to the instance at `device`; returns its id."""
-    heartbeat(f"volume for {source_volume_id} at {device}")  # a cancel stops here
-    found = existing.get((source_volume_id, device))
-    if found is None:
-        tags = _session_tags(
-            session_id, {SOURCE_VOLUME_KEY: source_volume_id, "ec2backup:device": device}
-        )
-        volume_id = ec2.create_volume(
-            AvailabilityZone=availability_zone,
-            TagSpecifications=[{"ResourceType": "volume", "Tags": tags}],
-            **create,
-        )["VolumeId"]
-        log.info("volume %s created from %s for %s", volume_id, source_volume_id, device)
-        state, attached_to = "creating", None
-    else:
-        volume_id = found["VolumeId"]
-        state = found["State"]
-        attached_to = (found.get("Attachments") or [{}])[0].get("InstanceId")
-    _wait(
-        functools.partial(_volume_in, ec2, volume_id, ("available", "in-use")),
-        f"volume {volume_id}",
+    """One volume of `attach_volumes`."""
+    (volume_id,) = attach_volumes(
+        ec2,
+        session_id,
+        instance_id,
+        existing,
+        [VolumeWant(source_volume_id, device, create)],
+        availability_zone=availability_zone,
         heartbeat=heartbeat,
     )
-    if attached_to != instance_id:
-        if state == "in-use" and attached_to:
-            ec2.detach_volume(VolumeId=volume_id, Force=True)
-            _wait(
-                functools.partial(_volume_in, ec2, volume_id, ("available",)),
-                f"detach of {volume_id}",
-                heartbeat=heartbeat,
-            )
-        # AttachVolume refuses a pending instance ("IncorrectState: Instance '...' is not
-        # 'running'."): the volumes are created while it boots, attached once it runs.
-        _wait(
-            functools.partial(_instance_running, ec2, instance_id),
-            f"instance {instance_id} running",
-            heartbeat=heartbeat,
-        )
-        ec2.attach_volume(VolumeId=volume_id, InstanceId=instance_id, Device=device)
-        log.info("volume %s attached to %s at %s", volume_id, instance_id, device)
-    # AttachVolume returns while the attachment is `attaching`: the device appears on the
-    # instance only once it is `attached`, and the agent opens it right after this returns.
-    _wait(
-        functools.partial(_attached, ec2, volume_id, instance_id),
-        f"attachment of {volume_id} to {instance_id}",
-        heartbeat=heartbeat,
-    )
-    return str(volume_id)
+    return volume_id
 
 
 def _attached(ec2: Any, volume_id: str, instance_id: str) -> bool:

@@ -18,6 +18,12 @@ from botocore.config import Config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# pytest-xdist's workers get the controller's terminal size as COLUMNS/LINES; the CLI's tables
+# honour COLUMNS (ec2backup/cli/format.py), so commands run by tests would fold their rows to
+# that width under `make test` and not when a test runs alone.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 def free_port() -> int:
     with socket.socket() as s:

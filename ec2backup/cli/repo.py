@@ -61,7 +61,10 @@ def _open(repo: str, password_file: str | None) -> Repository:
 
 
 def _say(msg: str) -> None:
-    stderr_console().print(msg, highlight=False, soft_wrap=True)
+    if not sys.stderr.isatty():  # a script or a log: plain lines, without importing rich
+        print(msg, file=sys.stderr, flush=True)
+        return
+    stderr_console().print(msg, highlight=False, soft_wrap=True, markup=False)
 
 
 # ---- repo ----------------------------------------------------------------------------------

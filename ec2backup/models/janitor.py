@@ -27,6 +27,8 @@ class JanitorOutput(BaseModel):
     checkpoints_deleted: int = 0
     repositories_swept: int = 0
     sessions_checked: int = 0
+    # shares of RateBudget workflows whose holder was no longer running, given back
+    budget_shares_released: int = 0
     places_swept: int = 0
     # What could not be removed (or a place that could not be listed), one line each: the
     # sweep goes on past them, the next run tries again.

@@ -74,11 +74,9 @@ def provision(
     heartbeat(f"restore worker {instance_id} launched")
     if plan.role_arn is not None:
         workers.authorize_worker(plan.region, plan.role_arn, plan.secret_name, instance_id)
-    existing = workers.existing_volumes(ec2, plan.restore_id)
-    volumes: list[RestoreWorkerVolume] = []
-    for volume, worker_device in zip(
-        plan.volumes, workers.WORKER_DEVICES[: len(plan.volumes)], strict=True
-    ):
+    wanted: list[workers.VolumeWant] = []
+    devices = workers.WORKER_DEVICES[: len(plan.volumes)]
+    for volume, worker_device in zip(plan.volumes, devices, strict=True):
         volume_type, iops, throughput, _copies = workers.plan_volume(volume.size_gib)
         create: dict[str, Any] = {
             "Size": volume.size_gib,
@@ -90,22 +88,20 @@ def provision(
             create["Encrypted"] = True
             if volume.kms_key_id:
                 create["KmsKeyId"] = volume.kms_key_id
-        volume_id = workers.attach_volume(
-            ec2,
-            plan.restore_id,
-            instance_id,
-            existing,
-            source_volume_id=volume.source_volume_id,
-            device=worker_device,
-            availability_zone=plan.availability_zone,
-            create=create,
-            heartbeat=heartbeat,
-        )
-        volumes.append(
-            RestoreWorkerVolume(
-                device=volume.device, volume_id=volume_id, worker_device=worker_device
-            )
-        )
+        wanted.append(workers.VolumeWant(volume.source_volume_id, worker_device, create))
+    volume_ids = workers.attach_volumes(
+        ec2,
+        plan.restore_id,
+        instance_id,
+        workers.existing_volumes(ec2, plan.restore_id),
+        wanted,
+        availability_zone=plan.availability_zone,
+        heartbeat=heartbeat,
+    )
+    volumes = [
+        RestoreWorkerVolume(device=volume.device, volume_id=volume_id, worker_device=device)
+        for volume, volume_id, device in zip(plan.volumes, volume_ids, devices, strict=True)
+    ]
     return RestoreWorker(
         instance_id=instance_id,
         task_queue=HOST_TASK_QUEUE_TEMPLATE.format(instance_id=instance_id),

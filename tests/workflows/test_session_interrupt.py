@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from session_helpers import RANGE_BYTES, Workbench, wait_for
+from session_helpers import ACCOUNT_A, RANGE_BYTES, REGION, Workbench, wait_for
 
+from ec2backup.budget import LIST_SNAPSHOT_BLOCKS, budget_id
+from ec2backup.models.budget import BudgetState, BudgetStateInput
 from ec2backup.snapshots import set_id_for
 
 MIB = 1024 * 1024
@@ -180,6 +182,16 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     # a terminated session runs no release: its checkpoints stay and pin their data ...
     time.sleep(2)  # an agent range may still write one more before its heartbeat times out
     assert checkpoints()
+    # ... and its share of the account's list budget (taken for its plan and ranges) stays
+    # held until the lease runs out, shrinking every other session's share ...
+    list_budget = budget_id(ACCOUNT_A, REGION, LIST_SNAPSHOT_BLOCKS)
+
+    async def holders(client: Any) -> set[str]:
+        handle = client.get_workflow_handle(list_budget)
+        state = await handle.query("state", BudgetStateInput(), result_type=BudgetState)
+        return set(state.shares)
+
+    assert sid in wb.temporal(holders)
 
     async def janitor(client: Any) -> Any:
         return await client.execute_workflow(
@@ -196,6 +208,8 @@ def test_terminated_session_is_swept_by_janitor(wb: Workbench, big: dict[str, An
     # ... until the Janitor removes them (the repository is one the installation remembers)
     assert out["checkpoints_deleted"] >= 1 and out["repositories_swept"] >= 1, out
     assert not checkpoints(), out
+    # ... and gives the budget shares back.
+    assert out["budget_shares_released"] >= 1 and sid not in wb.temporal(holders), out
 
 
 def test_cancel_while_provisioning_leaves_nothing(wb: Workbench, big: dict[str, Any]) -> None:
