@@ -23,6 +23,7 @@ from ec2backup.errors import UserError
 from ec2backup.progress import human_bytes, progress_bar, stderr_console
 from ec2backup.repository.marks import DEFAULT_GRACE
 from ec2backup.repository.repo import (
+    DEFAULT_COMPRESSION_LEVEL,
     DEFAULT_LOCK_TTL_SECONDS,
     DEFAULT_PACK_SIZE,
     MIN_LOCK_TTL_SECONDS,
@@ -123,6 +124,16 @@ def repo_init(
         int,
         typer.Option("--lock-margin-days", min=0, help="--object-lock: days added to each lock"),
     ] = 7,
+    compression_level: Annotated[
+        int,
+        typer.Option(
+            "--compression-level",
+            min=1,
+            max=19,
+            help="zstd level of the blocks written (default 3; 1 compresses text about 1.5x "
+            "faster for a few percent more storage on typical data)",
+        ),
+    ] = DEFAULT_COMPRESSION_LEVEL,
 ) -> None:
     """Create a repository: config, and one key file per wrapping (password and/or KMS)."""
     from ec2backup.archive.copy import ARCHIVE_PACK_SIZE, STORAGE_CLASSES
@@ -138,6 +149,7 @@ def repo_init(
         read_password(password_file),
         kms_key_id,
         pack_size=pack_size_mib * 1024 * 1024,
+        compression_level=compression_level,
         data_storage_class=storage_class,
         lock_ttl_seconds=lock_ttl_seconds,
         object_lock=(

@@ -108,3 +108,22 @@ def test_version_1_repositories_still_read_and_stay_version_1(tmp_path: Path) ->
     assert _writes(repo, record, write_zeros=True) == DATA
     config = RepoConfig.model_validate_json(repo.backend.get(CONFIG_NAME))
     assert config.version == 1
+
+
+def test_repo_init_takes_a_compression_level(tmp_path: Path) -> None:
+    from repo_helpers import run_inproc
+    from repo_imagegen import sha256_file
+
+    url = str(tmp_path / "repo")
+    res = run_inproc("repo", "init", "--repo", url, "--compression-level", "1")
+    assert res.code == 0, res.err
+    assert Repository.open(url, PASSWORD.encode()).config.compression_level == 1
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"".join(f"line {i} of a log\n".encode() * 16384 for i in range(4)))
+    rp = run_inproc("image", "backup", image, "--repo", url).last_line
+    out = tmp_path / "out.img"
+    assert run_inproc("image", "restore", rp, "--repo", url, "-o", out).code == 0
+    assert sha256_file(out) == sha256_file(image)
+    bad = run_inproc("repo", "init", "--repo", str(tmp_path / "r2"), "--compression-level", "0")
+    assert bad.code != 0 and "--compression-level" in bad.err
+    assert not (tmp_path / "r2").exists()  # nothing half-written
