@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,6 +54,23 @@ EBS_DIRECT_IN_FLIGHT = 32
 # depth of 32 x 1 MiB (`fio --iodepth=32`, "Initialize Amazon EBS volumes"); 16 x 512 KiB is the
 # same bytes in flight, and the read-ahead window (twice that) holds 16 MiB.
 ATTACHED_READ_AHEAD = 16
+
+
+# One list-call pacer per stream of a session, kept by the agent from one range to the next:
+# a range's first list call then waits only if the stream's previous call was less than a
+# share's interval ago (a fresh pacer would make every range wait a whole interval first).
+_list_pacers: dict[tuple[str, str], RateLimiter] = {}
+_list_pacers_lock = threading.Lock()
+
+
+def list_pacer(session_id: str, stream: str, rps: float) -> RateLimiter:
+    with _list_pacers_lock:
+        pacer = _list_pacers.get((session_id, stream))
+        if pacer is None:
+            pacer = _list_pacers[(session_id, stream)] = RateLimiter(rps)
+        else:
+            pacer.set_rate(rps)  # this round's share
+        return pacer
 
 
 @dataclass
@@ -230,7 +248,13 @@ def transfer_range(
                         return get_block(ebs, req.volume.snapshot_id, BlockRef(index, token))
                     return device.read_block(index)
 
-                list_pace = RateLimiter(req.list_rps).acquire if req.list_rps else no_pace
+                list_pace = (
+                    list_pacer(
+                        req.session_id, req.stream or req.volume.source_volume_id, req.list_rps
+                    ).acquire
+                    if req.list_rps
+                    else no_pace
+                )
                 listed = changed_blocks(ebs, req.volume, start, req.end_block, list_pace)
                 in_flight = EBS_DIRECT_IN_FLIGHT if direct else ATTACHED_READ_AHEAD
                 with contextlib.closing(with_data(listed, read, in_flight)) as blocks:
