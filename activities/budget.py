@@ -64,6 +64,7 @@ async def acquire_budget(req: BudgetRequest) -> BudgetLease:
             ttl_seconds=COPY_LEASE_SECONDS if req.api == budget.COPY_SNAPSHOT else LEASE_SECONDS,
             quota_rps=quota,
             slots=req.api == budget.COPY_SNAPSHOT,
+            follow_seconds=req.follow_seconds,
         ),
         start_workflow_operation=start,
         result_type=BudgetLease,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from ec2backup import observability
 from ec2backup.activity_support import role_session
+from ec2backup.budget import SHARE_POLL_SECONDS
 from ec2backup.models.agent import (
     DescribeHostInput,
     DescribeHostOutput,
@@ -79,8 +81,9 @@ AGENT_LOOP: Any = None
 PAUSE_POLL_SECONDS = 2.0
 
 
-# How often a range paced by its account's budget asks for its share again (others come and go).
-BUDGET_POLL_SECONDS = 2.0
+# How often a range paced by its account's budget asks for its share again (others come and
+# go): the budget counts on it (ec2backup.budget.FOLLOW_SECONDS).
+BUDGET_POLL_SECONDS = SHARE_POLL_SECONDS
 
 
 def _budget_share(budget_workflow_id: str, holder: str) -> float | None:
@@ -144,12 +147,14 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
         return _session_paused(workflow_id)
 
     last_share = [time.monotonic()]
+    share_lock = threading.Lock()  # the range's reading threads ask too while they wait
 
     def share() -> float | None:
         """This range's part of its session's share, when it is time to ask again."""
-        if req.budget_id is None or time.monotonic() - last_share[0] < BUDGET_POLL_SECONDS:
-            return None
-        last_share[0] = time.monotonic()
+        with share_lock:
+            if req.budget_id is None or time.monotonic() - last_share[0] < BUDGET_POLL_SECONDS:
+                return None
+            last_share[0] = time.monotonic()
         whole = _budget_share(req.budget_id, workflow_id)
         return None if whole is None else whole * req.budget_fraction
 

@@ -238,7 +238,12 @@ def transfer_range(
                 if direct
                 else DeviceReader(req.worker_device, req.worker_volume_id, size)
             ) as device:
-                pace = RateLimiter(req.get_rps) if direct and req.get_rps else None
+                # 0: others still spend the share this session is to get: wait for it
+                pace = (
+                    RateLimiter(req.get_rps, follow=share)
+                    if direct and req.get_rps is not None
+                    else None
+                )
 
                 def read(index: int, token: str | None) -> bytes:
                     if device is None:  # EBS direct: the snapshot's block, checksum verified

@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     from activities import session as session_activities
     from ec2backup.budget import (
         COPY_SNAPSHOT,
+        FOLLOW_SECONDS,
         GET_SNAPSHOT_BLOCK,
         LIST_APIS,
         LIST_WANT_RPS_PER_STREAM,
@@ -443,6 +444,8 @@ class BackupSession(Pausable):
                         api=GET_SNAPSHOT_BLOCK,
                         holder=session_id,
                         want_rps=plan.ebs_direct_rps,
+                        # its agent polls its share (worker_agent.activities)
+                        follow_seconds=FOLLOW_SECONDS,
                     )
                 )
                 self._carry.budget_account = snapshot_set.account

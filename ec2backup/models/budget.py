@@ -11,6 +11,11 @@ class BudgetHolder(BaseModel):
     want_rps: float
     expires: datetime  # dropped unless renewed by then (a session that died without releasing)
     granted: float = 0.0  # slot budgets: what this holder was given and may be using
+    # Rate budgets whose holder follows its share (polls it): how long it may lag behind a
+    # fall of its share, and the older, larger share it may still be spending until when.
+    follow_seconds: float = 0.0
+    held_rps: float = 0.0
+    held_until: datetime | None = None
 
 
 class BudgetInput(BaseModel):
@@ -31,6 +36,9 @@ class AcquireBudgetInput(BaseModel):
     # A budget of slots (things in progress at once), not of a rate: a grant never lends what
     # another holder was granted and may still be using (ec2backup.budget.slot_grant).
     slots: bool = False
+    # The holder asks for its share again within this (0: it does not, it keeps what it was
+    # given until it acquires again): a newcomer is then never lent what it may still spend.
+    follow_seconds: float = 0.0
 
 
 class BudgetLease(BaseModel):
@@ -67,6 +75,7 @@ class BudgetRequest(BaseModel):
     holder: str
     want_rps: float
     account_role_arn: str | None = None
+    follow_seconds: float = 0.0  # see AcquireBudgetInput
 
 
 class BudgetReleaseRequest(BaseModel):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ec2backup.budget import RateLimiter, budget_id, shares, slot_grant
+from ec2backup.budget import RateLimiter, budget_id, shares, slot_grant, spendable
 
 
 def test_shares_are_max_min_fair() -> None:
@@ -51,8 +51,48 @@ def test_the_limiter_paces_threads_to_its_rate() -> None:
 
 
 @pytest.mark.parametrize("rate", [0.0, -1.0])
-def test_a_zero_rate_does_not_divide_by_zero(rate: float) -> None:
-    assert RateLimiter(rate).rate > 0
+def test_a_zero_rate_holds_callers_until_it_follows_a_new_one(rate: float) -> None:
+    """A share of 0 (others still spend what this holder is to get) holds every caller, asking
+    `follow` while it waits; once it answers with a rate the callers go on at that rate."""
+    asked: list[float] = []
+    started = time.monotonic()
+
+    def follow() -> float | None:
+        asked.append(time.monotonic() - started)
+        return 50.0 if asked[-1] >= 1.0 else None
+
+    limiter = RateLimiter(rate, follow=follow)
+    assert limiter.rate == 0.0
+    done: list[float] = []
+    threads = [
+        threading.Thread(target=lambda: (limiter.acquire(), done.append(time.monotonic())))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert len(done) == 4 and min(done) - started >= 1.0, (done, asked)
+    assert limiter.rate == 50.0 and len(asked) >= 2  # asked again while it waited
+
+
+def test_a_newcomer_is_never_lent_what_others_may_still_spend() -> None:
+    # a (alone: 200) and b came: both have a fair 100, but a may still spend its old 200
+    fair = shares(200, {"a": 500, "b": 500})
+    assert spendable(200, fair, {"a": 200}, "b") == 0
+    assert spendable(200, fair, {"a": 200}, "a") == 100
+    # once a followed (nothing held), b gets its fair share; the sum stays within the quota
+    assert spendable(200, fair, {}, "b") == 100
+    # four at 66.7 held, a fifth comes: it gets what is left above the held ones, here nothing
+    fair5 = shares(200, dict.fromkeys("abcde", 500.0))
+    held = dict.fromkeys("abcd", 200 / 3)
+    assert spendable(200, fair5, held, "e") == 0
+    # a modest holder's unused part is spendable by a newcomer at once
+    fair3 = shares(200, {"small": 20, "x": 500, "y": 500})
+    assert spendable(200, fair3, {"x": 180}, "y") == 0
+    assert spendable(200, fair3, {"x": 100}, "y") == 80
+    assert spendable(200, fair3, {"x": 180}, "small") == 0  # small came last: it waits too
+    assert spendable(200, fair3, {}, "nobody") == 0
 
 
 def test_slot_grants_never_lend_what_others_hold() -> None:
