@@ -21,7 +21,9 @@ Methodology
   page cache, ec2backup fsyncs before it exits), incremental as wall seconds, repository size
   after both backups, peak RSS over the three steps. Targets (issue 18): full >= 3.5x,
   incremental >= 25x, restore >= 1.5x, repository <= 1.02x, peak RSS < 1x restic's. With `--runs N`
-  every figure is the median of the N runs, and the first tool alternates between runs.
+  (default 3) every figure is the median of the N runs, and the first tool alternates between
+  runs. Informational, not a target: ec2backup's full into a repository made with
+  `repo init --compression-level 1` (speed against the same restic full, and its size).
 - Index memory at scale (`bench.index_scale`, `--index-scales 1m,10m`): for 1 and 10 million
   blobs, a repository whose index files name that many synthetic blobs, then a full backup and
   the 1% incremental of the same image through the CLI. `index_rss_mib_<n>` is the peak RSS of

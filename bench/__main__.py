@@ -32,7 +32,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "index memory at scale; the product's sessions and restores on the lab.",
     )
     p.add_argument("--size-gib", type=float, default=2.0, help="image size (default 2)")
-    p.add_argument("--runs", type=int, default=1, help="repetitions; medians are reported")
+    p.add_argument(
+        "--runs", type=int, default=3, help="repetitions; medians are reported (default 3)"
+    )
     p.add_argument("--keep", action="store_true", help="keep image, repositories and logs")
     p.add_argument("--out", type=Path, default=OUT, help=f"output directory (default {OUT})")
     p.add_argument(

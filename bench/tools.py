@@ -110,6 +110,29 @@ class Ec2Backup:
         self.points.append(out.strip().splitlines()[-1])
         return sample
 
+    def full_at_level(self, image: Path, level: int) -> tuple[Sample, int]:
+        """A full into a repository of its own made with `repo init --compression-level`
+        (informational: what an operator who trades storage for speed gets); its size, and
+        the repository removed again."""
+        repo = self.repo.with_name(f"{self.repo.name}-zstd{level}")
+        shutil.rmtree(repo, ignore_errors=True)
+        env, log = self.env, self.logs / f"{self.name}-full-zstd{level}.log"
+        run_measured(
+            [self.exe, "repo", "init", "--repo", str(repo), "--compression-level", str(level)],
+            env=env,
+            log=self.logs / f"{self.name}-init-zstd{level}.log",
+            cold=False,
+        )
+        sample, _ = run_measured(
+            [self.exe, "image", "backup", str(image), "--repo", str(repo)],
+            env=env,
+            log=log,
+            warm_code=[self.exe, "--help"],
+        )
+        size = tree_bytes(repo)
+        shutil.rmtree(repo)
+        return sample, size
+
     def incremental(self, image: Path, changed_list: Path) -> Sample:
         sample, out = self._run(
             "incremental",

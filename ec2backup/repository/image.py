@@ -3,6 +3,7 @@ sparse-aware."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import stat
@@ -52,19 +53,45 @@ def allocated_blocks(fd: int, size: int) -> Iterator[int]:
         pos = end
 
 
-# Read-ahead hint: ask the kernel for the next 64 MiB while we hash and compress the current.
-READAHEAD = 64 * 1024 * 1024
+# Read-ahead hint: ask the kernel for the blocks of the next 64 MiB we will read while we hash
+# and compress the current ones, in hints of up to 8 MiB of adjacent blocks. Only blocks we
+# read: a hint over a hole makes the kernel fill page cache with zeros (measured: 2.4% of a
+# full's CPU on the bench's sparse image).
+READAHEAD_BLOCKS = 64 * 1024 * 1024 // EBS_BLOCK_SIZE
+HINT_BLOCKS = 8 * 1024 * 1024 // EBS_BLOCK_SIZE
 
 
 def read_blocks(fd: int, size: int, blocks: Iterable[int]) -> Iterator[tuple[int, bytes]]:
-    hinted = 0
-    for b in blocks:
+    ahead: collections.deque[int] = collections.deque()
+    todo = iter(blocks)
+    run = [-1, -1]  # adjacent blocks [start, end) seen ahead and not hinted yet
+
+    def hint() -> None:
+        start, end = run
+        if end > start >= 0 and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(
+                fd, start * EBS_BLOCK_SIZE, (end - start) * EBS_BLOCK_SIZE, os.POSIX_FADV_WILLNEED
+            )
+        run[0] = run[1] = -1
+
+    while True:
+        for b in todo:
+            ahead.append(b)
+            if b != run[1] or run[1] - run[0] >= HINT_BLOCKS:
+                hint()
+                run[0] = b
+            run[1] = b + 1
+            if len(ahead) >= READAHEAD_BLOCKS:
+                break
+        else:
+            hint()  # the last blocks
+        if not ahead:
+            return
+        b = ahead.popleft()
+        if run[0] <= b < run[1]:  # about to read what was not hinted yet
+            hint()
         off = b * EBS_BLOCK_SIZE
-        if off >= hinted and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fd, off, READAHEAD, os.POSIX_FADV_WILLNEED)
-            hinted = off + READAHEAD // 2
-        data = os.pread(fd, min(EBS_BLOCK_SIZE, size - off), off)
-        yield b, data
+        yield b, os.pread(fd, min(EBS_BLOCK_SIZE, size - off), off)
 
 
 class BackupResult(BaseModel):
