@@ -45,6 +45,8 @@ def plan_restore(req: PlanRestoreInput) -> RestorePlan:
         req.request,
         installation.installation_key(create=False),
         os.environ.get("EC2BACKUP_REPO_PASSWORD"),
+        copy_missing=req.copy_missing,
+        max_copies=req.max_copies,
     )
 
 

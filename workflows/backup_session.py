@@ -20,6 +20,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.budget_shares import copy_slots, give_back, give_back_copy_slots, share_of
 from workflows.common import (
     CONTROL_RETRY,
     LIVENESS_TIMEOUT,
@@ -35,10 +36,8 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities import budget as budget_activities
     from activities import session as session_activities
     from ec2backup.budget import (
-        COPY_SNAPSHOT,
         FOLLOW_SECONDS,
         GET_SNAPSHOT_BLOCK,
         LIST_APIS,
@@ -95,29 +94,6 @@ COPY_BUDGET_PATCH = "copy-budget-v1"
 # Sessions pace their ListChangedBlocks/ListSnapshotBlocks calls to a share of the account's
 # list budgets (ec2backup.budget.LIST_APIS), from the plan on.
 LIST_BUDGET_PATCH = "list-budget-v1"
-# How often a session whose replication waits for a copy slot asks again (copies take minutes).
-COPY_SLOT_WAIT = timedelta(seconds=10)
-BUDGET_TIMEOUT = timedelta(minutes=2)
-
-
-async def _share_of(req: BudgetRequest) -> BudgetLease:
-    """This session's share of one API's budget (ec2backup.budget)."""
-    lease: BudgetLease = await workflow.execute_activity(
-        budget_activities.acquire_budget,
-        req,
-        start_to_close_timeout=BUDGET_TIMEOUT,
-        retry_policy=CONTROL_RETRY,
-    )
-    return lease
-
-
-async def _give_back(req: BudgetReleaseRequest) -> None:
-    await workflow.execute_activity(
-        budget_activities.release_budget,
-        req,
-        start_to_close_timeout=BUDGET_TIMEOUT,
-        retry_policy=CONTROL_RETRY,
-    )
 
 
 @workflow.defn(name="BackupSession")
@@ -285,39 +261,19 @@ class BackupSession(Pausable):
                 )
             finally:
                 if lease is not None:
-                    await run_to_completion(
-                        _give_back(
-                            BudgetReleaseRequest(
-                                account=lease.account,
-                                region=target.region,
-                                api=COPY_SNAPSHOT,
-                                holder=session_id,
-                            )
-                        )
-                    )
+                    await run_to_completion(give_back_copy_slots(session_id, target.region, lease))
             self._carry.replicas.append(replicas)
             self._carry.replica_ids += replicas.replica_ids
 
     async def _copy_slots(self, session_id: str, target: ReplicationSpec, want: int) -> BudgetLease:
-        """Slots of the destination's copy budget (ec2backup.budget.COPY_SNAPSHOT): waits
-        (a durable timer) while every slot is in use by other sessions."""
-        while True:
-            lease = await _share_of(
-                BudgetRequest(
-                    account="",
-                    account_role_arn=target.account_role_arn,
-                    region=target.region,
-                    api=COPY_SNAPSHOT,
-                    holder=session_id,
-                    want_rps=want,
-                )
-            )
-            if lease.rps >= 1:
-                self._phase = "replicating"
-                return lease
-            self._phase = f"replicating (waiting for a copy slot in {target.region})"
-            await workflow.sleep(COPY_SLOT_WAIT)
-            raise_if_cancelled()
+        """Slots of the destination's copy budget: waits while others hold every one."""
+
+        def waiting(why: str) -> None:
+            self._phase = f"replicating ({why})"
+
+        lease = await copy_slots(session_id, target.region, target.account_role_arn, want, waiting)
+        self._phase = "replicating"
+        return lease
 
     async def _snapshots(self, session_id: str) -> SnapshotSet:
         if self._carry.snapshot_set is not None:
@@ -437,7 +393,7 @@ class BackupSession(Pausable):
             if direct and workflow.patched(BUDGET_PATCH):
                 # This round's share of the account's GetSnapshotBlock budget, split between
                 # its direct streams (renewed each round: others come and go).
-                lease = await _share_of(
+                lease = await share_of(
                     BudgetRequest(
                         account=snapshot_set.account,
                         region=plan.region,
@@ -587,7 +543,7 @@ class BackupSession(Pausable):
         """This session's share of each list API's budget, for `streams` streams calling it."""
         leases = await asyncio.gather(
             *(
-                _share_of(
+                share_of(
                     BudgetRequest(
                         account=snapshot_set.account,
                         region=snapshot_set.region,
@@ -615,7 +571,7 @@ class BackupSession(Pausable):
         region = plan.region if plan is not None else snapshot_set.region
         await asyncio.gather(
             *(
-                _give_back(
+                give_back(
                     BudgetReleaseRequest(account=a, region=region, api=api, holder=session_id)
                 )
                 for api, a in held.items()

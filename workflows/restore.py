@@ -28,6 +28,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
+from workflows.budget_shares import copy_slots, give_back_copy_slots
 from workflows.common import (
     CONTROL_RETRY,
     LIVENESS_TIMEOUT,
@@ -87,6 +88,10 @@ MAX_WRITE_ERRORS = 3
 # Histories from before checkpoints (a lost worker took its volumes with it; every volume was
 # written again from the start) replay as they ran.
 RESUME_PATCH = "restore-resume-v1"
+# A restore that copies a snapshot set into another Region or account first plans without
+# copying, takes slots of the target's copy budget (shared with sessions' replications), then
+# plans again copying at most that many at once. Earlier histories planned (and copied) once.
+COPY_BUDGET_PATCH = "restore-copy-budget-v1"
 
 
 def checkpoint_of(exc: ActivityError) -> RestoreCheckpoint | None:
@@ -305,15 +310,46 @@ class Restore:
         set_outcome("succeeded")
         return result
 
-    async def _restore(self, req: RestoreInput) -> RestoreOutput:
-        restore_id = workflow.info().workflow_id
+    async def _plan_once(self, req: PlanRestoreInput) -> RestorePlan:
         plan: RestorePlan = await workflow.execute_activity(
             restore_activities.plan_restore,
-            PlanRestoreInput(restore_id=restore_id, request=req),
+            req,
             start_to_close_timeout=PLAN_TIMEOUT,
             heartbeat_timeout=HEARTBEAT,
             retry_policy=CONTROL_RETRY,
         )
+        return plan
+
+    async def _plan(self, restore_id: str, req: RestoreInput) -> RestorePlan:
+        if req.dry_run or not workflow.patched(COPY_BUDGET_PATCH):
+            return await self._plan_once(PlanRestoreInput(restore_id=restore_id, request=req))
+        plan = await self._plan_once(
+            PlanRestoreInput(restore_id=restore_id, request=req, copy_missing=False)
+        )
+        if not plan.copies_needed:
+            return plan
+
+        def waiting(why: str) -> None:
+            self._phase = f"planning ({why})"
+
+        lease = await copy_slots(
+            restore_id, plan.region, plan.role_arn, plan.copies_needed, waiting
+        )
+        self._phase = f"planning (copying {plan.copies_needed} snapshots to {plan.region})"
+        try:
+            return await self._plan_once(
+                PlanRestoreInput(
+                    restore_id=restore_id,
+                    request=req,
+                    max_copies=max(1, int(lease.rps)),
+                )
+            )
+        finally:
+            await run_to_completion(give_back_copy_slots(restore_id, plan.region, lease))
+
+    async def _restore(self, req: RestoreInput) -> RestoreOutput:
+        restore_id = workflow.info().workflow_id
+        plan = await self._plan(restore_id, req)
         if req.dry_run:
             return RestoreOutput(
                 status="dry-run ok",

@@ -74,6 +74,10 @@ class RestorePlan(BaseModel):
     checks: list[str] = Field(default_factory=list)
     # Set when the catalog chose where to read (the id alone was given): which source and why.
     source_reason: str | None = None
+    # Snapshots of the set that have no replica in the target yet and are (or, when the plan
+    # was asked not to copy, are to be) copied there: the slots of the target's copy budget
+    # the restore takes first (ec2backup.budget.COPY_SNAPSHOT).
+    copies_needed: int = 0
     # Backup and archive sources: the restore worker's password secret (in the target).
     secret_name: str | None = None
     worker_instance_type: str = "c5.large"
@@ -103,6 +107,11 @@ class RetrievalOutput(BaseModel):
 class PlanRestoreInput(BaseModel):
     restore_id: str
     request: RestoreInput
+    # False: plan without copying a snapshot set into the target (`copies_needed` says how
+    # many copies it would make); the workflow takes copy slots, then plans again copying at
+    # most `max_copies` at once.
+    copy_missing: bool = True
+    max_copies: int = 20
 
 
 class ProvisionRestoreWorkerInput(BaseModel):

@@ -153,8 +153,17 @@ def locate(
 
 
 def plan_restore(
-    restore_id: str, req: RestoreInput, installation_key: bytes, password: str | None
+    restore_id: str,
+    req: RestoreInput,
+    installation_key: bytes,
+    password: str | None,
+    *,
+    copy_missing: bool = True,
+    max_copies: int = replication.MAX_CONCURRENT_COPIES,
 ) -> RestorePlan:
+    """The restore's plan; a snapshot set restored into another Region or account without
+    replicas there is copied first, at most `max_copies` at once (unless `copy_missing` is
+    False or it is a dry run: `copies_needed` then counts what would be copied)."""
     req, source_reason = locate(req, installation_key, password)
     is_set = req.restore_point_id.startswith("set-")
     source = req.source or ("snapshot" if is_set else "backup")
@@ -167,6 +176,7 @@ def plan_restore(
     backup_id = None
     set_id = req.restore_point_id if is_set else None
     rp_source = RestorePointSource()
+    copies_needed = 0
 
     if source in ("backup", "archive") or not is_set:
         from ec2backup.repository.repo import Repository
@@ -277,11 +287,12 @@ def plan_restore(
             replicas = _set_members(region, role_arn, set_id, installation_key, replicas=True)
             targets = {m.volume_id: sid for sid, m in replicas}
             if len(targets) < len(members):
+                copies_needed = len(members) - len(targets)
                 checks.append(
                     f"replicas of {set_id} in {region}/{target_account}: "
                     f"{len(targets)} of {len(members)}; the rest are copied now"
                 )
-                if not req.dry_run:
+                if not req.dry_run and copy_missing:
                     out = replication.replicate_set(
                         session_id=restore_id,
                         snapshot_set=_snapshot_set(members, src_region, req.account_role_arn),
@@ -289,6 +300,7 @@ def plan_restore(
                             region=region, account_role_arn=role_arn, kms_key_id=req.kms_key_id
                         ),
                         installation_key=installation_key,
+                        max_concurrent=max_copies,
                     )
                     targets = {
                         m.volume_id: rid
@@ -356,6 +368,7 @@ def plan_restore(
         volumes=volumes,
         checks=checks,
         source_reason=source_reason,
+        copies_needed=copies_needed,
         **_worker_fields(
             restore_id, source, req, sum(v.size_gib for v in volumes), region, role_arn
         ),

@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from session_helpers import ACCOUNT_A, REGION, Workbench
+from session_helpers import ACCOUNT_A, OTHER_REGION, REGION, Workbench
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy
 
@@ -163,3 +163,49 @@ def test_a_newcomer_waits_for_what_the_others_may_still_spend(wb: Workbench) -> 
     seen = wb.temporal(run)
     assert seen[0] == {"a": paced / 2, "b": 0}, seen
     assert seen[-1] == {"a": paced / 2, "b": paced / 2}, seen
+
+
+def test_restores_copying_into_another_region_share_the_copy_slots(wb: Workbench) -> None:
+    """Three restores of snapshot sets (a root and two data volumes each) into a Region
+    without replicas, at once, where only two copies may be in progress (lab and
+    configuration): each restore plans, takes its share of the destination's copy slots (the
+    sessions' replications' budget), then copies; every copy is asked for exactly once (12 of
+    21 calls were refused before restores took slots) and all three complete."""
+    from ec2backup.models.restore import RestoreOutput
+
+    instances = [
+        wb.seed("--volumes", "2", "--size-gib", "1", "--fill", "0.01", "--seed", str(70 + n))
+        for n in range(3)
+    ]
+    sets = [wb.backup(i["instance_id"]).result for i in instances]
+    saved = wb.lab_call("GET", "config")
+    wb.lab_call("POST", "config", {"copy_snapshot_concurrency": COPY_SLOTS,
+                                   "snapshot_pending_seconds": 3})  # fmt: skip
+    try:
+        wb.lab_call("POST", "metrics", {"reset": True})
+        restores = [
+            wb.cli("restore", "instance", s["snapshot_set_id"], "--to-region", OTHER_REGION)
+            .stdout.splitlines()[0]
+            .strip()
+            for s in sets
+            if s is not None
+        ]
+
+        async def results(client: Any) -> list[RestoreOutput]:
+            handles = [client.get_workflow_handle(r, result_type=RestoreOutput) for r in restores]
+            return list(await asyncio.wait_for(asyncio.gather(*(h.result() for h in handles)), 300))
+
+        outs = wb.temporal(results)
+        metrics = wb.metrics()
+    finally:
+        wb.lab_call("POST", "config", {k: saved[k] for k in (
+            "copy_snapshot_concurrency", "snapshot_pending_seconds")})  # fmt: skip
+    assert len(restores) == 3
+    for restore_id, out in zip(restores, outs, strict=True):
+        assert out.status == "completed" and out.region == OTHER_REGION, (restore_id, out)
+    print(f"CopySnapshot calls {metrics['api_calls'].get('CopySnapshot')}; "
+          f"peak in progress {metrics['copies_in_progress_peak']}")  # fmt: skip
+    copies = sum(len(s["snapshot_ids"]) for s in sets if s is not None)  # root + 2 each
+    assert metrics["api_calls"].get("CopySnapshot") == copies == 9, metrics["api_calls"]
+    peak = metrics["copies_in_progress_peak"]
+    assert peak.get(f"{ACCOUNT_A}/{OTHER_REGION}", 0) <= COPY_SLOTS, peak
