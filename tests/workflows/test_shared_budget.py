@@ -7,8 +7,10 @@ where four sessions each asking for 500/s would have been throttled most of the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from session_helpers import ACCOUNT_A, OTHER_REGION, REGION, Workbench
@@ -34,6 +36,20 @@ ORCHESTRATOR_ENV: dict[str, str | None] = {
     "EC2BACKUP_PERFORMANCE__COPY_SNAPSHOT_CONCURRENCY": str(COPY_SLOTS),
 }
 REPLICA_REGION = "us-west-2"
+
+
+@contextlib.contextmanager
+def copies_limited(wb: Workbench) -> Iterator[None]:
+    """The lab allows COPY_SLOTS snapshot copies in progress per destination (as configured),
+    each pending a few seconds; its metrics start from zero."""
+    saved = wb.lab_call("GET", "config")
+    keys = ("copy_snapshot_concurrency", "snapshot_pending_seconds")
+    wb.lab_call("POST", "config", dict(zip(keys, (COPY_SLOTS, 3), strict=True)))
+    try:
+        wb.lab_call("POST", "metrics", {"reset": True})
+        yield
+    finally:
+        wb.lab_call("POST", "config", {k: saved[k] for k in keys})
 
 
 def _ebs_direct(wb: Workbench) -> dict[str, Any]:
@@ -81,7 +97,7 @@ def test_four_sessions_share_the_accounts_quota(wb: Workbench) -> None:
 
 
 def test_replications_share_the_destinations_copy_slots(wb: Workbench) -> None:
-    """Three snapshot-only sessions replicate two volumes each to one Region at once, where
+    """Three snapshot-only sessions replicate their three volumes each to one Region at once, where
     only two copies may be in progress (lab and configuration): each gets its share of the
     slots, so every copy is asked for exactly once (none refused with ResourceLimitExceeded)
     and all complete; the lab never saw more than two copies in progress."""
@@ -89,19 +105,12 @@ def test_replications_share_the_destinations_copy_slots(wb: Workbench) -> None:
         wb.seed("--volumes", "2", "--size-gib", "1", "--fill", "0.01", "--seed", str(60 + n))
         for n in range(3)
     ]
-    saved = wb.lab_call("GET", "config")
-    wb.lab_call("POST", "config", {"copy_snapshot_concurrency": COPY_SLOTS,
-                                   "snapshot_pending_seconds": 3})  # fmt: skip
-    try:
-        wb.lab_call("POST", "metrics", {"reset": True})
+    with copies_limited(wb):
         sessions = [
             wb.start_backup(i["instance_id"], "--replicate-to", REPLICA_REGION) for i in instances
         ]
         results = [wb.session_result(s, timeout=300) for s in sessions]
         metrics = wb.metrics()
-    finally:
-        wb.lab_call("POST", "config", {k: saved[k] for k in (
-            "copy_snapshot_concurrency", "snapshot_pending_seconds")})  # fmt: skip
     for session_id, result in zip(sessions, results, strict=True):
         assert result["status"] == "completed", (session_id, result)
         assert len(result["replica_ids"]) == len(result["snapshot_ids"]) == 3, result
@@ -178,11 +187,7 @@ def test_restores_copying_into_another_region_share_the_copy_slots(wb: Workbench
         for n in range(3)
     ]
     sets = [wb.backup(i["instance_id"]).result for i in instances]
-    saved = wb.lab_call("GET", "config")
-    wb.lab_call("POST", "config", {"copy_snapshot_concurrency": COPY_SLOTS,
-                                   "snapshot_pending_seconds": 3})  # fmt: skip
-    try:
-        wb.lab_call("POST", "metrics", {"reset": True})
+    with copies_limited(wb):
         restores = [
             wb.cli("restore", "instance", s["snapshot_set_id"], "--to-region", OTHER_REGION)
             .stdout.splitlines()[0]
@@ -197,9 +202,6 @@ def test_restores_copying_into_another_region_share_the_copy_slots(wb: Workbench
 
         outs = wb.temporal(results)
         metrics = wb.metrics()
-    finally:
-        wb.lab_call("POST", "config", {k: saved[k] for k in (
-            "copy_snapshot_concurrency", "snapshot_pending_seconds")})  # fmt: skip
     assert len(restores) == 3
     for restore_id, out in zip(restores, outs, strict=True):
         assert out.status == "completed" and out.region == OTHER_REGION, (restore_id, out)
