@@ -93,9 +93,11 @@ class Ec2Backup:
         self.env = {**os.environ, "EC2BACKUP_REPO_PASSWORD": PASSWORD}
         self.points: list[str] = []
 
-    def _run(self, step: str, *args: str, cold: bool = True) -> tuple[Sample, str]:
+    def _run(
+        self, step: str, *args: str, cold: bool = True, repo: Path | None = None
+    ) -> tuple[Sample, str]:
         return run_measured(
-            [self.exe, *args, "--repo", str(self.repo)],
+            [self.exe, *args, "--repo", str(repo or self.repo)],
             env=self.env,
             log=self.logs / f"{self.name}-{step}.log",
             cold=cold,
@@ -116,19 +118,11 @@ class Ec2Backup:
         the repository removed again."""
         repo = self.repo.with_name(f"{self.repo.name}-zstd{level}")
         shutil.rmtree(repo, ignore_errors=True)
-        env, log = self.env, self.logs / f"{self.name}-full-zstd{level}.log"
-        run_measured(
-            [self.exe, "repo", "init", "--repo", str(repo), "--compression-level", str(level)],
-            env=env,
-            log=self.logs / f"{self.name}-init-zstd{level}.log",
-            cold=False,
-        )
-        sample, _ = run_measured(
-            [self.exe, "image", "backup", str(image), "--repo", str(repo)],
-            env=env,
-            log=log,
-            warm_code=[self.exe, "--help"],
-        )
+        self._run(
+            f"init-zstd{level}", "repo", "init", "--compression-level", str(level),
+            cold=False, repo=repo,
+        )  # fmt: skip
+        sample, _ = self._run(f"full-zstd{level}", "image", "backup", str(image), repo=repo)
         size = tree_bytes(repo)
         shutil.rmtree(repo)
         return sample, size

@@ -122,8 +122,9 @@ MAX_WAIT_SECONDS = 0.5
 
 
 class RateLimiter:
-    """At most about `rate` calls per second from any number of threads. A rate of 0 holds
-    every caller until `follow` (asked while waiting; None: no news) gives a new one."""
+    """At most about `rate` calls per second from any number of threads. `follow`, asked on
+    every call and while a caller waits, gives the rate when it changed (None: no news; it
+    keeps its own pace of asking); a rate of 0 holds every caller until it gives a new one."""
 
     def __init__(self, rate: float, follow: Callable[[], float | None] | None = None) -> None:
         self.rate = max(rate, 0.0)
@@ -142,6 +143,8 @@ class RateLimiter:
 
     def acquire(self) -> None:
         while True:
+            if self.follow is not None and (rate := self.follow()) is not None:
+                self.set_rate(rate)
             with self.lock:
                 now = time.monotonic()
                 self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
@@ -150,6 +153,4 @@ class RateLimiter:
                     self.tokens -= 1.0
                     return
                 wait = (1.0 - self.tokens) / self.rate if self.rate else MAX_WAIT_SECONDS
-            if self.follow is not None and (rate := self.follow()) is not None:
-                self.set_rate(rate)
             time.sleep(min(wait, MAX_WAIT_SECONDS))

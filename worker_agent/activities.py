@@ -81,11 +81,6 @@ AGENT_LOOP: Any = None
 PAUSE_POLL_SECONDS = 2.0
 
 
-# How often a range paced by its account's budget asks for its share again (others come and
-# go): the budget counts on it (ec2backup.budget.FOLLOW_SECONDS).
-BUDGET_POLL_SECONDS = SHARE_POLL_SECONDS
-
-
 def _budget_share(budget_workflow_id: str, holder: str) -> float | None:
     """The session's current share of the budget (None: unknown now, keep the last one)."""
     if AGENT_CLIENT is None or AGENT_LOOP is None:
@@ -152,7 +147,8 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
     def share() -> float | None:
         """This range's part of its session's share, when it is time to ask again."""
         with share_lock:
-            if req.budget_id is None or time.monotonic() - last_share[0] < BUDGET_POLL_SECONDS:
+            # every SHARE_POLL_SECONDS: the budget counts on it (ec2backup.budget.FOLLOW_SECONDS)
+            if req.budget_id is None or time.monotonic() - last_share[0] < SHARE_POLL_SECONDS:
                 return None
             last_share[0] = time.monotonic()
         whole = _budget_share(req.budget_id, workflow_id)

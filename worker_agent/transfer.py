@@ -213,8 +213,8 @@ def transfer_range(
     should_stop: Callable[[], bool],
     share: Callable[[], float | None] = lambda: None,
 ) -> TransferRangeOutput:
-    """`share` (EBS direct): the range's current GetSnapshotBlock rate when it changed, asked
-    about once a second."""
+    """`share` (EBS direct): the range's current GetSnapshotBlock rate, asked by its pacer
+    before each call; it answers every SHARE_POLL_SECONDS (None in between)."""
     secret = read_session_secret(req.secret_name, req.secret_region)
     repo = open_repository(req.repository, secret_password(secret))
     ebs = aws.client("ebs", req.region, req.snapshot_role_arn)
@@ -238,7 +238,8 @@ def transfer_range(
                 if direct
                 else DeviceReader(req.worker_device, req.worker_volume_id, size)
             ) as device:
-                # 0: others still spend the share this session is to get: wait for it
+                # follows the session's share as others come and go (0: others still spend
+                # what this session is to get: wait for it)
                 pace = (
                     RateLimiter(req.get_rps, follow=share)
                     if direct and req.get_rps is not None
@@ -280,8 +281,6 @@ def transfer_range(
                         ):
                             continue
                         stop = should_stop()
-                        if pace is not None and (rate := share()) is not None:
-                            pace.set_rate(rate)
                         if stop or (
                             progress.blocks_listed - last_cp >= CHECKPOINT_EVERY_BLOCKS
                             or now - last_cp_time > CHECKPOINT_EVERY_SECONDS
