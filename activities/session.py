@@ -17,6 +17,7 @@ from ec2backup.activity_support import adapter, heartbeat, repository_password
 from ec2backup.models.session import (
     CommitRestorePointInput,
     CommitRestorePointOutput,
+    CommittedVolume,
     ImagePlan,
     PrepareImageInput,
     ProvisionWorkerInput,
@@ -148,6 +149,16 @@ def commit_restore_point(req: CommitRestorePointInput) -> CommitRestorePointOutp
         anomaly=done.anomaly.verdict if done.anomaly else None,
         anomaly_reasons=list(done.anomaly.reasons) if done.anomaly else [],
         last_clean_restore_point_id=done.last_clean,
+        volumes=[
+            CommittedVolume(
+                volume_id=volume_id,
+                blocks_listed=stats.blocks_listed,
+                blocks_read=stats.blocks_read,
+                bytes_read=stats.bytes_read,
+                bytes_stored=stats.bytes_new_stored,
+            )
+            for volume_id, stats in done.volumes.items()
+        ],
     )
 
 

@@ -22,7 +22,13 @@ from ec2backup.repository import objectlock
 from ec2backup.repository.backend import ObjectMissing
 from ec2backup.repository.blockmap import ID_SIZE, PAGE_BLOCKS, is_blob
 from ec2backup.repository.repo import Repository
-from ec2backup.repository.restorepoint import AnomalySignal, RestorePointSource, VolumeRecord
+from ec2backup.repository.restorepoint import (
+    SUMMED_STATS,
+    AnomalySignal,
+    RestorePointSource,
+    VolumeRecord,
+    VolumeStats,
+)
 from ec2backup.repository.writer import BackupWriter, checkpoint_name, commit_restore_point
 
 log = logging.getLogger("ec2backup.imagebackup")
@@ -32,19 +38,6 @@ def checkpoint_key(session_id: str, source_volume_id: str) -> str:
     """The repository checkpoint of one volume of one session: the durable cursor a retried,
     resumed or re-provisioned range continues from."""
     return f"session:{session_id}:{source_volume_id}"
-
-
-# VolumeStats counters that add up over a volume's streams (`blocks_total`, `seconds` and
-# `blocks_allocated` do not).
-SUMMED_STATS = (
-    "blocks_read",
-    "blocks_new",
-    "blocks_incompressible",
-    "bytes_read",
-    "bytes_new_raw",
-    "bytes_new_stored",
-    "pages_written",
-)
 
 
 class IncompleteBackup(UserError):
@@ -270,6 +263,10 @@ class Committed:
     anomaly: AnomalySignal | None  # the ransomware signal's verdict on it
     # The instance's newest clean restore point now (ec2backup.anomaly.last_clean).
     last_clean: str | None
+    # What the restore point records of each volume it holds (source volume id -> stats):
+    # counted by its writers and carried through their checkpoints, so a range attempt that
+    # was lost after a checkpoint still counts, unlike the sum of the ranges that returned.
+    volumes: dict[str, VolumeStats]
 
 
 def _committed(repo: Repository, rp_id: str, instance_id: str) -> Committed:
@@ -283,6 +280,11 @@ def _committed(repo: Repository, rp_id: str, instance_id: str) -> Committed:
         restore_point_id=rp_id,
         anomaly=mine.anomaly if mine is not None else None,
         last_clean=anomaly.last_clean(points),
+        volumes={
+            v.metadata.source_volume_id: v.stats
+            for v in (mine.volumes if mine is not None else [])
+            if v.metadata.source_volume_id
+        },
     )
 
 

@@ -202,6 +202,7 @@ class BackupSession(Pausable):
             committed = None
             if req.image_backup:
                 committed = await self._image_backup(session_id, snapshot_set)
+                self._take_committed_counts(committed)
             self._phase = "completed"
             plan = self._carry.plan
             return BackupSessionOutput(
@@ -527,6 +528,20 @@ class BackupSession(Pausable):
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )
         return result
+
+    def _take_committed_counts(self, committed: CommitRestorePointOutput) -> None:
+        """The session reports what its restore point records: the ranges' sums (kept for
+        progress) miss what an attempt lost after a checkpoint made durable (its result never
+        came). A commit that predates these counts (replayed history) leaves the sums."""
+        recorded = {v.volume_id: v for v in committed.volumes}
+        for c in self._carry.volumes:
+            v = recorded.get(c.volume_id)
+            if v is None:
+                continue
+            c.blocks_read, c.bytes_read = v.blocks_read, v.bytes_read
+            c.bytes_stored = v.bytes_stored
+            if v.blocks_listed:  # 0: a restore point written before it was recorded
+                c.blocks_listed = v.blocks_listed
 
     def _account(self, vp: VolumePlan, s: Stream, result: TransferRangeOutput) -> None:
         self._carry.cursors[s.key] = result.cursor

@@ -356,8 +356,21 @@ class CommitRestorePointInput(BaseModel):
     policy_name: str
 
 
+class CommittedVolume(BaseModel):
+    """What the committed restore point records of one volume (its VolumeStats)."""
+
+    volume_id: str
+    blocks_listed: int  # 0: a restore point written before it was recorded
+    blocks_read: int
+    bytes_read: int
+    bytes_stored: int
+
+
 class CommitRestorePointOutput(BaseModel):
     restore_point_id: str
     anomaly: str | None = None  # the ransomware signal's verdict (BackupSessionOutput.anomaly)
     anomaly_reasons: list[str] = Field(default_factory=list)
     last_clean_restore_point_id: str | None = None
+    # The restore point's own counts; the session reports these (not what its ranges returned:
+    # a range attempt lost after a checkpoint returned nothing for what it made durable).
+    volumes: list[CommittedVolume] = Field(default_factory=list)

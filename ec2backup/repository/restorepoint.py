@@ -16,6 +16,9 @@ RESTORE_POINT_VERSION = 1
 class VolumeStats(BaseModel):
     blocks_total: int = 0  # blocks covering the volume size
     blocks_allocated: int = 0  # non-zero blocks in the map (what a restore writes)
+    # blocks the backup was given: listed as changed or allocated (holes included); 0 in
+    # restore points written before it was recorded
+    blocks_listed: int = 0
     blocks_read: int = 0  # blocks read from the source in this backup
     blocks_new: int = 0  # blobs stored by this backup (not deduplicated)
     bytes_read: int = 0
@@ -26,6 +29,20 @@ class VolumeStats(BaseModel):
     blocks_incompressible: int = 0
     pages_written: int = 0
     seconds: float = 0.0
+
+
+# VolumeStats counters that add up over the parts of one volume written by several writers
+# (`blocks_total`, `blocks_allocated` and `seconds` do not).
+SUMMED_STATS = (
+    "blocks_listed",
+    "blocks_read",
+    "blocks_new",
+    "blocks_incompressible",
+    "bytes_read",
+    "bytes_new_raw",
+    "bytes_new_stored",
+    "pages_written",
+)
 
 
 class _Open(BaseModel):

@@ -47,6 +47,7 @@ from ec2backup.repository.pack import COMPRESSION_NONE, BlobCodec, PackBuilder, 
 from ec2backup.repository.pack import pack_id as hash_pack
 from ec2backup.repository.repo import Repository, data_name
 from ec2backup.repository.restorepoint import (
+    SUMMED_STATS,
     AnomalySignal,
     RestorePoint,
     RestorePointSource,
@@ -271,6 +272,7 @@ class BackupWriter:
             data = bytes(data) + bytes(EBS_BLOCK_SIZE - len(data))
         prev_page = self.last_index // PAGE_BLOCKS if self.last_index >= 0 else -1
         self.last_index = block_index
+        self.stats.blocks_listed += 1
         self.position = block_index + 1
         page = block_index // PAGE_BLOCKS
         if prev_page >= 0 and page != prev_page:
@@ -407,6 +409,7 @@ class BackupWriter:
         if position is not None:
             self.position = position
         self._drain()
+        self._count_time()  # time spent before a resume counts too
         if self.checkpoint_key is not None:
             cp = Checkpoint(
                 key=self.checkpoint_key,
@@ -431,12 +434,17 @@ class BackupWriter:
             )
         return self.position
 
+    def _count_time(self) -> None:
+        now = time.monotonic()
+        self.stats.seconds += now - self._t0
+        self._t0 = now
+
     def finish(self) -> VolumeRecord:
         """Everything durable; the volume record to put into a restore point."""
         self._drain()
         self.close()
         self.stats.blocks_allocated = self.allocated
-        self.stats.seconds += time.monotonic() - self._t0
+        self._count_time()
         return VolumeRecord(
             name=self.name,
             device=self.device,
@@ -516,15 +524,7 @@ def merge_volume_parts(repo: Repository, parts: list[tuple[range, VolumeRecord]]
             raise ValueError(f"range {blocks} is not aligned to {PAGE_BLOCKS}-block pages")
         for p in range(blocks.start // PAGE_BLOCKS, -(-blocks.stop // PAGE_BLOCKS)):
             root[p] = vol.pages[p]
-        for field in (
-            "blocks_read",
-            "blocks_new",
-            "bytes_read",
-            "bytes_new_raw",
-            "bytes_new_stored",
-            "blocks_incompressible",
-            "pages_written",
-        ):
+        for field in SUMMED_STATS:
             setattr(stats, field, getattr(stats, field) + getattr(vol.stats, field))
         stats.seconds = max(stats.seconds, vol.stats.seconds)
     allocated = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -194,8 +195,11 @@ def test_writer_checkpoint_resume(tmp_path: Path) -> None:
     expect = tmp_path / "expect"
     digest = _write(expect, size, blocks)
     w = BackupWriter(repo, name="vol-0123", size=size, checkpoint_key="session-1/vol-0123")
-    for i in (0, 2, 3):
+    w.add(0, blocks[0])
+    w.add(1, None)  # listed, not written in the source: a hole
+    for i in (2, 3):
         w.add(i, blocks[i])
+    time.sleep(0.2)  # the first attempt's time counts in the restore point too
     assert w.checkpoint() == 4
     w.add(5, blocks[5])  # fed but not checkpointed: lost in the "crash"
     w.close()
@@ -205,6 +209,9 @@ def test_writer_checkpoint_resume(tmp_path: Path) -> None:
     for i in (5, 8, 9):
         w.add(i, blocks[i])
     vol = w.finish()
+    # Counted once each through the resume: what the lost attempt made durable included.
+    assert (vol.stats.blocks_listed, vol.stats.blocks_read) == (7, 6), vol.stats
+    assert vol.stats.seconds >= 0.2, vol.stats
     rp = commit_restore_point(repo, [vol], checkpoint_keys=["session-1/vol-0123"])
     assert not list(repo.backend.list("checkpoints/"))
     _, loaded = repo.load_restore_point(rp)
