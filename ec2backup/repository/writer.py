@@ -61,8 +61,10 @@ from ec2backup.repository.restorepoint import (
 DEFAULT_WORKERS = 2
 
 # Blocks submitted to the encoders but not yet packed: enough to keep both busy while the caller
-# reads, small enough to bound memory (each is 512 KiB in, <= 512 KiB out).
-MAX_INFLIGHT_BLOCKS = 8
+# reads, small enough to bound memory (each is 512 KiB in, <= 512 KiB out). Two per encoder:
+# measured on the bench's 2 GiB full, 4 instead of 8 takes ~4 MiB off the peak RSS (104-107
+# vs 109-110 MiB) at the same speed (median 3.73 s vs 3.70 s of 3 cold runs each).
+MAX_INFLIGHT_BLOCKS = 4
 
 # Packs uploading concurrently (each held in RAM): one uploads (pack id hash + PUT) while the
 # next fills.
