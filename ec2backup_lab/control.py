@@ -8,7 +8,8 @@ Routes (method path -> what):
   POST churn                          overwrite about F of a volume's blocks
   POST encrypt-attack                 overwrite F of a volume's written blocks with random bytes
   GET  checksum/<vol-or-snap-id>      SHA-256 of the whole logical content
-  GET  metrics                        API calls, blocks served, agent reads, resources,
+  GET  metrics                        API calls (and those refused by a throttle), blocks
+                                      served, agent reads, resources,
                                       EBS direct requests / throttled / peak rate
   POST metrics {"reset": true}        counters (API calls, blocks served, EBS direct) to zero
   POST fault                          inject errors / throttling, or clear them
@@ -347,10 +348,12 @@ def metrics(method: str, parts: list[str], query: Any, body: Any) -> tuple[int, 
         volumes += len(backend.volumes)
     with runtime.lock:
         calls = dict(runtime.api_calls)
+        throttled = dict(runtime.throttled_calls)
         served = runtime.blocks_served
     reads = _agent_reads()
     return 200, {
         "api_calls": calls,
+        "throttled_calls": throttled,  # refused by `lab fault --throttle`, per API
         "get_snapshot_block_calls": calls.get("GetSnapshotBlock", 0),
         "blocks_served": served,
         "agent_bytes_read": reads,
@@ -371,6 +374,7 @@ def reset_counters() -> None:
     runtime = get_runtime()
     with runtime.lock:
         runtime.api_calls.clear()
+        runtime.throttled_calls.clear()
         runtime.blocks_served = 0
         runtime.copies_peak.clear()
     runtime.ebs_meter.reset()

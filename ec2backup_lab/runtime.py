@@ -81,6 +81,8 @@ class LabRuntime:
         self.timing = TimingSettings()
         self.ebs_meter = RequestMeter()
         self.api_calls: Counter[str] = Counter()
+        # Calls refused by a `lab fault --throttle` (per API): shows a test that it bit.
+        self.throttled_calls: Counter[str] = Counter()
         self.faults: list[Fault] = []
         self.throttles: list[Throttle] = []
         self.endpoint_url = ""
@@ -163,7 +165,10 @@ class LabRuntime:
 
     def throttled(self, api: str) -> bool:
         with self.lock:
-            return any(not t.allow() for t in self.throttles if t.api in (None, api))
+            refused = any(not t.allow() for t in self.throttles if t.api in (None, api))
+            if refused:
+                self.throttled_calls[api] += 1
+            return refused
 
     def clear_faults(self) -> None:
         with self.lock:

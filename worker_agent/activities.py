@@ -34,6 +34,7 @@ from ec2backup.models.restore import (
 )
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
+from worker_agent.liveness import Liveness
 
 
 @activity.defn(name="agent_describe_host")
@@ -129,9 +130,10 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
 
     workflow_id = activity.info().workflow_id or ""
     last_poll = [time.monotonic()]
+    liveness = Liveness(activity.heartbeat)
 
     def heartbeat(progress: transfer.Progress) -> None:
-        activity.heartbeat({"cursor": progress.cursor, "blocks_read": progress.blocks_read})
+        liveness.heartbeat({"cursor": progress.cursor, "blocks_read": progress.blocks_read})
 
     def should_stop() -> bool:
         if activity.is_cancelled():
@@ -156,7 +158,7 @@ def transfer_range(req: TransferRangeInput) -> TransferRangeOutput:
 
     started = time.monotonic()
     try:
-        with role_session():
+        with role_session(), liveness:
             result = transfer.transfer_range(req, heartbeat, should_stop, share)
     except Exception as exc:
         raise classify(exc) from exc
@@ -192,10 +194,11 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
     from ec2backup.workers import read_session_secret, secret_password
 
     copied = [0]
+    liveness = Liveness(activity.heartbeat)
 
     def progress(n: int) -> None:
         copied[0] += n
-        activity.heartbeat({"bytes_copied": copied[0]})
+        liveness.heartbeat({"bytes_copied": copied[0]})
         if activity.is_cancelled():
             raise CancelledError("archive copy cancelled")
 
@@ -204,7 +207,7 @@ def archive_copy(req: ArchiveCopyInput) -> ArchiveCopyOutput:
         password = secret_password(secret)
         hot = Repository.open(req.source_repository, password)
         arc = Repository.open(req.archive_repository, password)
-        with role_session():
+        with role_session(), liveness:
             result = archive_copy.copy_restore_point(
                 hot, req.restore_point_id, arc, progress, checkpoint_prefix=req.archive_id
             )
@@ -233,15 +236,28 @@ def write_volume(req: WriteVolumeInput) -> WriteVolumeOutput:
     from ec2backup.activity_support import classify
     from worker_agent import restore
 
+    resume = req.resume
+    # Until the first run of blocks is written, the beats repeat where this attempt starts.
+    liveness = Liveness(
+        activity.heartbeat,
+        initial=(
+            WriteVolumeProgress(
+                blocks_written=resume.blocks_written if resume else 0,
+                bytes_written=resume.bytes_written if resume else 0,
+                checkpoint=resume,
+            ),
+        ),
+    )
+
     def progress(blocks: int, nbytes: int, checkpoint: RestoreCheckpoint | None) -> None:
-        activity.heartbeat(
+        liveness.heartbeat(
             WriteVolumeProgress(blocks_written=blocks, bytes_written=nbytes, checkpoint=checkpoint)
         )
         if activity.is_cancelled():
             raise CancelledError("restore write cancelled")
 
     try:
-        with role_session():
+        with role_session(), liveness:
             return restore.write_volume(req, progress)
     except CancelledError:
         raise

@@ -79,3 +79,29 @@ def test_a_lost_restore_worker_is_replaced_and_the_write_resumes(wb: Workbench) 
     # from the start, each would have been created twice).
     made = int(wb.metrics()["api_calls"].get("CreateVolume", 0)) - creates
     assert made == len(result["volumes"]), (made, json.dumps(result))
+
+
+def test_a_slow_s3_does_not_make_a_live_worker_look_lost(wb: Workbench) -> None:
+    """Pack reads throttled to 1 GetObject/s back off (botocore's standard retries) for longer
+    than the heartbeat timeout (10 s here) between two runs of blocks written: the agent's
+    liveness beats keep the worker, and the restore completes on it. (Before them, every
+    worker was taken for lost in turn and the restore failed with WorkersLost.)"""
+    inst = wb.seed("--volumes", "1", "--size-gib", "1", "--fill", "0.03", "--seed", "32")
+    repo = wb.new_repo()
+    session = wb.backup(inst["instance_id"], "--repo", repo)
+    assert session.result is not None
+    rp = session.result["restore_point_id"]
+    wb.cli("lab", "fault", "--throttle", "1", "--api", "GetObject")
+    try:
+        t0 = time.monotonic()
+        proc = wb.cli("restore", "instance", rp, "--repo", repo, timeout=60)
+        restore_id = proc.stdout.splitlines()[0].strip()
+        result = wb.temporal(lambda c: c.get_workflow_handle(restore_id, result_type=dict).result())
+        throttled = wb.metrics()
+    finally:
+        wb.cli("lab", "fault", "--clear")
+    print(f"restore under 1 GetObject/s: {time.monotonic() - t0:.1f}s, {result}")
+    refused = int(throttled["throttled_calls"].get("GetObject", 0))
+    print(f"GetObject calls refused by the throttle: {refused}")
+    assert refused > 0
+    assert result["status"] == "completed" and result["workers_used"] == 1, result
