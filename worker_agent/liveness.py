@@ -52,10 +52,12 @@ class Liveness:
 
     def heartbeat(self, *details: Any) -> None:
         """The activity's own heartbeat: sent now and remembered for the repeats."""
+        # Sent under the lock, like the repeats: a repeat of older details never goes out
+        # after newer ones (Temporal keeps the last heartbeat it got).
         with self._lock:
             self._details = details
             self._last_report = self._last_beat = time.monotonic()
-        self._beat(*details)
+            self._beat(*details)
 
     def _repeat(self) -> None:
         while not self._done.wait(self._every):
@@ -66,12 +68,11 @@ class Liveness:
                 if now - self._last_beat < self._every:
                     continue
                 self._last_beat = now
-                details = self._details
-            try:
-                self._beat(*details)
-                self.repeated += 1
-            except Exception:  # the activity is ending (its context is gone): stop repeating
-                return
+                try:
+                    self._beat(*self._details)
+                    self.repeated += 1
+                except Exception:  # the activity is ending (its context is gone): stop
+                    return
 
     def __enter__(self) -> Liveness:
         # The activity's context (temporalio keeps it in a context variable) goes with the
