@@ -16,6 +16,7 @@ import contextvars
 import functools
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -38,15 +39,98 @@ HEARTBEAT_THROTTLE = timedelta(seconds=5)
 # detail): a killed orchestrator is then noticed after the workflow's heartbeat timeout
 # (workflows.common.LIVENESS_TIMEOUT), not after the activity's start-to-close timeout.
 LIVENESS_EVERY = timedelta(seconds=5)
-# The last detail each running activity reported (task token -> detail), so the liveness
-# heartbeat repeats it instead of erasing it.
-_last_detail: dict[bytes, str] = {}
+# The worker agent's activities repeat their last heartbeat every second: the shortest heartbeat
+# timeout in use for them is 10 s (tests; production 60 s, ec2backup.workers).
+AGENT_LIVENESS_EVERY = timedelta(seconds=1)
+# An agent activity that reported nothing for this long is stuck, not waiting on a retry:
+# botocore's standard mode makes 8 tries of at most 60 s (its read timeout) with at most 20 s
+# of backoff each, under 11 minutes. Its repeats then stop and the heartbeat timeout replaces
+# the worker. (Orchestrator activities have no such limit: some run long in one call.)
+AGENT_STALL_LIMIT = timedelta(minutes=15)
+
+
+class Liveness:
+    """Heartbeats that keep saying "this activity's host is alive" while it waits.
+
+    An activity heartbeats from its own loop, between steps; one step can take longer than the
+    heartbeat timeout without anything being wrong: an orchestrator's long AWS call, or an
+    agent's read or write that botocore retries against a throttling S3 or EBS (SlowDown: up
+    to 20 s a try, 8 tries). Temporal would take the activity for lost (for the agent: the
+    workflow would replace a live worker, which then waits on the same S3). Used as a context
+    manager around the work, this repeats the activity's last heartbeat (`initial` before its
+    first one; the same details, so an agent's only ever name a durable checkpoint) from a
+    thread of its own every `every` seconds, and for at most `stall_limit` seconds after the
+    last one (None: as long as the activity runs). Beats go through `heartbeat(*details)`.
+    """
+
+    def __init__(
+        self,
+        beat: Callable[..., None],
+        initial: tuple[Any, ...] = (),
+        every: float = AGENT_LIVENESS_EVERY.total_seconds(),
+        stall_limit: float | None = AGENT_STALL_LIMIT.total_seconds(),
+    ) -> None:
+        self._beat = beat
+        self._every = every
+        self._stall_limit = stall_limit
+        self._lock = threading.Lock()
+        self._details = initial
+        self._last_report = self._last_beat = time.monotonic()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.repeated = 0  # beats sent by the thread (tests, logs)
+
+    def heartbeat(self, *details: Any) -> None:
+        """The activity's own heartbeat: sent now and remembered for the repeats."""
+        # Sent under the lock, like the repeats: a repeat of older details never goes out
+        # after newer ones (Temporal keeps the last heartbeat it got).
+        with self._lock:
+            self._details = details
+            self._last_report = self._last_beat = time.monotonic()
+            self._beat(*details)
+
+    def _repeat(self) -> None:
+        while not self._done.wait(self._every):
+            with self._lock:
+                now = time.monotonic()
+                if self._stall_limit is not None and now - self._last_report > self._stall_limit:
+                    continue  # stuck: let the heartbeat timeout say so
+                if now - self._last_beat < self._every:
+                    continue
+                self._last_beat = now
+                try:
+                    self._beat(*self._details)
+                    self.repeated += 1
+                except Exception:  # the activity is ending (its context is gone): stop
+                    return
+
+    def __enter__(self) -> Liveness:
+        # The activity's context (temporalio keeps it in a context variable) goes with the
+        # thread, so `activity.heartbeat` works there.
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run, args=(self._repeat,), name="activity-liveness", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# The Liveness of each running orchestrator activity (task token ->), for `heartbeat`.
+_running: dict[bytes, Liveness] = {}
 
 
 def heartbeat(detail: str) -> None:
     """Record progress (a text detail) from inside a running activity."""
-    _last_detail[activity.info().task_token] = detail
-    activity.heartbeat(detail)
+    live = _running.get(activity.info().task_token)
+    if live is not None:
+        live.heartbeat(detail)
+    else:
+        activity.heartbeat(detail)
 
 
 @contextlib.contextmanager
@@ -56,24 +140,13 @@ def _liveness() -> Any:
         yield
         return
     token = activity.info().task_token
-    context = contextvars.copy_context()  # the activity's context, for the thread
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(LIVENESS_EVERY.total_seconds()):
-            detail = _last_detail.get(token)
-            try:
-                context.run(activity.heartbeat, *([detail] if detail is not None else []))
-            except Exception:  # the activity is ending; its own result decides
-                return
-
-    thread = threading.Thread(target=beat, daemon=True, name="activity-liveness")
-    thread.start()
+    live = Liveness(activity.heartbeat, every=LIVENESS_EVERY.total_seconds(), stall_limit=None)
+    _running[token] = live
     try:
-        yield
+        with live:
+            yield
     finally:
-        stop.set()
-        _last_detail.pop(token, None)
+        _running.pop(token, None)
 
 
 def environment_password(url: str | None = None) -> str:

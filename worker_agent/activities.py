@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from ec2backup import observability
-from ec2backup.activity_support import role_session
+from ec2backup.activity_support import Liveness, role_session
 from ec2backup.budget import SHARE_POLL_SECONDS
 from ec2backup.models.agent import (
     DescribeHostInput,
@@ -34,7 +34,6 @@ from ec2backup.models.restore import (
 )
 from ec2backup.models.session import TransferRangeInput, TransferRangeOutput
 from worker_agent.devices import DeviceReader, resolve_device, volume_id_of
-from worker_agent.liveness import Liveness
 
 
 @activity.defn(name="agent_describe_host")

@@ -1,5 +1,5 @@
-"""Liveness repeats an agent activity's last heartbeat while the activity waits on something
-slow, so a live host is not taken for lost; it stops when the activity is stuck or done."""
+"""Liveness repeats an activity's last heartbeat while the activity waits on something slow,
+so a live host is not taken for lost; it stops when the activity is stuck or done."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.testing import ActivityEnvironment
 
-from worker_agent.liveness import Liveness
+from ec2backup.activity_support import Liveness
 
 
 class Beats:
