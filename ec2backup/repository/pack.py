@@ -77,9 +77,9 @@ class BlobCodec:
             self._local.dctx = dctx
         return dctx
 
-    def encode(self, blob_id: bytes, plain: bytes) -> tuple[bytes, int]:
+    def encode(self, blob_id: bytes, plain: bytes | memoryview) -> tuple[bytes, int]:
         """(ciphertext, compression flag)."""
-        packed = self._cctx().compress(plain)
+        packed: bytes | memoryview = self._cctx().compress(plain)
         if len(packed) < len(plain):
             comp = COMPRESSION_ZSTD
         else:  # incompressible (random, already compressed): storing raw saves decode time

@@ -260,7 +260,7 @@ class BackupWriter:
 
     # ---- feeding blocks --------------------------------------------------------------------
 
-    def add(self, block_index: int, data: bytes | None) -> None:
+    def add(self, block_index: int, data: bytes | memoryview | None) -> None:
         """One block (<= 512 KiB; only the last block of the volume may be short), or None
         for a block that is not written in the source (a hole: e.g. a changed-block entry
         that only the parent snapshot has)."""
@@ -294,7 +294,7 @@ class BackupWriter:
         if len(self.encoding) > MAX_INFLIGHT_BLOCKS:
             self._resolve_one()
 
-    def _hash_encode(self, seq: int, data: bytes) -> Encoded:
+    def _hash_encode(self, seq: int, data: bytes | memoryview) -> Encoded:
         """On an encoder thread: (blob id, ciphertext or None for a known duplicate, comp)."""
         bid = crypto.keyed_hash(self.repo.id_key, data)
         # reads of structures the caller thread grows (a stale miss only costs an encode)

@@ -1,0 +1,90 @@
+"""Image backups read, and image restores write, around the page cache (O_DIRECT) where the
+file system allows: the same bytes as buffered I/O, short last blocks included, and the
+buffered path where O_DIRECT does not exist."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from repo_helpers import open_repo
+from repo_imagegen import BS, sha256_file
+
+from ec2backup.repository.image import (
+    DirectWriter,
+    allocated_blocks,
+    backup_image,
+    image_size,
+    read_blocks,
+    read_blocks_direct,
+    restore_image,
+)
+
+
+def _image(path: Path, size: int, seed: int) -> str:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for i in range(0, -(-size // BS), 2):  # every other block written: holes between
+            f.seek(i * BS)
+            f.write(rng.randbytes(min(BS, size - i * BS)))
+    return sha256_file(path)
+
+
+@pytest.mark.parametrize("size", [9 * BS, 6 * BS + 12345, 4096 * 3, 1000])
+def test_direct_reads_give_the_buffered_bytes(tmp_path: Path, size: int) -> None:
+    img = tmp_path / "disk.img"
+    _image(img, size, seed=size)
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        n = image_size(fd)
+        blocks = list(allocated_blocks(fd, n))
+        direct = read_blocks_direct(img, fd, n, blocks)
+        assert direct is not None  # ext4/xfs/tmpfs here all take O_DIRECT
+        got = [(b, bytes(data)) for b, data in direct]
+        assert got == list(read_blocks(fd, n, blocks))
+        assert [b for b, _ in got] == blocks and len(got[-1][1]) == min(BS, n - blocks[-1] * BS)
+    finally:
+        os.close(fd)
+
+
+def test_direct_writer_takes_aligned_blocks_and_declines_the_rest(tmp_path: Path) -> None:
+    out = tmp_path / "out.img"
+    out.write_bytes(bytes(2 * BS))
+    writer = DirectWriter.open(out)
+    assert writer is not None
+    block = random.Random(1).randbytes(BS)
+    try:
+        assert writer.write(BS, memoryview(block))
+        assert not writer.write(0, block[:1000])  # short: the caller writes it buffered
+        assert not writer.write(100, block[:4096])  # not on an aligned offset
+    finally:
+        writer.close()
+    assert out.read_bytes() == bytes(BS) + block
+
+
+@pytest.mark.parametrize("backend_kind", ["local"])
+def test_round_trip_direct_and_without_o_direct(
+    init_repo: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte-exact either way; without O_DIRECT (a platform that has none) reads and writes
+    go through the page cache as before."""
+    repo = open_repo(init_repo)
+    img = tmp_path / "disk.img"
+    digest = _image(img, 7 * BS + 4096 + 777, seed=5)
+    res = backup_image(repo, img)
+    restore_image(repo, res.volume, tmp_path / "direct.out")
+    assert sha256_file(tmp_path / "direct.out") == digest
+    monkeypatch.delattr(os, "O_DIRECT")
+    fd = os.open(img, os.O_RDONLY)
+    try:
+        assert read_blocks_direct(img, fd, image_size(fd), [0]) is None
+    finally:
+        os.close(fd)
+    assert DirectWriter.open(img) is None
+    res2 = backup_image(repo, img)
+    assert res2.volume.pages == res.volume.pages  # the same blocks, deduplicated
+    restore_image(repo, res2.volume, tmp_path / "buffered.out")
+    assert sha256_file(tmp_path / "buffered.out") == digest
