@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
-import errno
-import mmap
 import os
 import stat
 import threading
@@ -18,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ec2backup.errors import UserError
+from ec2backup.repository import directio
 from ec2backup.repository.blockmap import (
     EBS_BLOCK_SIZE,
     blocks_for,
@@ -105,14 +103,6 @@ def read_blocks(fd: int, size: int, blocks: Iterable[int]) -> Iterator[tuple[int
 # buffered against 0.15 s direct, in the same wall time). Direct reads get no kernel
 # read-ahead, so this many are in flight (4 read as fast as 8 or 16 here).
 DIRECT_READS_IN_FLIGHT = 4
-# The file systems that refuse O_DIRECT (tmpfs, some FUSE) say so at open or at the first read.
-DIRECT_UNSUPPORTED = (errno.EINVAL, errno.EOPNOTSUPP)
-# O_DIRECT buffers start on a page boundary (what Linux asks of every file system and device).
-DIRECT_ALIGN = 4096
-
-
-def _address(buf: bytearray) -> int:
-    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 def read_blocks_direct(
@@ -121,22 +111,14 @@ def read_blocks_direct(
     """The blocks of `path` read with O_DIRECT, in order, DIRECT_READS_IN_FLIGHT at a time; None
     when the file system cannot (read them buffered then). `fd`: the same file opened buffered,
     for a read cut short."""
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag:
+    dfd = directio.open_direct(path, os.O_RDONLY)
+    if dfd is None:
         return None
-    try:
-        dfd = os.open(path, os.O_RDONLY | flag)
-    except OSError as exc:
-        if exc.errno in DIRECT_UNSUPPORTED:
-            return None
-        raise
 
     def read(b: int) -> memoryview:
-        # A block-sized view of a buffer of its own, aligned as O_DIRECT wants: the writer
-        # hashes and encodes it as it is (no copy), and it goes when the writer is done with it.
-        raw = bytearray(EBS_BLOCK_SIZE + DIRECT_ALIGN)
-        start = -_address(raw) % DIRECT_ALIGN
-        view = memoryview(raw)[start : start + EBS_BLOCK_SIZE]
+        # A block-sized aligned buffer of its own: the writer hashes and encodes it as it is
+        # (no copy), and it goes when the writer is done with it.
+        view = directio.aligned_buffer(EBS_BLOCK_SIZE)
         off = b * EBS_BLOCK_SIZE
         want = min(EBS_BLOCK_SIZE, size - off)
         n = os.preadv(dfd, [view], off)  # a whole block: at the end, it stops at EOF
@@ -150,7 +132,7 @@ def read_blocks_direct(
         head = read(first) if first is not None else memoryview(b"")
     except OSError as exc:
         os.close(dfd)
-        if exc.errno in DIRECT_UNSUPPORTED:
+        if directio.refused(exc):
             return None
         raise
     except BaseException:
@@ -195,34 +177,26 @@ class DirectWriter:
 
     @classmethod
     def open(cls, path: Path) -> DirectWriter | None:
-        flag = getattr(os, "O_DIRECT", 0)
-        if not flag:
-            return None
-        try:
-            return cls(os.open(path, os.O_WRONLY | flag))
-        except OSError as exc:
-            if exc.errno in DIRECT_UNSUPPORTED:
-                return None
-            raise
+        dfd = directio.open_direct(path, os.O_WRONLY)
+        return None if dfd is None else cls(dfd)
 
     def write(self, off: int, data: bytes | memoryview) -> bool:
         n = len(data)
-        if self.refused or n % DIRECT_ALIGN or off % DIRECT_ALIGN or n > EBS_BLOCK_SIZE:
+        align = directio.ALIGN
+        if self.refused or n % align or off % align or n > EBS_BLOCK_SIZE:
             return False
-        buf = getattr(self._local, "buf", None)
+        buf: memoryview | None = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = mmap.mmap(-1, EBS_BLOCK_SIZE)  # page-aligned
-        view = memoryview(buf)[:n]
+            buf = self._local.buf = directio.aligned_buffer(EBS_BLOCK_SIZE)
+        view = buf[:n]
         view[:] = data
         try:
             done = os.pwrite(self._fd, view, off)
         except OSError as exc:
-            if exc.errno not in DIRECT_UNSUPPORTED:
+            if not directio.refused(exc):
                 raise
             self.refused = True
             return False
-        finally:
-            view.release()
         return done == n  # short: the caller writes the whole block again, buffered
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
-"""Image backups read, and image restores write, around the page cache (O_DIRECT) where the
-file system allows: the same bytes as buffered I/O, short last blocks included, and the
-buffered path where O_DIRECT does not exist."""
+"""Image backups read, image restores and a local repository's large objects write, around the
+page cache (O_DIRECT) where the file system allows: the same bytes as buffered I/O, short last
+blocks and unaligned tails included, and the buffered path where O_DIRECT does not exist."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from repo_helpers import open_repo
 from repo_imagegen import BS, sha256_file
 
+from ec2backup.repository.backend import DIRECT_STAGE, DIRECT_WRITE_MIN, LocalBackend
 from ec2backup.repository.image import (
     DirectWriter,
     allocated_blocks,
@@ -88,3 +89,27 @@ def test_round_trip_direct_and_without_o_direct(
     assert res2.volume.pages == res.volume.pages  # the same blocks, deduplicated
     restore_image(repo, res2.volume, tmp_path / "buffered.out")
     assert sha256_file(tmp_path / "buffered.out") == digest
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [1000],  # small: buffered
+        [DIRECT_WRITE_MIN],  # aligned, one stage
+        [300_001, 700_000, 2 * DIRECT_STAGE + 4095],  # chunks across stages, unaligned tail
+        [4096] * 300,  # many small chunks
+    ],
+)
+def test_local_objects_write_the_same_bytes_direct_or_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sizes: list[int]
+) -> None:
+    rng = random.Random(sum(sizes))
+    chunks = [rng.randbytes(n) for n in sizes]
+    want = b"".join(chunks)
+    backend = LocalBackend(tmp_path / "repo")
+    assert backend.create("data/ab/direct", chunks)
+    assert backend.get("data/ab/direct") == want
+    assert not backend.create("data/ab/direct", chunks)  # create-if-absent still holds
+    monkeypatch.delattr(os, "O_DIRECT")
+    assert backend.create("data/ab/buffered", chunks)
+    assert backend.get("data/ab/buffered") == want
