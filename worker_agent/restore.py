@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ec2backup.models.restore import RestoreCheckpoint, WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
+from ec2backup.repository.directio import DirectWriter
 from ec2backup.repository.reader import restore_volume
 from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceMismatch, find_volume
@@ -38,8 +40,9 @@ MIN_THREADS = 2
 Progress = Callable[[int, int, RestoreCheckpoint | None], None]
 
 
-def open_device(req: WriteVolumeInput) -> int:
-    """The device's fd for writing, after checking it is the volume and size we were given."""
+def open_device(req: WriteVolumeInput) -> tuple[int, Path]:
+    """The device's fd for writing and its path, after checking it is the volume and size we
+    were given."""
     path = find_volume(req.volume_id, req.worker_device)
     fd = os.open(path, os.O_WRONLY)
     size = os.lseek(fd, 0, os.SEEK_END)
@@ -49,7 +52,7 @@ def open_device(req: WriteVolumeInput) -> int:
             f"{req.device}: volume {req.volume_id} at {path} has {size} bytes, "
             f"not the {req.size_gib} GiB the restore needs"
         )
-    return fd
+    return fd, path
 
 
 class WriteFailed(Exception):
@@ -76,13 +79,23 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
             f"{req.size_gib} GiB"
         )
     resume = req.resume if req.resume and req.resume.volume_id == req.volume_id else None
-    fd = open_device(req)
+    fd, path = open_device(req)
+    # Around the page cache where the device takes it: a whole volume is written once, and
+    # through the page cache the writing threads would queue on the device's lock and fill
+    # the worker's memory with dirty pages (ec2backup.repository.directio).
+    direct = DirectWriter.open(path)
     counts = [resume.blocks_written, resume.bytes_written] if resume else [0, 0]
     durable: list[RestoreCheckpoint | None] = [resume]
     last = [counts[1], time.monotonic()]  # bytes and time at the last checkpoint
 
     def write(offset: int, data: bytes | memoryview) -> None:
-        os.pwrite(fd, data, offset)
+        if direct is not None and direct.write(offset, data):
+            return
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(fd, view, offset)
+            view = view[n:]
+            offset += n
 
     def advance(nbytes: int) -> None:
         counts[0] += -(-nbytes // EBS_BLOCK_SIZE)
@@ -123,6 +136,8 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
     except Exception as exc:
         raise WriteFailed(exc, durable[0]) from exc
     finally:
+        if direct is not None:
+            direct.close()
         os.close(fd)
     return WriteVolumeOutput(
         blocks_written=counts[0],

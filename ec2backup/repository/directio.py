@@ -13,7 +13,10 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import threading
 from pathlib import Path
+
+from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
 
 ALIGN = 4096
 # How a file system that cannot do direct I/O (some FUSE, tmpfs before Linux 6.6) refuses it:
@@ -45,3 +48,46 @@ def aligned_buffer(size: int) -> memoryview:
 def refused(exc: OSError) -> bool:
     """The file system refused a direct read or write (the caller goes buffered)."""
     return exc.errno in UNSUPPORTED
+
+
+class DirectWriter:
+    """Block writes that bypass the page cache (O_DIRECT) into a file or device being restored,
+    from any number of threads. Through the page cache, an image restore's two writing threads
+    spent more CPU copying into it and spinning on the file's lock (ext4 takes it for every
+    buffered write) than on decrypting and decompressing (measured here: 69% of its CPU).
+    Each thread copies a block into an aligned buffer of its own (a few microseconds) and
+    writes it from there. `write` declines (False) what it cannot write so: a short last
+    block, or any block once the file system refused one (the caller then writes it
+    buffered)."""
+
+    def __init__(self, dfd: int) -> None:
+        self._fd = dfd
+        self._local = threading.local()
+        self.refused = False
+
+    @classmethod
+    def open(cls, path: Path) -> DirectWriter | None:
+        dfd = open_direct(path, os.O_WRONLY)
+        return None if dfd is None else cls(dfd)
+
+    def write(self, off: int, data: bytes | memoryview) -> bool:
+        n = len(data)
+        align = ALIGN
+        if self.refused or n % align or off % align or n > EBS_BLOCK_SIZE:
+            return False
+        buf: memoryview | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = aligned_buffer(EBS_BLOCK_SIZE)
+        view = buf[:n]
+        view[:] = data
+        try:
+            done = os.pwrite(self._fd, view, off)
+        except OSError as exc:
+            if not refused(exc):
+                raise
+            self.refused = True
+            return False
+        return done == n  # short: the caller writes the whole block again, buffered
+
+    def close(self) -> None:
+        os.close(self._fd)

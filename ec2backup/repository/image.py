@@ -7,7 +7,6 @@ import collections
 import contextlib
 import os
 import stat
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -161,48 +160,6 @@ def read_blocks_direct(
     return reads()
 
 
-class DirectWriter:
-    """Block writes that bypass the page cache (O_DIRECT) into a file being restored. Through
-    the page cache, the restore's two writing threads spent more CPU copying into it and
-    spinning on the file's lock (ext4 takes it for every buffered write) than on decrypting
-    and decompressing (measured here: 69% of the restore's CPU). Each thread copies a block
-    into an aligned buffer of its own (a few microseconds) and writes it from there.
-    `write` declines (False) what it cannot write so: a short last block, or any block once
-    the file system refused one (the caller then writes it buffered)."""
-
-    def __init__(self, dfd: int) -> None:
-        self._fd = dfd
-        self._local = threading.local()
-        self.refused = False
-
-    @classmethod
-    def open(cls, path: Path) -> DirectWriter | None:
-        dfd = directio.open_direct(path, os.O_WRONLY)
-        return None if dfd is None else cls(dfd)
-
-    def write(self, off: int, data: bytes | memoryview) -> bool:
-        n = len(data)
-        align = directio.ALIGN
-        if self.refused or n % align or off % align or n > EBS_BLOCK_SIZE:
-            return False
-        buf: memoryview | None = getattr(self._local, "buf", None)
-        if buf is None:
-            buf = self._local.buf = directio.aligned_buffer(EBS_BLOCK_SIZE)
-        view = buf[:n]
-        view[:] = data
-        try:
-            done = os.pwrite(self._fd, view, off)
-        except OSError as exc:
-            if not directio.refused(exc):
-                raise
-            self.refused = True
-            return False
-        return done == n  # short: the caller writes the whole block again, buffered
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 class BackupResult(BaseModel):
     restore_point: str
     volume: VolumeRecord
@@ -292,7 +249,7 @@ def restore_image(
     ok = False
     try:
         os.ftruncate(fd, volume.size)  # holes everywhere; zero blocks are never written
-        direct = DirectWriter.open(tmp)
+        direct = directio.DirectWriter.open(tmp)
 
         def write(off: int, data: bytes | memoryview) -> None:
             if direct is not None and direct.write(off, data):

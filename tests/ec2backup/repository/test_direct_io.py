@@ -13,8 +13,8 @@ from repo_helpers import open_repo
 from repo_imagegen import BS, sha256_file
 
 from ec2backup.repository.backend import DIRECT_STAGE, DIRECT_WRITE_MIN, LocalBackend
+from ec2backup.repository.directio import DirectWriter
 from ec2backup.repository.image import (
-    DirectWriter,
     allocated_blocks,
     backup_image,
     image_size,
