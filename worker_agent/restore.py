@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ec2backup.models.restore import RestoreCheckpoint, WriteVolumeInput, WriteVolumeOutput
 from ec2backup.repository.blockmap import EBS_BLOCK_SIZE
-from ec2backup.repository.directio import DirectWriter
+from ec2backup.repository.directio import BlockWriter
 from ec2backup.repository.reader import restore_volume
 from ec2backup.workers import read_session_secret, secret_password
 from worker_agent.devices import DeviceMismatch, find_volume
@@ -83,19 +83,10 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
     # Around the page cache where the device takes it: a whole volume is written once, and
     # through the page cache the writing threads would queue on the device's lock and fill
     # the worker's memory with dirty pages (ec2backup.repository.directio).
-    direct = DirectWriter.open(path)
+    writer = BlockWriter(path, fd)
     counts = [resume.blocks_written, resume.bytes_written] if resume else [0, 0]
     durable: list[RestoreCheckpoint | None] = [resume]
     last = [counts[1], time.monotonic()]  # bytes and time at the last checkpoint
-
-    def write(offset: int, data: bytes | memoryview) -> None:
-        if direct is not None and direct.write(offset, data):
-            return
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(fd, view, offset)
-            view = view[n:]
-            offset += n
 
     def advance(nbytes: int) -> None:
         counts[0] += -(-nbytes // EBS_BLOCK_SIZE)
@@ -125,7 +116,7 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
             restore_volume(
                 repo,
                 record,
-                write,
+                writer.write,
                 progress=advance,
                 write_zeros=True,
                 workers=max(MIN_THREADS, os.cpu_count() or 1),
@@ -136,8 +127,7 @@ def write_volume(req: WriteVolumeInput, progress: Progress) -> WriteVolumeOutput
     except Exception as exc:
         raise WriteFailed(exc, durable[0]) from exc
     finally:
-        if direct is not None:
-            direct.close()
+        writer.close()
         os.close(fd)
     return WriteVolumeOutput(
         blocks_written=counts[0],

@@ -249,22 +249,11 @@ def restore_image(
     ok = False
     try:
         os.ftruncate(fd, volume.size)  # holes everywhere; zero blocks are never written
-        direct = directio.DirectWriter.open(tmp)
-
-        def write(off: int, data: bytes | memoryview) -> None:
-            if direct is not None and direct.write(off, data):
-                return
-            view = memoryview(data)
-            while view:
-                n = os.pwrite(fd, view, off)
-                view = view[n:]
-                off += n
-
+        writer = directio.BlockWriter(tmp, fd)
         try:
-            total = restore_volume(repo, volume, write, progress=progress)
+            total = restore_volume(repo, volume, writer.write, progress=progress)
         finally:
-            if direct is not None:
-                direct.close()
+            writer.close()
         os.fsync(fd)  # the file's size and extents (direct writes' data is written already)
         os.close(fd)
         fd = -1

@@ -13,7 +13,7 @@ from repo_helpers import open_repo
 from repo_imagegen import BS, sha256_file
 
 from ec2backup.repository.backend import DIRECT_STAGE, DIRECT_WRITE_MIN, LocalBackend
-from ec2backup.repository.directio import DirectWriter
+from ec2backup.repository.directio import BlockWriter
 from ec2backup.repository.image import (
     allocated_blocks,
     backup_image,
@@ -51,19 +51,23 @@ def test_direct_reads_give_the_buffered_bytes(tmp_path: Path, size: int) -> None
         os.close(fd)
 
 
-def test_direct_writer_takes_aligned_blocks_and_declines_the_rest(tmp_path: Path) -> None:
+def test_block_writer_writes_aligned_blocks_direct_and_the_rest_buffered(tmp_path: Path) -> None:
     out = tmp_path / "out.img"
-    out.write_bytes(bytes(2 * BS))
-    writer = DirectWriter.open(out)
-    assert writer is not None
+    out.write_bytes(bytes(3 * BS))
     block = random.Random(1).randbytes(BS)
+    fd = os.open(out, os.O_WRONLY)
+    writer = BlockWriter(out, fd)
     try:
-        assert writer.write(BS, memoryview(block))
-        assert not writer.write(0, block[:1000])  # short: the caller writes it buffered
-        assert not writer.write(100, block[:4096])  # not on an aligned offset
+        writer.write(BS, memoryview(block))  # direct
+        writer.write(0, block[:1000])  # short: buffered
+        writer.write(2 * BS + 100, block[:4096])  # not on an aligned offset: buffered
+        assert writer.direct_writes == 1
     finally:
         writer.close()
-    assert out.read_bytes() == bytes(BS) + block
+        os.fsync(fd)
+        os.close(fd)
+    want = block[:1000] + bytes(BS - 1000) + block + bytes(100) + block[:4096]
+    assert out.read_bytes() == want + bytes(3 * BS - len(want))
 
 
 @pytest.mark.parametrize("backend_kind", ["local"])
@@ -84,7 +88,12 @@ def test_round_trip_direct_and_without_o_direct(
         assert read_blocks_direct(img, fd, image_size(fd), [0]) is None
     finally:
         os.close(fd)
-    assert DirectWriter.open(img) is None
+    fd = os.open(tmp_path / "direct.out", os.O_WRONLY)
+    writer = BlockWriter(tmp_path / "direct.out", fd)
+    writer.write(0, bytes(BS))
+    assert writer.direct_writes == 0  # buffered
+    writer.close()
+    os.close(fd)
     res2 = backup_image(repo, img)
     assert res2.volume.pages == res.volume.pages  # the same blocks, deduplicated
     restore_image(repo, res2.volume, tmp_path / "buffered.out")
