@@ -78,15 +78,6 @@ DIRECT_WRITE_MIN = 1024 * 1024
 DIRECT_STAGE = 1024 * 1024
 
 
-class _ShortWrite(Exception):
-    def __init__(self, offset: int) -> None:
-        self.offset = offset
-
-
-def _joined(chunks: list[Any]) -> bytes:
-    return b"".join(bytes(c) for c in chunks)
-
-
 class LocalBackend:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -123,13 +114,7 @@ class LocalBackend:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             chunks = data if isinstance(data, list) else [data]
-            offset, rest = self._write_direct(tmp, chunks)
-            for chunk in rest:
-                view = memoryview(chunk)
-                while view:
-                    written = os.pwrite(fd, view, offset)
-                    view = view[written:]
-                    offset += written
+            self._write_chunks(tmp, fd, chunks)
             os.fsync(fd)  # the object must be on disk before its name is
             os.close(fd)
             fd = -1
@@ -155,53 +140,33 @@ class LocalBackend:
                 os.unlink(tmp)
             raise
 
-    def _write_direct(self, tmp: str, chunks: list[Any]) -> tuple[int, list[Any]]:
-        """Write a large object's aligned part around the page cache (O_DIRECT), staged through
-        an aligned buffer of this thread's; (bytes written, what is left to write buffered
-        from there: the unaligned tail, or everything when O_DIRECT is not taken)."""
+    def _write_chunks(self, tmp: str, fd: int, chunks: list[Any]) -> None:
+        """Write an object's chunks into `tmp` (open as `fd`): a large one staged through an
+        aligned buffer of this thread's, DIRECT_STAGE bytes at a time, around the page cache."""
         if sum(len(c) for c in chunks) < DIRECT_WRITE_MIN:
-            return 0, chunks
-        dfd = directio.open_direct(tmp, os.O_WRONLY)
-        if dfd is None:
-            return 0, chunks
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            return
         buf: memoryview | None = getattr(self._local, "stage", None)
         if buf is None:
             buf = self._local.stage = directio.aligned_buffer(DIRECT_STAGE)
+        writer = directio.BlockWriter(tmp, fd, max_write=DIRECT_STAGE)
         offset = filled = 0
-
-        def flush(n: int) -> bool:
-            nonlocal offset, filled
-            try:
-                done = os.pwrite(dfd, buf[:n], offset)
-            except OSError as exc:
-                if directio.refused(exc) and offset == 0:
-                    return False  # refused: all of it goes buffered
-                raise
-            if done != n:  # a short direct write: the rest of the stage goes buffered
-                raise _ShortWrite(offset + done)
-            offset += n
-            filled = 0
-            return True
-
         try:
             for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
                     n = min(len(view), DIRECT_STAGE - filled)
                     buf[filled : filled + n] = view[:n]
-                    filled += n
-                    view = view[n:]
-                    if filled == DIRECT_STAGE and not flush(DIRECT_STAGE):
-                        return 0, chunks
-            aligned = filled - filled % directio.ALIGN
-            tail = bytes(buf[aligned:filled])
-            if aligned and not flush(aligned):
-                return 0, chunks
-            return offset, [tail]
-        except _ShortWrite as short:
-            return short.offset, [_joined(chunks)[short.offset :]]
+                    filled, view = filled + n, view[n:]
+                    if filled == DIRECT_STAGE:
+                        writer.write(offset, buf, aligned=True)
+                        offset, filled = offset + DIRECT_STAGE, 0
+            writer.write(offset, buf[:filled], aligned=True)
         finally:
-            os.close(dfd)
+            writer.close()
 
     def get(self, name: str) -> bytes:
         try:

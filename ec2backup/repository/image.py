@@ -127,8 +127,11 @@ def read_blocks_direct(
 
     todo = iter(blocks)
     first = next(todo, None)
+    if first is None:
+        os.close(dfd)
+        return iter(())
     try:
-        head = read(first) if first is not None else memoryview(b"")
+        head = read(first)  # synchronously: a file system that refuses says so here
     except OSError as exc:
         os.close(dfd)
         if directio.refused(exc):
@@ -142,8 +145,6 @@ def read_blocks_direct(
         pool = ThreadPoolExecutor(DIRECT_READS_IN_FLIGHT, thread_name_prefix="read")
         ahead: collections.deque[tuple[int, Future[memoryview]]] = collections.deque()
         try:
-            if first is None:
-                return
             yield first, head
             for b in todo:
                 ahead.append((b, pool.submit(read, b)))
